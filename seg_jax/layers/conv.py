@@ -40,9 +40,18 @@ def _dimension_numbers(ndim: int) -> tuple[str, str, str]:
   return ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
 
 
-def _check_ndim(ndim: int) -> None:
+def _geometry(module, x: jax.Array):
+  """Validated ``(kernel_size, strides, dilation)`` tuples of a conv module for input ``x``."""
+  kernel_size = tuple(module.kernel_size)
+  ndim = len(kernel_size)
   if ndim not in (1, 2, 3):
-    raise ValueError(f"kernel_size must have 1, 2 or 3 entries (1D/2D/3D), got {ndim}")
+    raise ValueError(f"kernel_size must have 1, 2 or 3 entries (1D/2D/3D), got {kernel_size}")
+  kernel_size = arithmetic.as_tuple("kernel_size", kernel_size, ndim)
+  if x.ndim != ndim + 2:
+    raise ValueError(f"{type(module).__name__} with kernel_size={kernel_size} expects input of "
+                     f"rank {ndim + 2} (batch, {ndim} spatial, channels), got shape {x.shape}")
+  return (kernel_size, arithmetic.as_tuple("strides", module.strides, ndim),
+          arithmetic.as_tuple("dilation", module.dilation, ndim))
 
 
 def _explicit_padding(spatial_shape, kernel_size, strides, padding, dilation):
@@ -135,15 +144,8 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel_size = tuple(self.kernel_size)
+    kernel_size, strides, dilation = _geometry(self, x)
     ndim = len(kernel_size)
-    _check_ndim(ndim)
-    kernel_size = arithmetic.as_tuple("kernel_size", kernel_size, ndim)
-    if x.ndim != ndim + 2:
-      raise ValueError(f"Conv with kernel_size={kernel_size} expects input of rank {ndim + 2} "
-                       f"(batch, {ndim} spatial, channels), got shape {x.shape}")
-    strides = arithmetic.as_tuple("strides", self.strides, ndim)
-    dilation = arithmetic.as_tuple("dilation", self.dilation, ndim)
     in_features = x.shape[-1]
     if self.groups < 1 or in_features % self.groups or self.features % self.groups:
       raise ValueError(f"groups={self.groups} must divide the input channels ({in_features}) "
@@ -190,15 +192,8 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel_size = tuple(self.kernel_size)
+    kernel_size, strides, dilation = _geometry(self, x)
     ndim = len(kernel_size)
-    _check_ndim(ndim)
-    kernel_size = arithmetic.as_tuple("kernel_size", kernel_size, ndim)
-    if x.ndim != ndim + 2:
-      raise ValueError(f"ConvTranspose with kernel_size={kernel_size} expects input of rank "
-                       f"{ndim + 2} (batch, {ndim} spatial, channels), got shape {x.shape}")
-    strides = arithmetic.as_tuple("strides", self.strides, ndim)
-    dilation = arithmetic.as_tuple("dilation", self.dilation, ndim)
     output_padding = self.output_padding
     if isinstance(output_padding, int):
       output_padding = (output_padding,) * ndim
