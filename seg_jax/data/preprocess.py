@@ -1,0 +1,72 @@
+"""Resizing, patch extraction and per-channel statistics of image/label pairs."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]):
+  """Resizes to `size` (H, W): bilinear for the image, nearest for the label."""
+  h, w = int(size[0]), int(size[1])
+  if h <= 0 or w <= 0:
+    raise ValueError(f"size must be positive (H, W), got {size}.")
+  if image.shape[:2] != label.shape:
+    raise ValueError(f"image shape {image.shape} and label shape {label.shape} differ.")
+  if image.shape[:2] == (h, w):
+    return image, label
+  im = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+  lb = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+  return im, lb
+
+
+def patch_starts(length: int, patch: int, overlap: int) -> list[int]:
+  """Start offsets of patches covering `length` with at least `overlap` pixels shared."""
+  if patch <= 0:
+    raise ValueError(f"patch_size must be positive, got {patch}.")
+  if not 0 <= overlap < patch:
+    raise ValueError(f"patch_overlap must be in [0, patch_size={patch}), got {overlap}.")
+  if length <= patch:
+    return [0]
+  stride = patch - overlap
+  starts = list(range(0, length - patch + 1, stride))
+  if starts[-1] != length - patch:
+    starts.append(length - patch)
+  return starts
+
+
+def patchify(image: np.ndarray, label: np.ndarray, patch: int, overlap: int = 0,
+             ignore_index: int = 255):
+  """Cuts an image/label pair into patch x patch tiles covering it (edges padded with ignore)."""
+  h, w = label.shape
+  if image.shape[:2] != (h, w):
+    raise ValueError(f"image shape {image.shape} and label shape {label.shape} differ.")
+  ph, pw = max(h, patch), max(w, patch)
+  if (ph, pw) != (h, w):
+    image = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)))
+    label = np.pad(label, ((0, ph - h), (0, pw - w)), constant_values=ignore_index)
+  images, labels = [], []
+  for y in patch_starts(ph, patch, overlap):
+    for x in patch_starts(pw, patch, overlap):
+      images.append(image[y:y + patch, x:x + patch])
+      labels.append(label[y:y + patch, x:x + patch])
+  return np.stack(images), np.stack(labels)
+
+
+def mean_std(images: Iterable[np.ndarray]):
+  """Per-channel mean and std (float32, [0, 255] units) over all pixels of `images`."""
+  total = np.zeros(3, np.float64)
+  total_sq = np.zeros(3, np.float64)
+  count = 0
+  for im in images:
+    px = np.asarray(im, np.float64).reshape(-1, 3)
+    total += px.sum(0)
+    total_sq += (px * px).sum(0)
+    count += px.shape[0]
+  if count == 0:
+    raise ValueError("mean_std needs at least one image, got none.")
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+  return mean.astype(np.float32), std.astype(np.float32)

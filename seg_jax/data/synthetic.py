@@ -1,0 +1,304 @@
+"""Procedural aerial scenes in the Dubai aerial classes, generated on the fly.
+
+Each scene is a pure function of (seed, index, size). Class colours overlap on
+purpose (beige roofs on sand, dark roofs and asphalt, shadows and deep water,
+dry scrub and land, grey specks and concrete), and a per-image illumination
+field, tint, haze and sensor noise move every colour further, so a per-pixel
+colour classifier cannot separate the classes; shape and texture can.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seg_jax.data import palettes
+
+BUILDING, LAND, ROAD, VEGETATION, WATER, UNLABELED = range(6)
+CLASS_NAMES = palettes.DUBAI_AERIAL.names
+PALETTE = palettes.DUBAI_AERIAL
+
+_ROOF_COLORS = np.array([
+    (226, 224, 218),  # white
+    (172, 170, 168),  # concrete grey
+    (200, 178, 144),  # beige, like sand
+    (168, 96, 72),  # terracotta
+    (104, 124, 146),  # blue-grey, like water
+    (86, 86, 92),  # dark, like asphalt
+    (150, 150, 120),  # dusty olive, like dry scrub
+], np.float32)
+_LAND_COLORS = np.array([
+    (198, 172, 132), (184, 160, 124), (210, 190, 152), (170, 146, 110),
+], np.float32)
+_ROAD_COLORS = np.array([
+    (96, 96, 100), (124, 122, 122), (168, 164, 156), (182, 158, 122),
+], np.float32)
+_VEG_COLORS = np.array([
+    (72, 104, 56), (96, 124, 68), (140, 140, 92), (48, 70, 50),
+], np.float32)
+_WATER_DEEP = np.array([
+    (22, 64, 104), (36, 88, 110), (60, 90, 84),
+], np.float32)
+_WATER_SHALLOW = np.array([
+    (64, 156, 168), (92, 170, 160), (120, 150, 120),
+], np.float32)
+_POOL_COLOR = np.array((84, 186, 206), np.float32)
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
+  """Smooth value noise in about [-1, 1] with feature size `cell` pixels."""
+  gh = int(np.ceil(h / cell)) + 2
+  gw = int(np.ceil(w / cell)) + 2
+  grid = rng.uniform(-1.0, 1.0, (gh, gw)).astype(np.float32)
+  y = np.arange(h, dtype=np.float32) / cell
+  x = np.arange(w, dtype=np.float32) / cell
+  y0 = y.astype(np.int32)
+  x0 = x.astype(np.int32)
+  fy = y - y0
+  fx = x - x0
+  # Smoothstep weights avoid the visible grid of plain bilinear noise.
+  fy = (fy * fy * (3 - 2 * fy))[:, None]
+  fx = (fx * fx * (3 - 2 * fx))[None, :]
+  a = grid[y0][:, x0]
+  b = grid[y0][:, x0 + 1]
+  c = grid[y0 + 1][:, x0]
+  d = grid[y0 + 1][:, x0 + 1]
+  return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
+
+
+def _fractal(rng, h, w, cell, octaves=3):
+  out = np.zeros((h, w), np.float32)
+  amp, total = 1.0, 0.0
+  for _ in range(octaves):
+    out += amp * _noise(rng, h, w, max(cell, 1.0))
+    total += amp
+    amp *= 0.5
+    cell /= 2
+  return out / total
+
+
+def _segment_distance(yy, xx, p0, p1):
+  """Distance of every pixel to the segment p0-p1 (points as (y, x))."""
+  d = np.subtract(p1, p0, dtype=np.float32)
+  length2 = float(d @ d) or 1.0
+  t = ((yy - p0[0]) * d[0] + (xx - p0[1]) * d[1]) / length2
+  t = np.clip(t, 0.0, 1.0)
+  return np.hypot(yy - (p0[0] + t * d[0]), xx - (p0[1] + t * d[1]))
+
+
+def _rotated_rect(yy, xx, cy, cx, half_h, half_w, angle):
+  c, s = np.cos(angle), np.sin(angle)
+  mask = np.zeros(yy.shape, bool)
+  # Only the window around the rectangle's circumscribed circle can be inside.
+  r = float(np.hypot(half_h, half_w)) + 1
+  y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 2, yy.shape[0])
+  x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 2, yy.shape[1])
+  if y0 >= y1 or x0 >= x1:
+    return mask
+  wy, wx = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
+  u = (wy - cy) * c + (wx - cx) * s
+  v = -(wy - cy) * s + (wx - cx) * c
+  mask[y0:y1, x0:x1] = (np.abs(u) <= half_h) & (np.abs(v) <= half_w)
+  return mask
+
+
+def _footprint(rng, yy, xx, cy, cx, size, angle):
+  """A rotated rectangle or L-shape of about `size` pixels across."""
+  hh = size * rng.uniform(0.3, 0.6)
+  hw = size * rng.uniform(0.3, 0.6)
+  mask = _rotated_rect(yy, xx, cy, cx, hh, hw, angle)
+  if rng.random() < 0.4:
+    # A second wing sharing a corner turns the rectangle into an L.
+    c, s = np.cos(angle), np.sin(angle)
+    du, dv = hh * rng.choice([-1, 1]), hw * rng.choice([-1, 1])
+    wy = cy + du * c - dv * s
+    wx = cx + du * s + dv * c
+    mask |= _rotated_rect(yy, xx, wy, wx, hh * rng.uniform(0.4, 0.9),
+                          hw * rng.uniform(0.4, 0.9), angle)
+  return mask
+
+
+def _shift(mask, dy, dx):
+  out = np.zeros_like(mask)
+  h, w = mask.shape
+  ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+  xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+  out[yd, xd] = mask[ys, xs]
+  return out
+
+
+def generate(seed: int, index: int, size: tuple[int, int] = (144, 256)):
+  """Returns (image uint8 (H, W, 3), label uint8 (H, W)) for scene `index` of `seed`."""
+  h, w = int(size[0]), int(size[1])
+  if h < 8 or w < 8:
+    raise ValueError(f"size must be at least (8, 8), got {size}.")
+  if index < 0:
+    raise ValueError(f"index must be >= 0, got {index}.")
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index)]))
+  scale = min(h, w) / 144.0
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  label = np.full((h, w), LAND, np.uint8)
+  img = np.empty((h, w, 3), np.float32)
+
+  land = _LAND_COLORS[rng.integers(len(_LAND_COLORS))] + rng.normal(0, 8, 3)
+  tex = _fractal(rng, h, w, 24 * scale, 3)
+  speckle = rng.normal(0, 1, (h, w)).astype(np.float32)
+  img[:] = land + (tex * 22 + speckle * 6)[..., None]
+  # Gravel patches darken some land towards road colours.
+  gravel = _noise(rng, h, w, 30 * scale) > rng.uniform(0.3, 0.8)
+  img[gravel] *= rng.uniform(0.7, 0.85)
+
+  # Water: a coastline along a random side, sometimes none.
+  if rng.random() < 0.55:
+    side = rng.integers(4)
+    along = xx if side < 2 else yy
+    across = yy if side < 2 else xx
+    extent = h if side < 2 else w
+    level = extent * rng.uniform(0.15, 0.45)
+    wobble = _noise(rng, h, w, 40 * scale) * 14 * scale + np.sin(along / (25 * scale) + rng.uniform(0, 6)) * 5 * scale
+    dist = (across if side % 2 == 0 else extent - 1 - across) + wobble
+    water = dist < level
+    depth = np.clip((level - dist) / (0.6 * level + 1), 0, 1)[..., None]
+    deep = _WATER_DEEP[rng.integers(len(_WATER_DEEP))]
+    shallow = _WATER_SHALLOW[rng.integers(len(_WATER_SHALLOW))]
+    ripples = _noise(rng, h, w, 4 * scale)[..., None] * 7
+    wcol = shallow * (1 - depth) + deep * depth + ripples
+    img[water] = wcol[water]
+    label[water] = WATER
+  free = label == LAND
+
+  # Vegetation: textured blobs plus tree rows.
+  veg_field = _fractal(rng, h, w, 26 * scale, 2)
+  veg = (veg_field > rng.uniform(0.25, 0.6)) & free
+  crowns = _noise(rng, h, w, 2.5 * scale)
+  vcol = _VEG_COLORS[rng.integers(len(_VEG_COLORS))] + rng.normal(0, 6, 3)
+  vtex = (crowns * 26 + _noise(rng, h, w, 9 * scale) * 14)[..., None]
+  img = np.where(veg[..., None], vcol * (1 + vtex / 160) + vtex * 0.3, img)
+  label[veg] = VEGETATION
+
+  # Roads: a few long streets through the scene plus side streets, with junctions.
+  road = np.zeros((h, w), bool)
+  rcol = _ROAD_COLORS[rng.integers(len(_ROAD_COLORS))] + rng.normal(0, 5, 3)
+  base_angle = rng.uniform(0, np.pi)
+  segments = []
+  for k in range(int(rng.integers(1, 4))):
+    ang = base_angle + (np.pi / 2) * (k % 2) + rng.normal(0, 0.08)
+    cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+    d = np.array([np.sin(ang), np.cos(ang)]) * (h + w)
+    segments.append(((cy - d[0], cx - d[1]), (cy + d[0], cx + d[1]), rng.uniform(4, 10) * scale))
+  for _ in range(int(rng.integers(0, 4))):
+    p0, p1, _ = segments[rng.integers(len(segments))]
+    t = rng.uniform(0.3, 0.7)
+    start = (p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]))
+    ang = np.arctan2(p1[0] - p0[0], p1[1] - p0[1]) + np.pi / 2 + rng.normal(0, 0.15)
+    length = rng.uniform(0.2, 0.6) * (h + w) * rng.choice([-1, 1])
+    end = (start[0] + np.sin(ang) * length, start[1] + np.cos(ang) * length)
+    segments.append((start, end, rng.uniform(2, 5) * scale))
+  center_line = np.zeros((h, w), bool)
+  for p0, p1, width in segments:
+    dist = _segment_distance(yy, xx, p0, p1)
+    road |= dist <= width / 2
+    if width > 5 * scale:
+      center_line |= dist <= 0.6
+  road &= label != WATER
+  rtex = (_noise(rng, h, w, 3 * scale) * 8)[..., None]
+  img[road] = rcol + rtex[road]
+  dashes = center_line & road & (np.sin((xx + yy) / (3 * scale)) > 0.2)
+  img[dashes] = (220, 218, 200)
+  label[road] = ROAD
+  # Trees along streets cover road edges; they are labelled vegetation.
+  if rng.random() < 0.5:
+    near = np.zeros((h, w), bool)
+    for p0, p1, width in segments[:2]:
+      dist = _segment_distance(yy, xx, p0, p1)
+      near |= (dist > width / 2 - 1) & (dist < width / 2 + 3 * scale)
+    trees = near & (_noise(rng, h, w, 3 * scale) > 0.35) & (label != WATER)
+    tcol = _VEG_COLORS[rng.integers(len(_VEG_COLORS))]
+    img = np.where(trees[..., None], tcol * (1 + crowns[..., None] * 0.3), img)
+    label[trees] = VEGETATION
+
+  # Buildings with cast shadows; the sun direction is shared by the scene.
+  sun = rng.uniform(0, 2 * np.pi)
+  shadow_len = rng.uniform(2, 7) * scale
+  sdy, sdx = int(round(np.sin(sun) * shadow_len)), int(round(np.cos(sun) * shadow_len))
+  shadow = np.zeros((h, w), bool)
+  buildings = np.zeros((h, w), bool)
+  roof = np.zeros((h, w, 3), np.float32)
+  n_build = int(rng.integers(8, 24))
+  for _ in range(n_build):
+    size = rng.uniform(12, 40) * scale
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    angle = base_angle + rng.choice([0.0, np.pi / 2]) + rng.normal(0, 0.05)
+    fp = _footprint(rng, yy, xx, cy, cx, size, angle)
+    area = int(fp.sum())
+    # Buildings stand on land or vegetation, clear of water, roads and each other.
+    if area == 0 or (fp & ((label == WATER) | road | buildings)).sum() > 0.05 * area:
+      continue
+    col = _ROOF_COLORS[rng.integers(len(_ROOF_COLORS))] + rng.normal(0, 10, 3)
+    # A ridge halves the roof into a lit and a shaded side.
+    c, s = np.cos(angle), np.sin(angle)
+    side = ((yy[fp] - cy) * c + (xx[fp] - cx) * s) > 0
+    shade = np.where(side, rng.uniform(0.8, 1.0), 1.0)[..., None]
+    roof[fp] = col * shade
+    buildings |= fp
+    shadow |= _shift(fp, sdy, sdx)
+  shadow &= ~buildings
+  img[shadow] *= rng.uniform(0.35, 0.6)
+  units = (_noise(rng, h, w, 1.5 * scale) > 0.6) & buildings
+  roof[units] += 40
+  img[buildings] = roof[buildings]
+  label[buildings] = BUILDING
+
+  # Pools next to buildings, on land only.
+  for _ in range(int(rng.integers(0, 4))):
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    pool = _rotated_rect(yy, xx, cy, cx, rng.uniform(2, 5) * scale,
+                         rng.uniform(3, 7) * scale, base_angle)
+    pool &= label == LAND
+    img[pool] = _POOL_COLOR + rng.normal(0, 8, 3)
+    label[pool] = WATER
+
+  # A few unlabeled specks in grey, the colour of concrete roofs and roads.
+  for _ in range(int(rng.integers(0, 5))):
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    r = rng.uniform(1.5, 4) * scale
+    speck = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    img[speck] = (155, 155, 155) + rng.normal(0, 20, 3)
+    label[speck] = UNLABELED
+
+  # Illumination: tint, smooth brightness field (clouds, vignetting), haze, noise.
+  tint = rng.uniform(0.85, 1.15) * rng.uniform(0.92, 1.08, 3)
+  field = 1 + _noise(rng, h, w, 60 * scale)[..., None] * rng.uniform(0.05, 0.25)
+  img = img * tint * field
+  haze = rng.uniform(0, 0.3)
+  img = img * (1 - haze) + haze * np.array((205, 205, 215), np.float32)
+  img += rng.normal(0, rng.uniform(3, 9), (h, w, 3))
+  return np.clip(img + 0.5, 0, 255).astype(np.uint8), label
+
+
+class SyntheticSource:
+  """Random-access source of synthetic scenes `[offset, offset + length)` for `seed`."""
+
+  def __init__(self, length: int, *, seed: int, offset: int = 0,
+               image_size: tuple[int, int] = (144, 256)):
+    if length < 0:
+      raise ValueError(f"length must be >= 0, got {length}.")
+    self._length = int(length)
+    self._seed = int(seed)
+    self._offset = int(offset)
+    self._size = (int(image_size[0]), int(image_size[1]))
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    i = int(i)
+    if i < 0:
+      i += self._length
+    if not 0 <= i < self._length:
+      raise IndexError(f"index {i} out of range for {self._length} scenes.")
+    image, label = generate(self._seed, self._offset + i, self._size)
+    return {"image": image, "label": label}
+
+  def __repr__(self):
+    return (f"SyntheticSource(length={self._length}, seed={self._seed}, "
+            f"offset={self._offset}, image_size={self._size})")

@@ -1,0 +1,67 @@
+"""Features, metadata and loading shared by the aerial TFDS builders."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from seg_jax.data import dataset as dataset_lib
+from seg_jax.data import palettes
+
+
+def features(size: tuple[int, int]) -> tfds.features.FeaturesDict:
+  """Image, label, source name and tile; zlib tensors so that no TensorFlow is needed."""
+  h, w = size
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=(h, w, 3), dtype=np.uint8,
+                                    encoding=tfds.features.Encoding.ZLIB),
+      "label": tfds.features.Tensor(shape=(h, w), dtype=np.uint8,
+                                    encoding=tfds.features.Encoding.ZLIB),
+      "name": tfds.features.Text(),
+      "tile": np.int32,
+  })
+
+
+def store_metadata(info, *, mean, std, palette: palettes.Palette, ignore_index: int,
+                   **extra) -> None:
+  """Writes train-split statistics and the palette into the dataset's metadata.json."""
+  info.metadata["mean"] = [float(v) for v in mean]
+  info.metadata["std"] = [float(v) for v in std]
+  info.metadata["class_names"] = list(palette.names)
+  info.metadata["palette"] = palette.to_dict()
+  info.metadata["ignore_index"] = int(ignore_index)
+  info.metadata.update(extra)
+
+
+class _Source:
+  """A tfds data source restricted to the "image" and "label" features."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    ex = self._source[int(i)]
+    return {"image": ex["image"], "label": ex["label"]}
+
+
+def load_prepared(name: str, data_dir: str) -> dataset_lib.Dataset:
+  """Opens a prepared builder (e.g. "dubai_aerial/resized_144x256") as a `Dataset` without TensorFlow."""
+  import seg_jax.data.tfds_builders  # pylint: disable=g-import-not-at-top,unused-import
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise ValueError(
+        f"{name} is not prepared under {data_dir}; run python -m seg_jax.data.prepare "
+        f"--dataset={name} --data_dir={data_dir}.")
+  sources = builder.as_data_source()
+  meta = builder.info.metadata
+  palette = palettes.load_palette(meta["palette"])
+  h, w = builder.info.features["label"].shape
+  return dataset_lib.Dataset(
+      train=_Source(sources["train"]), val=_Source(sources["val"]),
+      test=_Source(sources["test"]), class_names=tuple(meta["class_names"]), palette=palette,
+      ignore_index=int(meta["ignore_index"]), image_size=(int(h), int(w)),
+      mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
+      skipped=tuple(tuple(s) for s in meta.get("skipped", ())))

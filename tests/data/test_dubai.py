@@ -1,0 +1,172 @@
+"""Tests of the Dubai-layout reader, splits and preprocessing on generated fixtures."""
+
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+from PIL import Image
+
+from seg_jax import data
+from seg_jax.data import dubai
+from seg_jax.data import preprocess
+from seg_jax.data import splits
+from tests.data import fixtures
+
+
+def _config(root, **overrides):
+  c = data.default_data_config()
+  c.name = "dubai_aerial"
+  c.root = root
+  c.image_size = (16, 24)
+  c.patch_size = 16
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+class DubaiReaderTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
+
+  def test_tile_layout_reads_rgb_and_palette_masks(self):
+    written = fixtures.make_tile_layout(self.root)
+    pairs = dubai.find_pairs(self.root)
+    self.assertEqual([p.name for p in pairs], sorted(written))
+    self.assertEqual([p.tile for p in pairs], [1, 1, 2, 2, 3, 3])
+    for pair in pairs:
+      image, label = dubai.read_pair(pair)
+      np.testing.assert_array_equal(image, written[pair.name][0])
+      np.testing.assert_array_equal(label, written[pair.name][1])
+    self.assertEqual(Image.open(pairs[2].mask_path).mode, "P")
+
+  def test_flat_layout_and_image_split(self):
+    written = fixtures.make_flat_layout(self.root, n=8)
+    ds = data.get_dataset(_config(self.root, split="image", seed=1))
+    self.assertEqual((len(ds.train), len(ds.val), len(ds.test)), (6, 1, 1))
+    names = ds.train.names + ds.val.names + ds.test.names
+    self.assertCountEqual(names, written)
+    ds_again = data.get_dataset(_config(self.root, split="image", seed=1))
+    self.assertEqual(ds.val.names, ds_again.val.names)
+    with self.assertRaisesRegex(ValueError, "flat images/ folder has no tiles"):
+      data.get_dataset(_config(self.root, split="tile"))
+
+  def test_tile_split_resize_and_train_statistics(self):
+    written = fixtures.make_tile_layout(self.root)
+    ds = data.get_dataset(_config(self.root))
+    self.assertEqual(ds.train.names, ["tile2/image_part_001", "tile2/image_part_002"])
+    self.assertEqual(ds.val.names, ["tile1/image_part_001", "tile1/image_part_002"])
+    self.assertEqual(ds.test.names, ["tile3/image_part_001", "tile3/image_part_002"])
+    self.assertEqual(ds.train[0]["image"].shape, (16, 24, 3))
+    image, label = written["tile2/image_part_001"]
+    exp_img, exp_lbl = preprocess.resize_pair(image, label, (16, 24))
+    np.testing.assert_array_equal(ds.train[0]["image"], exp_img)
+    np.testing.assert_array_equal(ds.train[0]["label"], exp_lbl)
+    # Nearest resizing keeps labels among the original values.
+    self.assertTrue(set(np.unique(exp_lbl)) <= set(np.unique(label)))
+    px = np.concatenate([ds.train[i]["image"].reshape(-1, 3) for i in range(2)])
+    np.testing.assert_allclose(ds.mean, px.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(ds.std, px.astype(np.float64).std(0), rtol=1e-5)
+
+  def test_patches_cover_image(self):
+    written = fixtures.make_tile_layout(self.root)
+    ds = data.get_dataset(_config(self.root, prep="patches", patch_size=16, patch_overlap=4))
+    image, label = written["tile2/image_part_001"]  # 46 x 56
+    starts_y = preprocess.patch_starts(46, 16, 4)
+    starts_x = preprocess.patch_starts(56, 16, 4)
+    self.assertEqual(starts_y, [0, 12, 24, 30])
+    self.assertEqual(starts_x, [0, 12, 24, 36, 40])
+    self.assertEqual(ds.image_size, (16, 16))
+    k = 0
+    for y in starts_y:
+      for x in starts_x:
+        np.testing.assert_array_equal(ds.train[k]["label"], label[y:y + 16, x:x + 16])
+        np.testing.assert_array_equal(ds.train[k]["image"], image[y:y + 16, x:x + 16])
+        k += 1
+    self.assertEqual(ds.train.names[k - 1], "tile2/image_part_001/0019")
+
+  def test_patchify_pads_small_images_with_ignore(self):
+    ims, lbs = preprocess.patchify(np.ones((5, 7, 3), np.uint8), np.zeros((5, 7), np.uint8), 8)
+    self.assertEqual(ims.shape, (1, 8, 8, 3))
+    self.assertEqual(int(lbs[0, 6, 0]), 255)
+    self.assertEqual(int(lbs[0, 0, 7]), 255)
+    self.assertEqual(int(ims[0, 6, 0, 0]), 0)
+
+  def test_random_patch_split_warns(self):
+    fixtures.make_tile_layout(self.root)
+    with self.assertWarnsRegex(UserWarning, "random_patch"):
+      ds = data.get_dataset(_config(self.root, split="random_patch", prep="patches"))
+    n = len(ds.train) + len(ds.val) + len(ds.test)
+    self.assertEqual(splits.holdout_counts(n), (len(ds.val), len(ds.test)))
+
+  def test_missing_mask_names_file_or_is_skipped(self):
+    fixtures.make_tile_layout(self.root)
+    os.remove(os.path.join(self.root, "Tile 2", "masks", "image_part_002.png"))
+    with self.assertRaisesRegex(ValueError, r"Tile 2/images/image_part_002.png.*no mask"):
+      data.get_dataset(_config(self.root))
+    ds = data.get_dataset(_config(self.root, on_bad_file="skip"))
+    self.assertLen(ds.skipped, 1)
+    self.assertIn("image_part_002.png", ds.skipped[0][0])
+    self.assertLen(ds.train, 1)
+
+  def test_mask_without_image(self):
+    fixtures.make_tile_layout(self.root)
+    os.remove(os.path.join(self.root, "Tile 3", "images", "image_part_001.png"))
+    with self.assertRaisesRegex(ValueError, r"Tile 3/masks/image_part_001.png.*no image"):
+      data.get_dataset(_config(self.root))
+
+  def test_corrupt_file(self):
+    fixtures.make_tile_layout(self.root)
+    path = os.path.join(self.root, "Tile 1", "images", "image_part_001.png")
+    with open(path, "wb") as f:
+      f.write(b"\x89PNG not really")
+    with self.assertRaisesRegex(ValueError, r"Tile 1/images/image_part_001.png: cannot read"):
+      data.get_dataset(_config(self.root))
+    ds = data.get_dataset(_config(self.root, on_bad_file="skip"))
+    self.assertLen(ds.skipped, 1)
+    self.assertLen(ds.val, 1)
+
+  def test_size_mismatch(self):
+    fixtures.make_tile_layout(self.root)
+    path = os.path.join(self.root, "Tile 1", "masks", "image_part_002.png")
+    Image.open(path).crop((0, 0, 20, 20)).save(path)
+    with self.assertRaisesRegex(ValueError, r"image_part_002.png: mask size 20x20 differs"):
+      data.get_dataset(_config(self.root))
+
+  def test_unknown_colours_above_threshold(self):
+    fixtures.make_tile_layout(self.root)
+    path = os.path.join(self.root, "Tile 3", "masks", "image_part_001.png")
+    rgb = np.asarray(Image.open(path).convert("RGB")).copy()
+    rgb[:10] = (1, 2, 3)
+    Image.fromarray(rgb).save(path)
+    with self.assertRaisesRegex(ValueError, r"Tile 3/masks/image_part_001.png: .*outside"):
+      data.get_dataset(_config(self.root))
+    ds = data.get_dataset(_config(self.root, max_unknown_fraction=0.5))
+    self.assertLen(ds.test, 2)
+
+  @parameterized.parameters(("empty",), ("missing",))
+  def test_empty_or_missing_folder(self, kind):
+    root = self.root if kind == "empty" else os.path.join(self.root, "nope")
+    with self.assertRaisesRegex(ValueError, root):
+      data.get_dataset(_config(root))
+    os.makedirs(os.path.join(self.root, "images"))
+    os.makedirs(os.path.join(self.root, "masks"))
+    with self.assertRaisesRegex(ValueError, "no image/mask pairs"):
+      data.get_dataset(_config(self.root, split="image"))
+
+  def test_bad_config_values(self):
+    with self.assertRaisesRegex(ValueError, "data.split.*'bogus'"):
+      data.get_dataset(_config(self.root, split="bogus"))
+    with self.assertRaisesRegex(ValueError, "data.name.*'nope'"):
+      data.get_dataset(_config(self.root, name="nope"))
+    with self.assertRaisesRegex(ValueError, "patch_overlap"):
+      preprocess.patch_starts(100, 16, 16)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,55 @@
+"""Tests of the inspect command and its helpers."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+from PIL import Image
+
+from seg_jax import data
+from seg_jax.data import inspect as inspect_lib
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+class InspectTest(absltest.TestCase):
+
+  def test_class_histogram_counts_ignore_last(self):
+    labels = np.array([[[0, 1, 255], [1, 5, 5]]], np.uint8)
+    src = data.ArraySource(np.zeros((1, 2, 3, 3), np.uint8), labels)
+    np.testing.assert_array_equal(inspect_lib.class_histogram(src, 6, 255), [1, 2, 0, 0, 0, 2, 1])
+
+  def test_overlay_grid_columns(self):
+    label = np.array([[0, 1], [2, 255]], np.uint8)
+    image = np.full((2, 2, 3), 100, np.uint8)
+    grid = inspect_lib.overlay_grid([{"image": image, "label": label}],
+                                    data.palettes.DUBAI_AERIAL)
+    np.testing.assert_array_equal(grid[:2, :2], image)
+    np.testing.assert_array_equal(grid[:2, 6:8],
+                                  data.encode_mask(label, data.palettes.DUBAI_AERIAL))
+    expected = (image * 0.5 + grid[:2, 6:8] * 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(grid[:2, 12:14], expected)
+
+  def test_command_prints_counts_and_writes_png(self):
+    tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+    out = os.path.join(tmp, "grid.png")
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO))
+    run = subprocess.run(
+        [sys.executable, "-m", "seg_jax.data.inspect", "--name=synthetic_aerial",
+         "--image_size=24,32", "--num=3,2,1", "--num_images=2", f"--out={out}"],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+    lines = run.stdout.splitlines()
+    self.assertTrue(any(l.startswith("train       3") for l in lines), run.stdout)
+    self.assertTrue(any(l.startswith("test        1") for l in lines), run.stdout)
+    with Image.open(out) as im:
+      self.assertEqual(im.size, (3 * 32 + 8, 2 * (24 + 4) + 18))
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,86 @@
+"""Tests of the synthetic aerial scenes."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+
+from seg_jax import data
+from seg_jax import metrics
+from seg_jax.data import synthetic
+
+
+def _miou(labels, preds, num_classes=6):
+  conf = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(conf, (labels, preds), 1)
+  return metrics.scores(conf)["miou"]
+
+
+class SyntheticTest(parameterized.TestCase):
+
+  @parameterized.parameters(((144, 256),), ((32, 48),), ((64, 64),))
+  def test_deterministic_per_seed_and_index(self, size):
+    a_img, a_lbl = synthetic.generate(3, 7, size)
+    b_img, b_lbl = synthetic.generate(3, 7, size)
+    self.assertEqual(a_img.shape, size + (3,))
+    self.assertEqual(a_img.dtype, np.uint8)
+    self.assertEqual(a_lbl.shape, size)
+    self.assertEqual(a_lbl.dtype, np.uint8)
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_lbl, b_lbl)
+    self.assertFalse(np.array_equal(a_img, synthetic.generate(3, 8, size)[0]))
+    self.assertFalse(np.array_equal(a_img, synthetic.generate(4, 7, size)[0]))
+
+  def test_classes_present(self):
+    counts = np.zeros(256, np.int64)
+    for i in range(12):
+      counts += np.bincount(synthetic.generate(0, i, (72, 128))[1].ravel(), minlength=256)
+    self.assertTrue(np.all(counts[:6] > 0), counts[:6])
+    self.assertEqual(counts[6:].sum(), 0)
+
+  def test_per_pixel_colour_classifier_stays_below_06_miou(self):
+    # The best classifier of quantised colour (a colour histogram per class),
+    # fitted on some scenes and scored on others: it bounds any 1x1 model.
+    def pixels(indices):
+      pairs = [synthetic.generate(0, i, (72, 128)) for i in indices]
+      rgb = np.concatenate([p[0].reshape(-1, 3) for p in pairs]) // 16
+      key = (rgb[:, 0].astype(np.int64) * 16 + rgb[:, 1]) * 16 + rgb[:, 2]
+      return key, np.concatenate([p[1].ravel() for p in pairs])
+    key, lbl = pixels(range(24))
+    table = np.zeros((16 ** 3, 6), np.int64)
+    np.add.at(table, (key, lbl), 1)
+    val_key, val_lbl = pixels(range(100, 108))
+    self.assertLess(_miou(val_lbl, table.argmax(1)[val_key]), 0.6)
+
+  def test_dataset_splits_are_disjoint_and_stable(self):
+    c = data.default_data_config()
+    c.image_size = (32, 48)
+    c.num_train, c.num_val, c.num_test = 3, 2, 2
+    ds = data.get_dataset(c)
+    self.assertEqual((len(ds.train), len(ds.val), len(ds.test)), (3, 2, 2))
+    self.assertEqual(ds.class_names, data.palettes.DUBAI_AERIAL.names)
+    self.assertEqual(ds.image_size, (32, 48))
+    self.assertEqual(ds.mean.dtype, np.float32)
+    self.assertFalse(np.array_equal(ds.train[0]["image"], ds.val[0]["image"]))
+    c.num_train = 5
+    ds2 = data.get_dataset(c)
+    np.testing.assert_array_equal(ds.val[1]["image"], ds2.val[1]["image"])
+    np.testing.assert_array_equal(ds.train[2]["label"], ds2.train[2]["label"])
+    with self.assertRaises(IndexError):
+      ds.train[3]  # pylint: disable=pointless-statement
+
+  def test_mean_std_match_numpy_on_train_scenes(self):
+    c = data.default_data_config()
+    c.image_size = (24, 32)
+    ds = data.get_dataset(c)
+    px = np.concatenate([synthetic.generate(0, i, (24, 32))[0].reshape(-1, 3)
+                         for i in range(data.dataset.SYNTHETIC_STATS_SCENES)]).astype(np.float64)
+    np.testing.assert_allclose(ds.mean, px.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(ds.std, px.std(0), rtol=1e-4)
+
+  def test_bad_size(self):
+    with self.assertRaisesRegex(ValueError, "size"):
+      synthetic.generate(0, 0, (4, 100))
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,106 @@
+"""Tests of the TFDS builders: array_record files read back with tfds.data_source, no TensorFlow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from absl.testing import absltest
+import jax
+import numpy as np
+
+from seg_jax import data
+from seg_jax.data import pipeline
+from tests.data import fixtures
+
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+class TfdsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+  def test_builders_prepare_and_read_without_tensorflow(self):
+    root = os.path.join(self.tmp, "raw")
+    fixtures.make_tile_layout(root)
+    # A fresh process shows that neither building nor reading imports TensorFlow.
+    script = textwrap.dedent(f"""
+        import sys, json
+        import numpy as np
+        import tensorflow_datasets as tfds
+        from seg_jax.data import tfds_builders, prepare
+        data_dir = {self.tmp!r} + "/tfds"
+        cfg = tfds_builders.SyntheticAerialConfig(
+            name="tiny", image_size=(16, 24), num_train=3, num_val=2, num_test=1, seed=2)
+        b = tfds_builders.SyntheticAerial(config=cfg, data_dir=data_dir,
+                                          file_format="array_record")
+        b.download_and_prepare()
+        syn = b.as_data_source()
+        cfg = tfds_builders.DubaiAerialConfig(name="tiny", prep="resize", image_size=(16, 24))
+        b = tfds_builders.DubaiAerial(config=cfg, data_dir=data_dir,
+                                      file_format="array_record")
+        b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir={root!r}))
+        path = prepare.prepare("dubai_aerial/patches_256", data_dir, {root!r})
+        src = tfds.data_source("dubai_aerial/tiny", data_dir=data_dir)
+        out = {{
+            "syn_len": [len(syn[s]) for s in ("train", "val", "test")],
+            "dubai_len": [len(src[s]) for s in ("train", "val", "test")],
+            "dubai_names": sorted(src["train"][i]["name"].decode() for i in range(2)),
+            "tf": "tensorflow" in sys.modules,
+        }}
+        np.savez({self.tmp!r} + "/out.npz", syn0=syn["train"][0]["image"],
+                 syn_label=syn["val"][1]["label"],
+                 **{{"dubai_" + src["train"][i]["name"].decode().replace("/", "_"):
+                     src["train"][i]["label"] for i in range(2)}})
+        print(json.dumps(out))
+        """)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=120, check=False)
+    self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    self.assertFalse(out["tf"])
+    self.assertEqual(out["syn_len"], [3, 2, 1])
+    self.assertEqual(out["dubai_len"], [2, 2, 2])
+    self.assertEqual(out["dubai_names"], ["tile2/image_part_001", "tile2/image_part_002"])
+    arrays = np.load(os.path.join(self.tmp, "out.npz"))
+    np.testing.assert_array_equal(arrays["syn0"], data.synthetic.generate(2, 0, (16, 24))[0])
+    np.testing.assert_array_equal(
+        arrays["syn_label"],
+        data.synthetic.generate(2, data.dataset.SYNTHETIC_OFFSETS["val"] + 1, (16, 24))[1])
+    c = data.default_data_config()
+    c.name, c.root, c.image_size = "dubai_aerial", root, (16, 24)
+    ds = data.get_dataset(c)
+    np.testing.assert_array_equal(arrays["dubai_tile2_image_part_002"], ds.train[1]["label"])
+
+    from seg_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+    prepared = tfds_builders.load_prepared("dubai_aerial/tiny", os.path.join(self.tmp, "tfds"))
+    np.testing.assert_allclose(prepared.mean, ds.mean, rtol=1e-6)
+    np.testing.assert_allclose(prepared.std, ds.std, rtol=1e-6)
+    self.assertEqual(prepared.class_names, ds.class_names)
+    self.assertEqual(prepared.palette, ds.palette)
+    self.assertEqual(prepared.image_size, (16, 24))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    batches = pipeline.InputPipeline(
+        prepared.train, global_batch_size=2, sharding=jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec("data")), seed=0, shuffle=False, num_epochs=1)
+    batch = next(batches)
+    self.assertCountEqual(
+        [np.asarray(batch["label"])[i].tobytes() for i in range(2)],
+        [ds.train[i]["label"].tobytes() for i in range(2)])
+    patches = tfds_builders.load_prepared("dubai_aerial/patches_256",
+                                          os.path.join(self.tmp, "tfds"))
+    # Fixture images are smaller than a patch: one padded patch per image.
+    self.assertLen(patches.train, 2)
+    self.assertEqual(patches.train[0]["label"].shape, (256, 256))
+
+
+if __name__ == "__main__":
+  absltest.main()
