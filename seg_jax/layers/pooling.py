@@ -12,6 +12,7 @@ from typing import Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seg_jax.layers import arithmetic
 
@@ -41,7 +42,8 @@ def _pool_geometry(x, window, strides, padding):
 
 def _reduce(x, init, op, window, strides, padding):
   dims, steps, pads = _pool_geometry(x, window, strides, padding)
-  return jax.lax.reduce_window(x, jnp.array(init, x.dtype), op, dims, steps, pads)
+  # A concrete NumPy init value keeps reduce_window on its differentiable max/min/add paths.
+  return jax.lax.reduce_window(x, np.array(init, x.dtype), op, dims, steps, pads)
 
 
 def max_pool(x: jax.Array, window: Window, strides=None, padding="valid") -> jax.Array:

@@ -4,6 +4,7 @@ import itertools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,6 +82,19 @@ class PoolingTest(parameterized.TestCase):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=reduce.__name__)
       for n, w, si, p, o in zip(spatial, window, s, specs, got.shape[1:-1]):
         self.assertEqual(o, layers.conv_output_size(n, w, si, p))
+
+  @parameterized.parameters("max_pool", "min_pool", "avg_pool", "lp_pool")
+  def test_differentiable_under_jit(self, name):
+    pool = getattr(layers, name)
+    x = rand((2, 6, 6, 3))
+    grad = jax.jit(jax.grad(lambda v: pool(v, (2, 2), padding="same").sum()))(x)
+    self.assertEqual(grad.shape, x.shape)
+    if name in ("max_pool", "min_pool"):
+      # Each non-overlapping window passes its gradient to exactly one input.
+      np.testing.assert_allclose(np.asarray(grad).sum(), 2 * 3 * 3 * 3)
+      self.assertEqual(int((np.asarray(grad) != 0).sum()), 2 * 3 * 3 * 3)
+    if name == "avg_pool":
+      np.testing.assert_allclose(grad, np.full(x.shape, 0.25), rtol=1e-6)
 
   def test_global_pools(self):
     x = rand((2, 4, 5, 3))
