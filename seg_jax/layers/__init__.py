@@ -14,6 +14,7 @@ from seg_jax.layers.conv import (
     ConvNormAct,
     ConvTranspose,
     SeparableConv,
+    SeparableConvNormAct,
     convolve,
     correlate,
 )
@@ -37,7 +38,7 @@ from seg_jax.layers.pooling import (
 
 __all__ = [
     "ACTIVATIONS", "ASPP", "Conv", "ConvNormAct", "ConvTranspose", "Dropout", "NORMS", "Norm",
-    "PADDING_NAMES", "ReceptiveField", "SCSE", "SeparableConv", "SpatialDropout",
+    "PADDING_NAMES", "ReceptiveField", "SCSE", "SeparableConv", "SeparableConvNormAct", "SpatialDropout",
     "SqueezeExcitation", "activation", "avg_pool", "conv_output_size",
     "conv_transpose_output_size", "convolve", "correlate", "global_avg_pool", "global_max_pool",
     "lp_pool", "max_pool", "min_pool", "receptive_field", "resize", "resolve_padding",

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seg_jax.layers.conv import Conv, ConvNormAct, SeparableConv
-from seg_jax.layers.norm import Dropout, Norm, activation
+from seg_jax.layers.conv import Conv, ConvNormAct, SeparableConvNormAct
+from seg_jax.layers.norm import Dropout, activation
 from seg_jax.layers.pooling import global_avg_pool
 
 Dtype = Any
@@ -95,13 +95,8 @@ class ASPP(nn.Module):
     branches = [ConvNormAct(self.features, ones, name="conv1x1", **common)(x, train=train)]
     for i, rate in enumerate(self.rates):
       if self.separable:
-        # DeepLabV3+: normalise and activate after the depthwise and after the pointwise conv.
-        y = SeparableConv(self.features, threes, dilation=rate, mid_norm=self.norm,
-                          mid_act=self.act, dtype=self.dtype, param_dtype=self.param_dtype,
-                          name=f"atrous{i}")(x, train=train)
-        y = Norm(self.norm, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name=f"atrous{i}_norm")(y, train=train)
-        branches.append(activation(self.act)(y))
+        branches.append(SeparableConvNormAct(self.features, threes, dilation=rate, **common,
+                                             name=f"atrous{i}")(x, train=train))
       else:
         branches.append(ConvNormAct(self.features, threes, dilation=rate, name=f"atrous{i}",
                                     **common)(x, train=train))

@@ -294,3 +294,28 @@ class SeparableConv(nn.Module):
     ones = (1,) * len(tuple(self.kernel_size))
     return Conv(self.features, ones, use_bias=self.use_bias, dtype=self.dtype,
                 param_dtype=self.param_dtype, name="pointwise")(x)
+
+
+class SeparableConvNormAct(nn.Module):
+  """``SeparableConv`` with norm + activation after both the depthwise and the pointwise conv.
+
+  The "sep conv" block of DeepLabV3+ (Chen et al. 2018); children ``conv`` and ``norm``.
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: Union[int, Sequence[int]] = 1
+  dilation: Union[int, Sequence[int]] = 1
+  norm: str = "batch"
+  act: str = "relu"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = SeparableConv(self.features, self.kernel_size, strides=self.strides,
+                      dilation=self.dilation, mid_norm=self.norm, mid_act=self.act, **kw,
+                      name="conv")(x, train=train)
+    x = Norm(kind=self.norm, **kw, name="norm")(x, train=train)
+    return activation(self.act)(x)
+

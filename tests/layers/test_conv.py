@@ -245,6 +245,16 @@ class SeparableAndConvNormActTest(parameterized.TestCase):
     before = variables["batch_stats"]["mid_norm"]["bn"]["mean"]
     self.assertFalse(np.allclose(updates["batch_stats"]["mid_norm"]["bn"]["mean"], before))
 
+  def test_separable_conv_norm_act(self):
+    x = rand((2, 9, 9, 4))
+    block = layers.SeparableConvNormAct(8, (3, 3), strides=2, dilation=1)
+    variables = block.init(KEY, x, train=False)
+    self.assertEqual(set(variables["params"]), {"conv", "norm"})
+    self.assertIn("mid_norm", variables["params"]["conv"])
+    y, _ = block.apply(variables, x, train=True, mutable=["batch_stats"])
+    self.assertEqual(y.shape, (2, 5, 5, 8))
+    self.assertGreaterEqual(float(y.min()), 0.0)
+
   @parameterized.parameters("batch", "group", "layer", "instance", "none")
   def test_conv_norm_act(self, norm):
     x = rand((2, 8, 8, 3))

@@ -153,7 +153,7 @@ class AttentionTest(parameterized.TestCase):
                        separable=separable, dropout_rate=0.1)
     variables = aspp.init(KEY, x, train=False)
     branches = [k for k in variables["params"] if k.startswith("atrous")]
-    self.assertLen([b for b in branches if not b.endswith("_norm")], len(rates))
+    self.assertLen(branches, len(rates))
     self.assertEqual("image_pool" in variables["params"], image_pooling)
     self.assertEqual(variables["params"]["project"]["conv"]["kernel"].shape[-2],
                      16 * (1 + len(rates) + int(image_pooling)))

@@ -1,0 +1,107 @@
+"""Tests of the MLP, SimpleCNN and LocallyConnected classifiers' parts."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seg_jax import layers
+from seg_jax.models import classifiers
+from tests.models.test_backbones import check_train_and_eval
+
+KEY = jax.random.key(0, impl="rbg")
+
+
+def param_count(variables):
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
+
+
+class MLPTest(parameterized.TestCase):
+
+  def test_matches_numpy_forward(self):
+    model = classifiers.MLP(num_classes=3, hidden=(6, 5), act="tanh")
+    x = jax.random.normal(jax.random.key(1), (2, 4, 5, 3))
+    variables = model.init(KEY, x, train=False)
+    p = jax.tree.map(np.asarray, variables["params"])
+    h = np.asarray(x).reshape(2, -1)
+    for name in ("dense0", "dense1"):
+      h = np.tanh(h @ p[name]["kernel"] + p[name]["bias"])
+    expected = h @ p["head"]["kernel"] + p["head"]["bias"]
+    np.testing.assert_allclose(model.apply(variables, x, train=False), expected, rtol=1e-5,
+                               atol=1e-5)
+
+  def test_param_count_on_32x32_patches(self):
+    model = classifiers.MLP(num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 32, 32, 3)), train=False))
+    expected = (32 * 32 * 3 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10)
+    self.assertEqual(param_count(variables), expected)
+
+  def test_dropout_only_in_train_and_bfloat16_logits_float32(self):
+    model = classifiers.MLP(num_classes=4, hidden=(64,), dropout=0.5, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    variables = model.init(KEY, x, train=False)
+    eval_out = model.apply(variables, x, train=False)  # No dropout rng needed.
+    train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)})
+    train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(3)})
+    self.assertEqual(eval_out.dtype, jnp.float32)
+    self.assertEqual(eval_out.shape, (2, 4))
+    self.assertFalse(np.array_equal(train_a, train_b))
+    np.testing.assert_array_equal(eval_out, model.apply(variables, x, train=False))
+
+
+class LocallyConnectedTest(parameterized.TestCase):
+
+  @parameterized.parameters((1, "same", 1), (2, "same", 1), (1, "valid", 2), (2, 1, 1))
+  def test_equals_conv_with_the_kernel_tiled(self, strides, padding, dilation):
+    x = jax.random.normal(jax.random.key(1), (2, 9, 11, 3))
+    conv = layers.Conv(4, (3, 3), strides=strides, padding=padding, dilation=dilation)
+    local = classifiers.LocallyConnected(4, (3, 3), strides=strides, padding=padding,
+                                         dilation=dilation)
+    conv_vars = conv.init(KEY, x)
+    local_vars = local.init(KEY, x)
+    expected = conv.apply(conv_vars, x)
+    kernel = conv_vars["params"]["kernel"]  # (kh, kw, C, F); patches are channel-major.
+    flat = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, 4)
+    positions = local_vars["params"]["kernel"].shape[:2]
+    self.assertEqual(positions, expected.shape[1:3])
+    tiled = jnp.broadcast_to(flat, positions + flat.shape)
+    params = {"kernel": tiled, "bias": conv_vars["params"]["bias"]}
+    np.testing.assert_allclose(local.apply({"params": params}, x), expected, rtol=1e-5,
+                               atol=1e-5)
+
+  def test_groups_rejected(self):
+    with self.assertRaisesRegex(ValueError, "groups"):
+      classifiers.LocallyConnected(4, groups=2).init(KEY, jnp.zeros((1, 8, 8, 4)))
+
+
+class SimpleCNNTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      # conv 3*3*3*4 + BN 8, conv 3*3*4*8 + BN 16, head 8*3 + 3.
+      ("shared", True, 108 + 8 + 288 + 16 + 27),
+      # The same kernels at each of 16x16 and 8x8 output positions.
+      ("unshared", False, 16 * 16 * 108 + 8 + 8 * 8 * 288 + 16 + 27),
+  )
+  def test_param_count(self, share_weights, expected):
+    model = classifiers.SimpleCNN(num_classes=3, widths=(4, 8), share_weights=share_weights)
+    variables = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 16, 16, 3)), train=False))
+    self.assertEqual(param_count(variables), expected)
+
+  @parameterized.named_parameters(("shared", True), ("unshared", False))
+  def test_train_and_eval(self, share_weights):
+    model = classifiers.SimpleCNN(num_classes=5, widths=(4, 8), convs_per_stage=2, dropout=0.2,
+                                  share_weights=share_weights, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(1), (2, 17, 23, 3))
+    variables = jax.jit(lambda x: model.init(KEY, x, train=False))(x)
+    self.assertNotEmpty(variables["batch_stats"])
+    check_train_and_eval(self, model, variables, x, (2, 5))
+
+  def test_too_small_input(self):
+    model = classifiers.SimpleCNN(widths=(4, 8, 16))
+    with self.assertRaisesRegex(ValueError, "H, W >= 8"):
+      jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 7, 32, 3)), train=False))
+
+
+if __name__ == "__main__":
+  absltest.main()
