@@ -1,0 +1,20 @@
+r"""python -m seg_jax.main --config=configs/deeplabv3plus_xception.py --workdir=/tmp/seg_dlv3p
+
+DeepLabV3+ with an aligned Xception backbone (output stride 16, separable ASPP and decoder) on
+the synthetic aerial scenes at 144x256, SGD + poly as in the paper. Accelerator-sized; no
+measured result yet.
+"""
+
+import ml_collections
+
+from configs import deeplabv3_resnet50
+
+
+def get_config():
+  """deeplabv3plus + Xception (OS 16) on synthetic_aerial 144x256 with SGD + poly."""
+  config = deeplabv3_resnet50.get_config()
+  config.model.name = "deeplabv3plus"
+  config.model.kwargs = ml_collections.ConfigDict(dict(
+      backbone="xception", output_stride=16, aspp_features=256, low_level_features=48,
+      decoder_features=256))
+  return config

@@ -1,0 +1,51 @@
+r"""python -m seg_jax.main --config=configs/dubai.py --workdir=/tmp/seg_dubai
+
+Dubai aerial imagery (../shared/data/dubai_aerial, 72 images in 8 tiles), whole tiles assigned
+to train/val/test, images resized to 144x256 as in the original notebook. The part after a colon
+picks the architecture at CPU-friendly widths: `--config=configs/dubai.py:asym_unet` (the
+default, the proposal) or `--config=configs/dubai.py:unet` (plain U-Net, same budget).
+Measured on the 2-core CPU: see experiments/dubai_proposal_vs_unet/README.md.
+"""
+
+import ml_collections
+
+from configs import default
+
+# Widths small enough that a 2-core CPU run of train.num_steps stays within about 10 minutes.
+ARCHITECTURES = {
+    "asym_unet": dict(
+        widths=(16, 32, 64, 128),
+        encoder_blocks=(1, 2, 2, 2),
+        decoder_widths=(64, 32, 16),
+        decoder_blocks=(1, 1, 1),
+        aspp_features=64,
+        aspp_rates=(2, 4, 6),
+        se_reduction=8,
+    ),
+    "unet": dict(depth=3, base_width=16),
+}
+
+
+def get_config(arch: str = "asym_unet"):
+  """The Dubai aerial set at 144x256 with model `arch` (a key of ARCHITECTURES)."""
+  if arch not in ARCHITECTURES:
+    raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {arch!r}")
+  config = default.get_config()
+  config.model.name = arch
+  config.model.kwargs = ml_collections.ConfigDict(ARCHITECTURES[arch])
+  config.data.name = "dubai_aerial"
+  config.data.root = "../shared/data/dubai_aerial"
+  config.data.image_size = (144, 256)
+  config.data.split = "tile"
+  config.data.prep = "resize"
+  config.data.augment.scale_max = 1.25
+  config.data.augment.rotate_degrees = 10.0
+  config.optim.learning_rate = 3e-3
+  config.optim.warmup_steps = 20
+  config.train.num_steps = 300
+  config.train.global_batch_size = 8
+  config.train.log_every = 20
+  config.train.eval_every = 100
+  config.train.checkpoint_every = 100
+  config.eval.global_batch_size = 8
+  return config

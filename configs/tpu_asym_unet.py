@@ -1,0 +1,23 @@
+r"""python -m seg_jax.main --config=configs/tpu_asym_unet.py --workdir=/mnt/shared/seg_asym_unet --distributed
+
+configs/asym_unet.py sized for a TPU VM pod slice (e.g. v4-32, 16 chips): run the same command
+on every host (`gcloud compute tpus tpu-vm ssh NAME --worker=all --command=...`); `--distributed`
+calls jax.distributed.initialize(). bfloat16 compute, global batch 256 (a multiple of the chip
+count); the workdir must be a filesystem every host mounts (e.g. Filestore/NFS), since
+all hosts write their checkpoint shards there. Not run yet: no measured result.
+"""
+
+from configs import asym_unet
+
+
+def get_config():
+  """asym_unet on synthetic_aerial 144x256 for a multi-host TPU pod slice."""
+  config = asym_unet.get_config()
+  config.model.dtype = "bfloat16"
+  config.data.num_train = 32768
+  config.data.num_val = 1024
+  config.optim.learning_rate = 4e-3
+  config.optim.warmup_steps = 1000
+  config.train.global_batch_size = 256
+  config.eval.global_batch_size = 256
+  return config

@@ -1,0 +1,128 @@
+"""Optimisers, learning-rate schedules and parameter masks built from the config's `optim` group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("warmup_cosine", "poly", "constant")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lamb", "lion", "rmsprop")
+BACKBONE_MODES = ("train", "freeze", "scale")
+
+
+def num_updates(optim_config, num_steps: int) -> int:
+  """Optimizer updates in a run of `num_steps` micro-steps (gradient accumulation divides them)."""
+  return max(1, num_steps // optim_config.accumulation_steps)
+
+
+def create_schedule(optim_config, num_steps: int) -> optax.Schedule:
+  """Learning rate per optimizer update: linear warmup, then cosine, poly or constant.
+
+  `poly` is DeepLab's lr * (1 - t / T) ** power; cosine and poly decay to
+  lr * end_lr_factor at the last update.
+  """
+  lr = optim_config.learning_rate
+  total = num_updates(optim_config, num_steps)
+  warmup = optim_config.warmup_steps
+  if not 0 <= warmup < total:
+    raise ValueError(f"optim.warmup_steps must be in [0, {total}) updates, got {warmup}")
+  decay_steps = total - warmup
+  end = lr * optim_config.end_lr_factor
+  name = optim_config.schedule
+  if name == "warmup_cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=optim_config.end_lr_factor)
+  elif name == "poly":
+    main = optax.polynomial_schedule(lr, end, optim_config.poly_power, decay_steps)
+  elif name == "constant":
+    main = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {name!r}")
+  if not warmup:
+    return main
+  ramp = optax.linear_schedule(0.0, lr, warmup)
+  return optax.join_schedules([ramp, main], [warmup])
+
+
+def weight_decay_mask(params: Any) -> Any:
+  """True for parameters that get weight decay: kernels (ndim > 1), not biases or norm scales."""
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _path_names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", k)) for k in path)
+
+
+def backbone_mask(params: Any, module_names: Sequence[str]) -> Any:
+  """True for parameters inside a submodule whose name is one of `module_names`."""
+  names = set(module_names)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(names.intersection(_path_names(path))), params)
+
+
+def _base_optimizer(optim_config, learning_rate) -> optax.GradientTransformation:
+  """The named optax optimizer; weight decay (masked) is added for every optimizer."""
+  c = optim_config
+  name = c.name
+  if name == "adamw":
+    return optax.adamw(learning_rate, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                       mask=weight_decay_mask)
+  if name == "adam":
+    inner = optax.adam(learning_rate, b1=c.b1, b2=c.b2, eps=c.eps)
+  elif name == "sgd":
+    inner = optax.sgd(learning_rate, momentum=c.momentum or None, nesterov=c.nesterov)
+  elif name == "lamb":
+    return optax.lamb(learning_rate, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+                      mask=weight_decay_mask)
+  elif name == "lion":
+    return optax.lion(learning_rate, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay,
+                      mask=weight_decay_mask)
+  elif name == "rmsprop":
+    inner = optax.rmsprop(learning_rate, eps=c.eps, momentum=c.momentum or None,
+                          nesterov=c.nesterov)
+  else:
+    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
+  # Coupled L2 (added to the gradient before the update) is what SGD users expect.
+  decay = optax.add_decayed_weights(c.weight_decay, mask=weight_decay_mask)
+  return optax.chain(decay, inner) if c.weight_decay else inner
+
+
+def create_optimizer(optim_config, num_steps: int, params: Any
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Optimizer (clipping, masked decay, backbone freeze/scale, accumulation) and its schedule.
+
+  Args:
+    optim_config: the config's `optim` group.
+    num_steps: training micro-steps of the run (each consumes one global batch).
+    params: the model parameters (used for the backbone mask and to check it matches something).
+  Returns:
+    (gradient transformation, schedule of the learning rate per optimizer update).
+  """
+  c = optim_config
+  schedule = create_schedule(c, num_steps)
+  tx = _base_optimizer(c, schedule)
+  if c.backbone not in BACKBONE_MODES:
+    raise ValueError(f"optim.backbone must be one of {BACKBONE_MODES}, got {c.backbone!r}")
+  if c.backbone != "train":
+    mask = backbone_mask(params, c.backbone_modules)
+    if not any(jax.tree.leaves(mask)):
+      raise ValueError(
+          f"optim.backbone={c.backbone!r} but the model has no submodule named any of "
+          f"{tuple(c.backbone_modules)}; top-level modules: {sorted(params)}")
+    if c.backbone == "freeze":
+      backbone_tx = optax.set_to_zero()
+    else:
+      backbone_tx = _base_optimizer(c, lambda s: c.backbone_lr_factor * schedule(s))
+    labels = jax.tree.map(lambda b: "backbone" if b else "rest", mask)
+    tx = optax.multi_transform({"rest": tx, "backbone": backbone_tx}, labels)
+  if c.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), tx)
+  if c.accumulation_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=c.accumulation_steps)
+  elif c.accumulation_steps < 1:
+    raise ValueError(f"optim.accumulation_steps must be >= 1, got {c.accumulation_steps}")
+  return tx, schedule
+

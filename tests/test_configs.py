@@ -1,0 +1,100 @@
+"""Every config in configs/ loads, names only things that exist, and is locked against typos."""
+
+import importlib
+import os
+import sys
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+
+from seg_jax import data as data_lib
+from seg_jax import models
+from seg_jax import optim
+from seg_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
+                      if f.endswith(".py") and f != "__init__.py")
+# (file, argument after the colon) of every config a user can launch.
+VARIANTS = [(name, None) for name in CONFIG_FILES if name != "dubai"] + [
+    ("dubai", arch) for arch in ("asym_unet", "unet")]
+
+
+def load(name, arg=None):
+  """get_config() of configs/<name>.py (with the `:arg` part when given), locked."""
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config() if arg is None else module.get_config(arg)
+  config.lock()
+  return config
+
+
+def _keys(config, prefix=""):
+  out = set()
+  for key, value in config.items():
+    out.add(prefix + key)
+    if hasattr(value, "items"):
+      out |= _keys(value, f"{prefix}{key}.")
+  return out
+
+
+class ConfigsTest(parameterized.TestCase):
+
+  def test_expected_files_exist(self):
+    for name in ("default", "unet", "asym_unet", "deeplabv3_resnet50",
+                 "deeplabv3plus_xception", "fcn8s", "dubai"):
+      self.assertIn(name, CONFIG_FILES)
+    self.assertTrue(any(n.startswith("gpu_") for n in CONFIG_FILES))
+    self.assertTrue(any(n.startswith("tpu_") for n in CONFIG_FILES))
+
+  @parameterized.parameters(*CONFIG_FILES)
+  def test_docstring_opens_with_launch_command(self, name):
+    doc = importlib.import_module(f"configs.{name}").__doc__
+    self.assertStartsWith(doc.strip().splitlines()[0],
+                          f"python -m seg_jax.main --config=configs/{name}.py --workdir=")
+
+  @parameterized.parameters(*VARIANTS)
+  def test_same_fields_as_default(self, name, arg):
+    default_keys = _keys(load("default"))
+    model_kwargs = {k for k in default_keys if k.startswith("model.kwargs.")}
+    keys = {k for k in _keys(load(name, arg)) if not k.startswith("model.kwargs.")}
+    self.assertEqual(keys, default_keys - model_kwargs)
+
+  def test_data_group_matches_data_package(self):
+    data_keys = {"data." + k for k in _keys(data_lib.default_data_config())}
+    self.assertEqual({k for k in _keys(load("default")) if k.startswith("data.")}, data_keys)
+
+  @parameterized.parameters(*VARIANTS)
+  def test_names_exist_and_model_builds(self, name, arg):
+    config = load(name, arg)
+    self.assertIn(config.model.name, models.available())
+    self.assertTrue(models.is_segmentation(config.model.name))
+    self.assertIn(config.data.name, data_lib.dataset.NAMES)
+    self.assertIn(config.optim.name, optim.OPTIMIZERS)
+    self.assertIn(config.optim.backbone, optim.BACKBONE_MODES)
+    self.assertIn(config.loss.class_weighting, train.CLASS_WEIGHTINGS)
+    self.assertIn(config.train.mode, ("train", "eval"))
+    self.assertIn(config.eval.split, ("val", "test"))
+    self.assertIn(config.eval.checkpoint, ("best", "latest"))
+    optim.create_schedule(config.optim, config.train.num_steps)
+    model = train.build_model(config, num_classes=6)
+    shape = jax.eval_shape(
+        lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros((1, 64, 64, 3)))
+    self.assertIn("params", shape)
+
+  def test_locked_config_rejects_misspelled_field(self):
+    config = load("default")
+    with self.assertRaises(AttributeError):
+      config.train.num_step = 10
+    config.train.num_steps = 10
+
+  def test_dubai_rejects_unknown_architecture(self):
+    with self.assertRaisesRegex(ValueError, "arch.*'segformer'"):
+      load("dubai", "segformer")
+
+
+if __name__ == "__main__":
+  absltest.main()
