@@ -37,6 +37,7 @@ from seg_jax import optim
 from seg_jax import viz
 from seg_jax import writers
 from seg_jax.data import augment as augment_lib
+from seg_jax.data import palettes
 from seg_jax.data import pipeline as pipeline_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -90,7 +91,7 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   if not models.is_segmentation(name):
     raise ValueError(f"model.name {name!r} is a classifier, not a segmentation model")
   num_classes = len(dataset.class_names)
-  palette_size = len(viz.palette_array(dataset.palette))
+  palette_size = len(palettes.palette_colors(dataset.palette))
   if palette_size != num_classes:
     raise ValueError(f"dataset {config.data.name!r} has {num_classes} class names but "
                      f"{palette_size} palette colours")

@@ -7,31 +7,14 @@ from typing import Any
 
 import numpy as np
 
-
-def palette_array(palette: Any) -> np.ndarray:
-  """(C, 3) uint8 colours from a `seg_jax.data.palettes.Palette` or an array-like of RGB rows."""
-  colors = palette.as_array() if hasattr(palette, "as_array") else palette
-  colors = np.asarray(colors, np.uint8)
-  if colors.ndim != 2 or colors.shape[1] != 3:
-    raise ValueError(f"palette must give (C, 3) colours, got shape {colors.shape}")
-  return colors
-
-
-def colorize(labels: np.ndarray, palette: Any) -> np.ndarray:
-  """uint8 (H, W, 3) picture of a label map; labels outside the palette (ignore) are black."""
-  colors = palette_array(palette)
-  labels = np.asarray(labels)
-  known = (labels >= 0) & (labels < len(colors))
-  out = colors[np.where(known, labels, 0)]
-  out[~known] = 0
-  return out
+from seg_jax.data.palettes import encode_mask
 
 
 def prediction_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: Any
                      ) -> np.ndarray:
   """uint8 (H, 3W, 3) side by side: image | true labels | predicted labels."""
   image = np.clip(np.asarray(image, np.float32), 0, 255).astype(np.uint8)
-  return np.concatenate([image, colorize(label, palette), colorize(pred, palette)], axis=1)
+  return np.concatenate([image, encode_mask(label, palette), encode_mask(pred, palette)], axis=1)
 
 
 def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str,

@@ -321,14 +321,14 @@ class ShardingTest(absltest.TestCase):
 
 class VizWritersTest(absltest.TestCase):
 
-  def test_colorize_and_panel(self):
+  def test_prediction_panel(self):
     palette = np.array([[10, 20, 30], [40, 50, 60]], np.uint8)
     labels = np.array([[0, 1], [255, 1]])
-    np.testing.assert_array_equal(viz.colorize(labels, palette),
-                                  [[[10, 20, 30], [40, 50, 60]], [[0, 0, 0], [40, 50, 60]]])
     panel = viz.prediction_panel(np.full((2, 2, 3), 300.0), labels, labels, palette)
     self.assertEqual(panel.shape, (2, 6, 3))
     self.assertEqual(panel[0, 0, 0], 255)
+    np.testing.assert_array_equal(panel[:, 4:], [[[10, 20, 30], [40, 50, 60]],
+                                                 [[0, 0, 0], [40, 50, 60]]])
 
   def test_pngs_and_json(self):
     workdir = tempfile.mkdtemp()

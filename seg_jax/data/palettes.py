@@ -99,7 +99,8 @@ def load_palette(path_or_dict: Union[str, os.PathLike, Mapping[str, str]]) -> Pa
   return Palette(names=names, colors=colors)
 
 
-def _as_color_array(palette: Union[Palette, np.ndarray, Sequence]) -> np.ndarray:
+def palette_colors(palette: Union[Palette, np.ndarray, Sequence]) -> np.ndarray:
+  """(K, 3) uint8 class colours of a ``Palette`` or of an array-like of RGB rows."""
   if isinstance(palette, Palette):
     return palette.as_array()
   arr = np.asarray(palette)
@@ -128,7 +129,7 @@ def decode_mask(rgb: np.ndarray, palette, ignore_index: int = 255, *,
     raise ValueError(f"rgb mask must have shape (H, W, 3), got {rgb.shape}.")
   if not 0 <= ignore_index <= 255:
     raise ValueError(f"ignore_index must be in [0, 255], got {ignore_index}.")
-  colors = _as_color_array(palette)
+  colors = palette_colors(palette)
   if ignore_index < len(colors):
     raise ValueError(
         f"ignore_index {ignore_index} collides with a class index (< {len(colors)}).")
@@ -154,7 +155,7 @@ def encode_mask(labels: np.ndarray, palette) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.ndim != 2:
     raise ValueError(f"labels must have shape (H, W), got {labels.shape}.")
-  colors = _as_color_array(palette)
+  colors = palette_colors(palette)
   ignore_color = np.asarray(
       palette.ignore_color if isinstance(palette, Palette) else (0, 0, 0), np.uint8)
   table = np.concatenate([colors, ignore_color[None]], axis=0)
