@@ -238,7 +238,8 @@ class ConvNormAct(nn.Module):
 
   ``conv`` is a module class or partial (default ``Conv``); ``norm`` a name understood by
   ``Norm`` or a module factory taking ``name=``; ``act`` a name understood by ``activation`` or a
-  callable. With a normalisation the convolution bias is redundant, hence ``use_bias=False``.
+  callable. With a normalisation the convolution bias is redundant, so ``use_bias=None`` (the
+  default) means "a bias only when ``norm`` is ``"none"``/``None``".
   """
   features: int
   kernel_size: Sequence[int] = (3, 3)
@@ -246,7 +247,7 @@ class ConvNormAct(nn.Module):
   padding: Any = "same"
   dilation: Union[int, Sequence[int]] = 1
   groups: int = 1
-  use_bias: bool = False
+  use_bias: Optional[bool] = None
   norm: Any = "batch"
   act: Any = "relu"
   conv: Callable[..., nn.Module] = Conv
@@ -255,9 +256,10 @@ class ConvNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    use_bias = self.norm in (None, "none") if self.use_bias is None else self.use_bias
     x = self.conv(features=self.features, kernel_size=self.kernel_size, strides=self.strides,
                   padding=self.padding, dilation=self.dilation, groups=self.groups,
-                  use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                  use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                   name="conv")(x)
     x = _make_norm(self.norm, self.dtype, self.param_dtype, "norm")(x, train=train)
     return _make_act(self.act)(x)

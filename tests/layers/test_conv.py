@@ -263,7 +263,7 @@ class SeparableAndConvNormActTest(parameterized.TestCase):
     y, _ = block.apply(variables, x, train=True, mutable=["batch_stats"])
     self.assertEqual(y.shape, (2, 4, 4, 32))
     self.assertGreaterEqual(float(y.min()), 0.0)
-    self.assertEqual("bias" in variables["params"]["conv"], False)
+    self.assertEqual("bias" in variables["params"]["conv"], norm == "none")
 
   def test_conv_norm_act_injected_parts(self):
     x = rand((1, 5, 5, 2))
