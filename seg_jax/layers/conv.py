@@ -81,10 +81,9 @@ def _single_channel(x: jax.Array, kernel: jax.Array, padding, stride, dilation) 
   for size, k, s, p, d in zip(x.shape, kernel.shape, strides, specs, dilation):
     if p == "same":
       # SciPy centres "same" on the "full" output: the extra pixel of an even kernel goes low.
+      # A stride then keeps every s-th of those n outputs, ceil(n / s) of them.
       total = d * (k - 1)
       pairs.append((total - total // 2, total // 2))
-      if s != 1:
-        pairs[-1] = arithmetic.resolve_padding(size, k, s, p, d)
     elif p == "circular":
       raise ValueError("padding='circular' is only supported by the Conv layer")
     else:
@@ -106,7 +105,8 @@ def correlate(x: jax.Array, kernel: jax.Array, padding: arithmetic.Padding = "va
   With stride 1 and dilation 1 it equals ``scipy.signal.correlate(x, kernel, mode)`` for
   ``padding`` in ``"valid" | "same" | "full"``. Like SciPy, ``"same"`` centres the output on the
   ``"full"`` result, so an even kernel gets its extra padding pixel on the low side here (the
-  ``Conv`` layer follows XLA and puts it on the high side).
+  ``Conv`` layer follows XLA and puts it on the high side). A stride keeps every ``stride``-th
+  output of the stride-1 result.
   """
   return _single_channel(x, kernel, padding, stride, dilation)
 

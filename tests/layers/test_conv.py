@@ -62,6 +62,11 @@ class CorrelateConvolveTest(parameterized.TestCase):
     x, w = rand((11,)), rand((3,), seed=1)
     dense = np.asarray(layers.correlate(x, w, "valid"))
     np.testing.assert_allclose(layers.correlate(x, w, "valid", stride=2), dense[::2], rtol=1e-6)
+    for k in (2, 3, 4):
+      w_k = rand((k,), seed=k)
+      np.testing.assert_allclose(layers.correlate(x, w_k, "same", stride=3),
+                                 scipy.signal.correlate(x, w_k, "same")[::3], rtol=1e-5,
+                                 atol=1e-6)
     spread = np.zeros(5, np.float32)
     spread[::2] = w
     np.testing.assert_allclose(layers.correlate(x, w, "valid", dilation=2),
