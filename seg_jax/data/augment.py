@@ -16,16 +16,17 @@ import numpy as np
 # Rotation by k quarter turns in (y, x) coordinates, exact integers.
 _ROT90 = np.array([[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]]],
                   np.float32)
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
                         [0.595716, -0.274453, -0.321263],
                         [0.211456, -0.522591, 0.311135]], np.float32)
+_LUMA = _RGB_TO_YIQ[0]
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
 def _geometry(key, h: int, w: int, cfg):
   """Per-example (2x2 matrix, offset) mapping centred output (y, x) to centred source (y, x)."""
-  k_flip_h, k_flip_v, k_rot90, k_scale, k_angle, k_ty, k_tx = jax.random.split(key, 7)
+  # Seven keys, one unused, so that every draw stays tied to its key index.
+  k_flip_h, k_flip_v, k_rot90, k_scale, k_angle, k_ty, _ = jax.random.split(key, 7)
   m = jnp.eye(2, dtype=jnp.float32)
   if cfg.rot90:
     # Quarter turns keep the shape only for square images; others get half turns.
@@ -58,7 +59,12 @@ def _geometry(key, h: int, w: int, cfg):
 
 
 def _warp(image, label, m, offset, ignore_index: int):
-  """Samples one image bilinearly and its label at the nearest pixel through (m, offset)."""
+  """Samples one image bilinearly and its label at the nearest pixel through (m, offset).
+
+  `image` (H, W, 3) and `label` (H, W) keep their stored dtype (uint8): each tap
+  reads the narrow values and converts them to float32, and the label becomes
+  int32 after the lookup. Returns (float32 image, int32 label).
+  """
   h, w = label.shape
   cy, cx = (h - 1) / 2, (w - 1) / 2
   yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy,
@@ -69,8 +75,8 @@ def _warp(image, label, m, offset, ignore_index: int):
   nx = jnp.round(sx).astype(jnp.int32)
   inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
   flat_label = label.reshape(-1)
-  new_label = jnp.where(inside, flat_label[jnp.clip(ny, 0, h - 1) * w + jnp.clip(nx, 0, w - 1)],
-                        ignore_index)
+  picked = flat_label[jnp.clip(ny, 0, h - 1) * w + jnp.clip(nx, 0, w - 1)].astype(jnp.int32)
+  new_label = jnp.where(inside, picked, ignore_index)
   y0 = jnp.floor(sy)
   x0 = jnp.floor(sx)
   wy = (sy - y0)[..., None]
@@ -80,7 +86,7 @@ def _warp(image, label, m, offset, ignore_index: int):
   def tap(dy, dx):
     iy = jnp.clip(y0.astype(jnp.int32) + dy, 0, h - 1)
     ix = jnp.clip(x0.astype(jnp.int32) + dx, 0, w - 1)
-    return flat[iy * w + ix]
+    return flat[iy * w + ix].astype(jnp.float32)
 
   top = tap(0, 0) * (1 - wx) + tap(0, 1) * wx
   bottom = tap(1, 0) * (1 - wx) + tap(1, 1) * wx
@@ -121,6 +127,12 @@ def _colour_affine(key, channel_mean, cfg):
   return a, o
 
 
+def _has_geometry(cfg) -> bool:
+  """Whether `cfg` moves any pixel: a flip, rot90, a scale range other than 1 or a rotation."""
+  return bool(cfg.hflip or cfg.vflip or cfg.rot90 or cfg.scale_min != 1.0 or
+              cfg.scale_max != 1.0 or cfg.rotate_degrees != 0)
+
+
 def augment_batch(images, labels, rng, aug_config, ignore_index: int = 255):
   """Augments a batch: uint8 images (B, H, W, 3), labels (B, H, W) -> (float32 [0, 255], int32).
 
@@ -130,16 +142,19 @@ def augment_batch(images, labels, rng, aug_config, ignore_index: int = 255):
     raise ValueError(f"images must be (B, H, W, 3), got {images.shape}.")
   if labels.shape != images.shape[:3]:
     raise ValueError(f"labels must be {images.shape[:3]}, got {labels.shape}.")
-  images = images.astype(jnp.float32)
-  labels = labels.astype(jnp.int32)
   if not aug_config.enabled:
-    return images, labels
+    return images.astype(jnp.float32), labels.astype(jnp.int32)
   b, h, w, _ = images.shape
   keys = jax.random.split(rng, 2 * b + 1)
   geo_keys, colour_keys, noise_key = keys[:b], keys[b:2 * b], keys[2 * b]
-  m, offset = jax.vmap(lambda k: _geometry(k, h, w, aug_config))(geo_keys)
-  images, labels = jax.vmap(lambda i, l, mm, o: _warp(i, l, mm, o, ignore_index))(
-      images, labels, m, offset)
+  if _has_geometry(aug_config):
+    m, offset = jax.vmap(lambda k: _geometry(k, h, w, aug_config))(geo_keys)
+    images, labels = jax.vmap(lambda i, l, mm, o: _warp(i, l, mm, o, ignore_index))(
+        images, labels, m, offset)
+  else:
+    # With every geometric option off the warp is the identity map: skip it.
+    images = images.astype(jnp.float32)
+    labels = labels.astype(jnp.int32)
   if aug_config.brightness > 0 or aug_config.contrast > 0 or aug_config.saturation > 0 or (
       aug_config.hue > 0):
     a, o = jax.vmap(lambda k, m: _colour_affine(k, m, aug_config))(

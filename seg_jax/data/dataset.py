@@ -184,6 +184,12 @@ def _to_source(examples) -> ArraySource:
                      [e["name"] for e in examples])
 
 
+def synthetic_source(split: str, count: int, *, seed: int, image_size) -> synthetic.SyntheticSource:
+  """The `count` synthetic scenes of `split`, from that split's own index range."""
+  return synthetic.SyntheticSource(count, seed=seed, offset=SYNTHETIC_OFFSETS[split],
+                                   image_size=image_size)
+
+
 def synthetic_mean_std(seed: int, image_size) -> tuple[np.ndarray, np.ndarray]:
   """Mean/std of the first synthetic train scenes for `seed` and `image_size`."""
   return preprocess.mean_std(
@@ -196,9 +202,8 @@ def get_dataset(config) -> Dataset:
   size = (int(config.image_size[0]), int(config.image_size[1]))
   if config.name == "synthetic_aerial":
     counts = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
-    sources = {
-        s: synthetic.SyntheticSource(counts[s], seed=config.seed, offset=SYNTHETIC_OFFSETS[s],
-                                     image_size=size) for s in splits.SPLITS}
+    sources = {s: synthetic_source(s, counts[s], seed=config.seed, image_size=size)
+               for s in splits.SPLITS}
     mean, std = synthetic_mean_std(config.seed, size)
     return Dataset(**sources, class_names=synthetic.CLASS_NAMES, palette=synthetic.PALETTE,
                    ignore_index=config.ignore_index, image_size=size, mean=mean, std=std)
@@ -209,8 +214,7 @@ def get_dataset(config) -> Dataset:
       max_unknown_fraction=config.max_unknown_fraction)
   sources = {s: _to_source(examples[s]) for s in splits.SPLITS}
   mean, std = preprocess.mean_std(sources["train"].images)
-  if config.prep == "patches":
-    size = (config.patch_size, config.patch_size)
+  size = preprocess.example_size(config.prep, size, config.patch_size)
   return Dataset(**sources, class_names=palettes.DUBAI_AERIAL.names,
                  palette=palettes.DUBAI_AERIAL, ignore_index=config.ignore_index,
                  image_size=size, mean=mean, std=std, skipped=skipped)

@@ -30,8 +30,8 @@ _NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Rows of the PNG grid.")
 _OUT = flags.DEFINE_string("out", "", "PNG grid path ('' to skip).")
 
 
-def class_histogram(source, num_classes: int, ignore_index: int) -> np.ndarray:
-  """Pixel counts per class of a source, with ignored/unknown pixels in the last slot."""
+def class_histogram(source, num_classes: int) -> np.ndarray:
+  """Pixel counts per class of a source; values >= `num_classes` (ignored) share the last slot."""
   counts = np.zeros(num_classes + 1, np.int64)
   for i in range(len(source)):
     b = np.bincount(np.asarray(source[i]["label"]).ravel(), minlength=256)
@@ -86,7 +86,7 @@ def main(argv):
   print(f"{'split':6s} {'count':>6s} " + " ".join(f"{n[:10]:>10s}" for n in names))
   for split in ("train", "val", "test"):
     source = getattr(ds, split)
-    counts = class_histogram(source, len(ds.class_names), ds.ignore_index)
+    counts = class_histogram(source, len(ds.class_names))
     share = 100.0 * counts / max(counts.sum(), 1)
     print(f"{split:6s} {len(source):6d} " + " ".join(f"{s:9.2f}%" for s in share))
   if _OUT.value:

@@ -109,6 +109,12 @@ def palette_colors(palette: Union[Palette, np.ndarray, Sequence]) -> np.ndarray:
   return arr.astype(np.uint8)
 
 
+def _ignore_color(palette) -> np.ndarray:
+  """(3,) uint8 ignore colour of a ``Palette``; black for a plain array of colours."""
+  return np.asarray(palette.ignore_color if isinstance(palette, Palette) else (0, 0, 0),
+                    np.uint8)
+
+
 def _rgb_key(rgb: np.ndarray) -> np.ndarray:
   rgb = rgb.astype(np.uint32)
   return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
@@ -143,9 +149,7 @@ def decode_mask(rgb: np.ndarray, palette, ignore_index: int = 255, *,
   labels = np.where(known, order[pos], ignore_index).astype(np.uint8)
   if not return_unknown:
     return labels
-  ignore_color = (palette.ignore_color if isinstance(palette, Palette)
-                  else (0, 0, 0))
-  ignore_key = _rgb_key(np.asarray(ignore_color, np.uint8))
+  ignore_key = _rgb_key(_ignore_color(palette))
   num_unknown = int(np.count_nonzero(~known & (pix != ignore_key)))
   return labels, num_unknown
 
@@ -156,8 +160,6 @@ def encode_mask(labels: np.ndarray, palette) -> np.ndarray:
   if labels.ndim != 2:
     raise ValueError(f"labels must have shape (H, W), got {labels.shape}.")
   colors = palette_colors(palette)
-  ignore_color = np.asarray(
-      palette.ignore_color if isinstance(palette, Palette) else (0, 0, 0), np.uint8)
-  table = np.concatenate([colors, ignore_color[None]], axis=0)
+  table = np.concatenate([colors, _ignore_color(palette)[None]], axis=0)
   idx = np.where((labels >= 0) & (labels < len(colors)), labels, len(colors))
   return table[idx.astype(np.intp)]

@@ -55,18 +55,41 @@ def patchify(image: np.ndarray, label: np.ndarray, patch: int, overlap: int = 0,
   return np.stack(images), np.stack(labels)
 
 
+class MeanStd:
+  """Running per-channel pixel sums; `result()` gives the mean and std of every image added."""
+
+  def __init__(self):
+    self.total = np.zeros(3, np.float64)
+    self.total_sq = np.zeros(3, np.float64)
+    self.count = 0
+
+  def add(self, image: np.ndarray) -> None:
+    px = np.asarray(image, np.float64).reshape(-1, 3)
+    self.total += px.sum(0)
+    self.total_sq += (px * px).sum(0)
+    self.count += px.shape[0]
+
+  def result(self):
+    """(mean, std) float32 in [0, 255] units."""
+    if self.count == 0:
+      raise ValueError("mean_std needs at least one image, got none.")
+    mean = self.total / self.count
+    std = np.sqrt(np.maximum(self.total_sq / self.count - mean * mean, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 def mean_std(images: Iterable[np.ndarray]):
   """Per-channel mean and std (float32, [0, 255] units) over all pixels of `images`."""
-  total = np.zeros(3, np.float64)
-  total_sq = np.zeros(3, np.float64)
-  count = 0
+  acc = MeanStd()
   for im in images:
-    px = np.asarray(im, np.float64).reshape(-1, 3)
-    total += px.sum(0)
-    total_sq += (px * px).sum(0)
-    count += px.shape[0]
-  if count == 0:
-    raise ValueError("mean_std needs at least one image, got none.")
-  mean = total / count
-  std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
-  return mean.astype(np.float32), std.astype(np.float32)
+    acc.add(im)
+  return acc.result()
+
+
+def example_size(prep: str, image_size, patch_size: int) -> tuple:
+  """(H, W) of every example: `image_size` for prep="resize", a square patch for "patches"."""
+  if prep == "patches":
+    return (patch_size, patch_size)
+  if prep == "resize":
+    return tuple(image_size)
+  raise ValueError(f"prep must be 'resize' or 'patches', got {prep!r}.")

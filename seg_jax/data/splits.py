@@ -20,10 +20,10 @@ DUBAI_TILE_SPLITS: Mapping[str, tuple[int, ...]] = {
 HOLDOUT_FRACTION = 0.125
 
 
-def by_tile(items: Sequence, tiles: Sequence, assignment=DUBAI_TILE_SPLITS) -> dict[str, list]:
-  """Assigns each item to the split that owns its tile in `assignment`."""
+def by_tile(items: Sequence, tiles: Sequence) -> dict[str, list]:
+  """Assigns each item to the split that owns its tile in `DUBAI_TILE_SPLITS`."""
   owner = {}
-  for split, ts in assignment.items():
+  for split, ts in DUBAI_TILE_SPLITS.items():
     for t in ts:
       owner[t] = split
   out = {s: [] for s in SPLITS}
@@ -33,7 +33,8 @@ def by_tile(items: Sequence, tiles: Sequence, assignment=DUBAI_TILE_SPLITS) -> d
           "split='tile' needs the 'Tile N/images' layout; a flat images/ folder has no "
           "tiles (use split='image').")
     if tile not in owner:
-      raise ValueError(f"tile {tile} has no split in the tile assignment {dict(assignment)}.")
+      raise ValueError(
+          f"tile {tile} has no split in the tile assignment {dict(DUBAI_TILE_SPLITS)}.")
     out[owner[tile]].append(item)
   return out
 

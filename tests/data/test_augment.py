@@ -75,12 +75,19 @@ class AugmentTest(parameterized.TestCase):
     self.assertGreater(len(seen), 2)
 
   def test_non_square_rot90_keeps_shape(self):
-    images, labels = _coded_batch(4, 16, 24)
-    out_img, out_lbl = _run(images, labels, _geometry_only(rot90=True), seed=1)
-    self.assertEqual(out_img.shape, (4, 16, 24, 3))
-    for i in range(4):
+    images, labels = _coded_batch(16, 16, 24)
+    out_img, out_lbl = _run(images, labels, _geometry_only(rot90=True), seed=0)
+    self.assertEqual(out_img.shape, (16, 16, 24, 3))
+    turned = 0
+    for i in range(16):
       ok = [np.array_equal(out_lbl[i], np.rot90(labels[i], k)) for k in (0, 2)]
       self.assertTrue(any(ok))
+      if ok[1]:
+        # The image takes the same half turn as its mask.
+        np.testing.assert_array_equal(out_img[i], np.rot90(images[i], 2))
+        turned += 1
+    # Seed 0 turns some examples; a no-op rot90 would turn none.
+    self.assertGreater(turned, 0)
 
   @parameterized.parameters(
       dict(scale_min=1.0, scale_max=2.0),
@@ -105,6 +112,8 @@ class AugmentTest(parameterized.TestCase):
     images, labels = _coded_batch(4, 32, 32)
     _, out_lbl = _run(images, labels, _geometry_only(scale_min=1.2, scale_max=2.0), seed=2)
     self.assertFalse(np.any(out_lbl == IGNORE))
+    # The zoom moves most pixels (about 72% of the labels change for seed 2).
+    self.assertGreater((out_lbl != labels).mean(), 0.3)
 
   def test_colour_jitter_leaves_labels_alone(self):
     images, labels = _coded_batch(2, 16, 24)
@@ -136,11 +145,17 @@ class AugmentTest(parameterized.TestCase):
                                (images.astype(np.float32) @ luma).mean(axis=(1, 2)), rtol=1e-4)
     self.assertGreater(np.abs(out - images).max(), 1.0)
 
-  def test_hue_zero_angle_is_identity(self):
-    # The YIQ rotation must return the input for a zero angle.
-    x = np.random.default_rng(0).uniform(0, 255, (5, 3)).astype(np.float32)
-    mat = augment._YIQ_TO_RGB @ augment._RGB_TO_YIQ  # pylint: disable=protected-access
-    np.testing.assert_allclose(x @ mat.T, x, atol=1e-3)
+  def test_hue_keeps_luma_and_turns_chroma(self):
+    # Mid-range colours stay inside [0, 255] under any hue turn, so nothing clips.
+    images = np.random.default_rng(0).integers(96, 160, (4, 8, 8, 3), dtype=np.uint8)
+    out, _ = _run(images, np.zeros((4, 8, 8), np.uint8), _geometry_only(hue=0.4))
+    x = images.astype(np.float32)
+    yiq = np.array([[0.299, 0.587, 0.114],
+                    [0.595716, -0.274453, -0.321263],
+                    [0.211456, -0.522591, 0.311135]], np.float32)
+    np.testing.assert_allclose(out @ yiq[0], x @ yiq[0], atol=1e-3)
+    chroma_change = np.abs(out @ yiq[1:].T - x @ yiq[1:].T).mean(axis=(1, 2, 3))
+    self.assertTrue(np.all(chroma_change > 1.0), chroma_change)
 
   def test_normalize(self):
     x = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)

@@ -21,7 +21,7 @@ class InspectTest(absltest.TestCase):
   def test_class_histogram_counts_ignore_last(self):
     labels = np.array([[[0, 1, 255], [1, 5, 5]]], np.uint8)
     src = data.ArraySource(np.zeros((1, 2, 3, 3), np.uint8), labels)
-    np.testing.assert_array_equal(inspect_lib.class_histogram(src, 6, 255), [1, 2, 0, 0, 0, 2, 1])
+    np.testing.assert_array_equal(inspect_lib.class_histogram(src, 6), [1, 2, 0, 0, 0, 2, 1])
 
   def test_overlay_grid_columns(self):
     label = np.array([[0, 1], [2, 255]], np.uint8)

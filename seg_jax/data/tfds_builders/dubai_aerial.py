@@ -19,6 +19,8 @@ class DubaiAerialConfig(tfds.core.BuilderConfig):
                ignore_index: int = 255, on_bad_file: str = "error",
                max_unknown_fraction: float = 0.01, **kwargs):
     super().__init__(**kwargs)
+    if prep not in dataset_lib.PREPS:
+      raise ValueError(f"prep must be one of {dataset_lib.PREPS}, got {prep!r}.")
     self.prep = prep
     self.image_size = tuple(image_size)
     self.patch_size = patch_size
@@ -32,9 +34,7 @@ class DubaiAerialConfig(tfds.core.BuilderConfig):
   @property
   def example_size(self) -> tuple[int, int]:
     """(H, W) of every stored example."""
-    if self.prep == "patches":
-      return (self.patch_size, self.patch_size)
-    return self.image_size
+    return preprocess.example_size(self.prep, self.image_size, self.patch_size)
 
 
 class DubaiAerial(tfds.core.GeneratorBasedBuilder):

@@ -44,19 +44,24 @@ class SyntheticAerial(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Scenes are generated, nothing is downloaded.
     c = self.builder_config
     counts = {"train": c.num_train, "val": c.num_val, "test": c.num_test}
-    # Statistics over the whole train split, as stored for real data.
-    mean, std = preprocess.mean_std(
-        synthetic.generate(c.seed, i, c.image_size)[0] for i in range(c.num_train))
-    common.store_metadata(self.info, mean=mean, std=std, palette=synthetic.PALETTE,
-                          ignore_index=255, seed=c.seed)
+    # Statistics over the whole train split, as stored for real data; the train
+    # generator adds each scene it writes.
+    self._train_stats = preprocess.MeanStd()
     return {s: self._generate_examples(s, counts[s]) for s in splits.SPLITS}
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    # Every split is written now; DatasetInfo (metadata.json) is saved after this returns.
+    mean, std = self._train_stats.result()
+    common.store_metadata(self.info, mean=mean, std=std, palette=synthetic.PALETTE,
+                          ignore_index=255, seed=self.builder_config.seed)
 
   def _generate_examples(self, split: str, count: int):
     c = self.builder_config
-    source = synthetic.SyntheticSource(count, seed=c.seed,
-                                       offset=dataset_lib.SYNTHETIC_OFFSETS[split],
-                                       image_size=c.image_size)
+    source = dataset_lib.synthetic_source(split, count, seed=c.seed, image_size=c.image_size)
     for i in range(count):
       ex = source[i]
+      if split == "train":
+        self._train_stats.add(ex["image"])
       yield i, {"image": ex["image"], "label": ex["label"], "name": f"{split}/{i:06d}",
                 "tile": -1}
