@@ -79,6 +79,7 @@ class AsymUNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Returns float32 logits ``(N, H, W, num_classes)`` for NHWC ``x``."""
+    # Checked even with use_se off (which passes no SE places on), so a bad value always raises.
     unet.check_se_where(self.se_where)
     return unet.encoder_decoder_logits(
         x, train=train, num_classes=self.num_classes, widths=tuple(self.widths),

@@ -50,9 +50,10 @@ class MLP(nn.Module):
 class LocallyConnected(nn.Module):
   """2-D convolution without weight sharing: each output position owns its kernel.
 
-  Same call signature and output size as ``seg_jax.layers.Conv`` (``groups`` must be 1). The
-  kernel has shape ``(H_out, W_out, kh * kw * C_in, features)``, so it is fixed by the input size
-  seen at init.
+  Same call signature and output size as ``seg_jax.layers.Conv`` (``groups`` must be 1, and
+  ``padding="circular"`` is rejected); geometry and padding come from
+  ``seg_jax.layers.arithmetic``. The kernel has shape ``(H_out, W_out, kh * kw * C_in,
+  features)``, so it is fixed by the input size seen at init.
   """
 
   features: int
@@ -72,11 +73,16 @@ class LocallyConnected(nn.Module):
                        f"got x of shape {tuple(x.shape)} and kernel_size {self.kernel_size!r}")
     if self.groups != 1:
       raise ValueError(f"LocallyConnected supports groups=1 only, got {self.groups}")
-    kernel_size = tuple(self.kernel_size)
+    kernel_size = arithmetic.as_tuple("kernel_size", self.kernel_size, 2)
     strides = arithmetic.as_tuple("strides", self.strides, 2)
     dilation = arithmetic.as_tuple("dilation", self.dilation, 2)
-    pads = [arithmetic.resolve_padding(size, k, s, p, d) for size, k, s, p, d in zip(
-        x.shape[1:3], kernel_size, strides, arithmetic.per_dim_padding(self.padding, 2), dilation)]
+    specs = arithmetic.per_dim_padding(self.padding, 2)
+    if any(isinstance(p, str) and p == "circular" for p in specs):
+      raise ValueError("LocallyConnected does not support padding='circular'")
+    geometry = list(zip(x.shape[1:3], kernel_size, strides, specs, dilation))
+    for args in geometry:
+      arithmetic.conv_output_size(*args)  # Raises if the kernel exceeds the padded input.
+    pads = [arithmetic.resolve_padding(*args) for args in geometry]
     patches = jax.lax.conv_general_dilated_patches(
         x.astype(self.dtype), kernel_size, strides, pads, rhs_dilation=dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -114,7 +120,8 @@ class SimpleCNN(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  # Smallest side at the default three stages (each halves it).
+  # Smallest side for the default ``widths`` (three stages, each halving it); in general it is
+  # ``2 ** len(widths)``, and a smaller input raises a ValueError saying so.
   min_input_size: ClassVar[int] = 8
 
   @nn.compact

@@ -104,7 +104,6 @@ class DeepLabV3(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Returns float32 logits ``(N, H, W, num_classes)`` for NHWC ``x``."""
-    check_output_stride(self.output_stride)
     rates = (default_aspp_rates(self.output_stride) if self.aspp_rates is None
              else tuple(self.aspp_rates))
     separable = self.backbone == "xception" if self.separable is None else self.separable

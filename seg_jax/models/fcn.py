@@ -51,16 +51,18 @@ def bilinear_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = 
   return jnp.asarray(kernel, dtype)
 
 
-def conv_same_on_small_map(conv: nn.Module, x: jax.Array, kernel_size: int) -> jax.Array:
-  """Applies a "same"-padded ``conv`` to NHWC ``x`` whose H or W may be below ``kernel_size``.
+def conv_same_on_small_map(conv: layers.Conv, x: jax.Array) -> jax.Array:
+  """Applies a stride-1 "same"-padded 2-D ``conv`` to NHWC ``x``, which may be below its kernel.
 
-  XLA:CPU runs a convolution whose input is smaller than its kernel about 70x slower than one
-  whose input is not (fc6 on the 5x8 pool5 map of a 144x256 image: 31 s against 0.4 s for
-  7x8). Zero rows and columns added at the bottom/right are what "same" padding reads there
-  anyway, so padding the input up to the kernel size and cropping the output changes nothing.
+  XLA:CPU runs a convolution whose input is smaller than its kernel far slower than one whose
+  input is not (fc6's 7x7 kernel on the pool5 map of a 144x256 image, which is 5x8). Zero rows
+  and columns added at the bottom/right are what "same" padding reads there anyway, so padding
+  the input up to the kernel size (read from ``conv.kernel_size``) and cropping the output
+  changes nothing.
   """
+  kernel_h, kernel_w = conv.kernel_size
   h, w = x.shape[1:3]
-  pad_h, pad_w = max(kernel_size - h, 0), max(kernel_size - w, 0)
+  pad_h, pad_w = max(kernel_h - h, 0), max(kernel_w - w, 0)
   if pad_h == 0 and pad_w == 0:
     return conv(x)
   x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
@@ -71,7 +73,7 @@ def conv_same_on_small_map(conv: nn.Module, x: jax.Array, kernel_size: int) -> j
 
 
 class Upscore2x(nn.Module):
-  """Learned x2 upsampling: 4x4 stride-2 transposed conv cropped to exactly twice the size."""
+  """Learned x2 upsampling: 4x4 stride-2 transposed conv with padding 1, so (h, w) -> (2h, 2w)."""
 
   features: int
   dtype: Dtype = jnp.float32
@@ -80,12 +82,9 @@ class Upscore2x(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """Upsamples NHWC ``x`` from (h, w) to (2h, 2w)."""
-    h, w = x.shape[1:3]
-    y = layers.ConvTranspose(self.features, (4, 4), strides=2, padding="valid", use_bias=False,
-                             kernel_init=bilinear_kernel_init, dtype=self.dtype,
-                             param_dtype=self.param_dtype, name="conv")(x)
-    # The valid output is 2h + 2; dropping one pixel per side centres it like torch's padding=1.
-    return y[:, 1:1 + 2 * h, 1:1 + 2 * w, :]
+    return layers.ConvTranspose(self.features, (4, 4), strides=2, padding=1, use_bias=False,
+                                kernel_init=bilinear_kernel_init, dtype=self.dtype,
+                                param_dtype=self.param_dtype, name="conv")(x)
 
 
 class FCN(nn.Module):
@@ -121,10 +120,11 @@ class FCN(nn.Module):
       features = vgg.VGG16(num_classes=None, **kw, **dict(self.backbone_kwargs),
                            name="backbone")(x, train=train)
       y = features["pool5"]
-      for name, kernel in (("fc6", 7), ("fc7", 1)):
-        conv = layers.Conv(self.fc_features, (kernel, kernel), **kw, name=name)
-        y = nn.relu(conv_same_on_small_map(conv, y, kernel))
-        y = layers.Dropout(self.dropout_rate)(y, train=train)
+      fc6 = layers.Conv(self.fc_features, (7, 7), **kw, name="fc6")
+      y = layers.Dropout(self.dropout_rate)(nn.relu(conv_same_on_small_map(fc6, y)),
+                                            train=train)
+      fc7 = layers.Conv(self.fc_features, (1, 1), **kw, name="fc7")
+      y = layers.Dropout(self.dropout_rate)(nn.relu(fc7(y)), train=train)
       y = layers.Conv(self.num_classes, (1, 1), **kw, name="score_fr")(y)
       if self.stride <= 16:
         y = Upscore2x(self.num_classes, **kw, name="upscore2")(y)

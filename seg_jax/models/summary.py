@@ -11,7 +11,6 @@ counted. Shapes are traced abstractly, so no parameters are allocated.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +51,7 @@ def forward_flops(model: nn.Module, variables: Any, input_shape: Sequence[int]) 
 
 def params_per_stage(variables: Any) -> dict[str, int]:
   """Parameter count of each top-level child, by child name."""
-  return {name: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+  return {name: models.count_params({"params": tree})
           for name, tree in variables["params"].items()}
 
 

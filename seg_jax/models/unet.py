@@ -27,7 +27,10 @@ SE_PLACES = ("encoder", "skip", "decoder")
 
 
 class ConvStack(nn.Module):
-  """``num_convs`` 3x3 conv-norm-act layers of ``features`` channels, then optional SE."""
+  """``num_convs`` 3x3 conv-norm-act layers of ``features`` channels, then optional SE.
+
+  The convolutions have a bias only when ``norm`` is ``"none"`` (``ConvNormAct``'s default).
+  """
 
   features: int
   num_convs: int = 2
@@ -43,8 +46,8 @@ class ConvStack(nn.Module):
     """Applies the stack to NHWC ``x``."""
     for i in range(self.num_convs):
       x = layers.ConvNormAct(
-          self.features, (3, 3), norm=self.norm, act=self.act, use_bias=self.norm == "none",
-          dtype=self.dtype, param_dtype=self.param_dtype, name=f"conv{i}")(x, train=train)
+          self.features, (3, 3), norm=self.norm, act=self.act, dtype=self.dtype,
+          param_dtype=self.param_dtype, name=f"conv{i}")(x, train=train)
     if self.use_se:
       x = layers.SqueezeExcitation(
           reduction=self.se_reduction, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -63,15 +66,15 @@ class Upsample2x(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """Upsamples NHWC ``x`` to twice its spatial size with ``features`` channels."""
+    if self.mode not in UPSAMPLE_MODES:
+      raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.mode!r}")
     if self.mode == "transpose":
       return layers.ConvTranspose(
           self.features, (2, 2), strides=2, padding="valid", dtype=self.dtype,
           param_dtype=self.param_dtype, name="conv")(x)
-    if self.mode == "bilinear":
-      x = layers.resize(x, (2 * x.shape[1], 2 * x.shape[2]), method="bilinear")
-      return layers.Conv(
-          self.features, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
-    raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {self.mode!r}")
+    x = layers.resize(x, (2 * x.shape[1], 2 * x.shape[2]), method="bilinear")
+    return layers.Conv(
+        self.features, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
 
 
 class UNetEncoder(nn.Module):
@@ -147,13 +150,17 @@ def check_se_where(se_where: Sequence[str]) -> None:
 def encoder_decoder_logits(
     x: jax.Array, *, train: bool, num_classes: int, widths: Sequence[int],
     encoder_blocks: Sequence[int], decoder_widths: Sequence[int], decoder_blocks: Sequence[int],
-    upsample: str, norm: str, act: str, dropout_rate: float, se_where: Sequence[str],
-    se_reduction: int, aspp_rates: Sequence[int] | None, aspp_features: int,
-    aspp_dropout_rate: float, dtype: Dtype, param_dtype: Dtype) -> jax.Array:
+    upsample: str, norm: str, act: str, dtype: Dtype, param_dtype: Dtype,
+    dropout_rate: float = 0.0, se_where: Sequence[str] = (), se_reduction: int = 16,
+    aspp_rates: Sequence[int] | None = None, aspp_features: int = 256,
+    aspp_dropout_rate: float = 0.1) -> jax.Array:
   """U-shaped forward pass; called from a compact method, whose module owns the children.
 
   Children: ``encoder``, ``dropout`` (rate > 0), ``aspp`` (``aspp_rates`` not None), ``decoder``
-  and the 1x1 ``head``. Returns float32 logits at the input resolution.
+  and the 1x1 ``head``. Returns float32 logits at the input resolution. ``se_where`` lists
+  entries of ``SE_PLACES`` (validated by the caller with ``check_se_where``); an invalid
+  ``upsample`` raises from ``Upsample2x``. The defaults are a plain U-Net: no dropout, SE or
+  ASPP; ``aspp_features`` and ``aspp_dropout_rate`` are used only with ``aspp_rates``.
   """
   depth = len(widths) - 1
   if depth < 1:
@@ -165,9 +172,6 @@ def encoder_decoder_logits(
     raise ValueError(
         f"decoder_widths and decoder_blocks must have {depth} entries, got "
         f"{decoder_widths!r} and {decoder_blocks!r}")
-  if upsample not in UPSAMPLE_MODES:
-    raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
-  check_se_where(se_where)
   kw = dict(dtype=dtype, param_dtype=param_dtype)
 
   def body(x):
@@ -220,5 +224,4 @@ class UNet(nn.Module):
         x, train=train, num_classes=self.num_classes, widths=widths,
         encoder_blocks=(2,) * (self.depth + 1), decoder_widths=widths[-2::-1],
         decoder_blocks=(2,) * self.depth, upsample=self.upsample, norm=self.norm, act=self.act,
-        dropout_rate=self.dropout_rate, se_where=(), se_reduction=16, aspp_rates=None,
-        aspp_features=0, aspp_dropout_rate=0.0, dtype=self.dtype, param_dtype=self.param_dtype)
+        dtype=self.dtype, param_dtype=self.param_dtype, dropout_rate=self.dropout_rate)

@@ -6,15 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seg_jax import layers
+from seg_jax import layers, models
 from seg_jax.models import classifiers
-from tests.models.test_backbones import check_train_and_eval
-
-KEY = jax.random.key(0, impl="rbg")
-
-
-def param_count(variables):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
+from tests.models.testing import KEY, check_train_and_eval
 
 
 class MLPTest(parameterized.TestCase):
@@ -35,7 +29,7 @@ class MLPTest(parameterized.TestCase):
     model = classifiers.MLP(num_classes=10)
     variables = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 32, 32, 3)), train=False))
     expected = (32 * 32 * 3 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10)
-    self.assertEqual(param_count(variables), expected)
+    self.assertEqual(models.count_params(variables), expected)
 
   def test_dropout_only_in_train_and_bfloat16_logits_float32(self):
     model = classifiers.MLP(num_classes=4, hidden=(64,), dropout=0.5, dtype=jnp.bfloat16)
@@ -47,7 +41,9 @@ class MLPTest(parameterized.TestCase):
     self.assertEqual(eval_out.dtype, jnp.float32)
     self.assertEqual(eval_out.shape, (2, 4))
     self.assertFalse(np.array_equal(train_a, train_b))
-    np.testing.assert_array_equal(eval_out, model.apply(variables, x, train=False))
+    # Eval mode must equal the same model without dropout.
+    no_dropout = model.clone(dropout=0.0).apply(variables, x, train=False)
+    np.testing.assert_array_equal(eval_out, no_dropout)
 
 
 class LocallyConnectedTest(parameterized.TestCase):
@@ -70,6 +66,14 @@ class LocallyConnectedTest(parameterized.TestCase):
     np.testing.assert_allclose(local.apply({"params": params}, x), expected, rtol=1e-5,
                                atol=1e-5)
 
+  def test_circular_padding_rejected(self):
+    with self.assertRaisesRegex(ValueError, "circular"):
+      classifiers.LocallyConnected(4, padding="circular").init(KEY, jnp.zeros((1, 8, 8, 4)))
+
+  def test_kernel_larger_than_input_rejected(self):
+    with self.assertRaisesRegex(ValueError, "larger than the padded input"):
+      classifiers.LocallyConnected(4, (5, 5), padding="valid").init(KEY, jnp.zeros((1, 4, 8, 4)))
+
   def test_groups_rejected(self):
     with self.assertRaisesRegex(ValueError, "groups"):
       classifiers.LocallyConnected(4, groups=2).init(KEY, jnp.zeros((1, 8, 8, 4)))
@@ -86,7 +90,7 @@ class SimpleCNNTest(parameterized.TestCase):
   def test_param_count(self, share_weights, expected):
     model = classifiers.SimpleCNN(num_classes=3, widths=(4, 8), share_weights=share_weights)
     variables = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 16, 16, 3)), train=False))
-    self.assertEqual(param_count(variables), expected)
+    self.assertEqual(models.count_params(variables), expected)
 
   @parameterized.named_parameters(("shared", True), ("unshared", False))
   def test_train_and_eval(self, share_weights):
@@ -97,10 +101,16 @@ class SimpleCNNTest(parameterized.TestCase):
     self.assertNotEmpty(variables["batch_stats"])
     check_train_and_eval(self, model, variables, x, (2, 5))
 
-  def test_too_small_input(self):
-    model = classifiers.SimpleCNN(widths=(4, 8, 16))
-    with self.assertRaisesRegex(ValueError, "H, W >= 8"):
-      jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 7, 32, 3)), train=False))
+  @parameterized.parameters(((4, 8, 16), 8), ((4, 8), 4), ((4, 4, 4, 4), 16))
+  def test_too_small_input(self, widths, smallest):
+    # min_input_size is for the default three stages; other depths need 2 ** len(widths).
+    model = classifiers.SimpleCNN(widths=widths)
+    with self.assertRaisesRegex(ValueError, f"H, W >= {smallest}"):
+      jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, smallest - 1, 32, 3)), train=False))
+    jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, smallest, 32, 3)), train=False))
+
+  def test_min_input_size_is_that_of_the_default_widths(self):
+    self.assertEqual(classifiers.SimpleCNN.min_input_size, 2 ** len(classifiers.SimpleCNN.widths))
 
 
 if __name__ == "__main__":

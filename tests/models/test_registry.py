@@ -9,30 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax import models
-from tests.models.test_backbones import host_init
-
-# Small models compile several times faster without XLA's expensive CPU passes; the numbers
-# checked here do not depend on them.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-KEY = jax.random.key(0, impl="rbg")
-DROPOUT_KEY = jax.random.key(1, impl="rbg")
-
-_TINY_RESNET = {"width": 4, "stage_sizes": (1, 1, 1, 1)}
-_TINY_VGG = {"widths": (4, 4, 8, 8, 8)}
+from tests.models.testing import DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET, TINY_VGG, host_init
 
 # Smallest settings of each registered model that still run every code path of its family.
 TINY = {
     "unet": dict(base_width=4, dropout_rate=0.5),
     "asym_unet": dict(widths=(4, 8, 8, 16, 16), decoder_widths=(8, 8, 4, 4), aspp_features=8,
                       se_reduction=2, se_where=("encoder", "skip", "decoder")),
-    "deeplabv3": dict(backbone_kwargs=_TINY_RESNET, aspp_features=8),
+    "deeplabv3": dict(backbone_kwargs=TINY_RESNET, aspp_features=8),
     "deeplabv3plus": dict(backbone="xception", aspp_features=8, low_level_features=4,
                           decoder_features=8,
                           backbone_kwargs={"width_divisor": 32, "middle_repeats": 1}),
-    "fcn32s": dict(backbone_kwargs=_TINY_VGG, fc_features=16),
-    "fcn16s": dict(backbone_kwargs=_TINY_VGG, fc_features=16),
-    "fcn8s": dict(backbone_kwargs=_TINY_VGG, fc_features=16),
-    "fcn_resnet50": dict(backbone_kwargs=_TINY_RESNET, head_features=8),
+    "fcn32s": dict(backbone_kwargs=TINY_VGG, fc_features=16),
+    "fcn16s": dict(backbone_kwargs=TINY_VGG, fc_features=16),
+    "fcn8s": dict(backbone_kwargs=TINY_VGG, fc_features=16),
+    "fcn_resnet50": dict(backbone_kwargs=TINY_RESNET, head_features=8),
     "googlenet": dict(width_divisor=16),
     "resnet18": dict(width=4),
     "resnet34": dict(width=4),

@@ -10,10 +10,8 @@ import numpy as np
 
 from seg_jax import layers, models
 from seg_jax.models import asym_unet, common, deeplab, fcn
+from tests.models.testing import DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-KEY = jax.random.key(0, impl="rbg")
-DROPOUT_KEY = jax.random.key(1, impl="rbg")
 fast_jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
@@ -147,8 +145,11 @@ class UNetTest(parameterized.TestCase):
     train = fast_jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
                                              mutable=["batch_stats"])[0])
     self.assertFalse(np.allclose(train(DROPOUT_KEY), train(KEY)))
-    evaluate = fast_jit(lambda v: model.apply(v, x, train=False))
-    np.testing.assert_array_equal(evaluate(variables), evaluate(variables))
+    # Eval mode must equal the same model without dropout, with the same variables.
+    no_dropout = model.clone(dropout_rate=0.0)
+    evaluate = fast_jit(lambda v: (model.apply(v, x, train=False),
+                                   no_dropout.apply(v, x, train=False)))
+    np.testing.assert_array_equal(*evaluate(variables))
 
   @parameterized.parameters(
       ({"upsample": "nearest"}, "upsample"),
@@ -179,15 +180,13 @@ class UNetTest(parameterized.TestCase):
     self.assertNotIn("se", bare["encoder"]["stage2"])
     self.assertEqual(bare["decoder"]["up0"]["conv"]["kernel"].shape, (2, 2, 16, 8))
 
-  def test_every_ablation_builds(self):
+  def test_every_ablation_initializes_with_parameters(self):
     for name, kwargs in asym_unet.ABLATIONS.items():
       with self.subTest(name):
         self.assertGreater(count(asym_unet.AsymUNet(num_classes=6, **kwargs)), 0)
 
 
 class DeepLabTest(parameterized.TestCase):
-
-  TINY_RESNET = {"width": 4, "stage_sizes": (1, 1, 1, 1)}
 
   @parameterized.parameters(
       ("resnet50", 8, "layer4", 4 * 32),
@@ -196,7 +195,7 @@ class DeepLabTest(parameterized.TestCase):
       ("xception", 16, "exit", 2048 // 32),
   )
   def test_backbone_output_stride(self, backbone, output_stride, key, channels):
-    kwargs = (self.TINY_RESNET if backbone == "resnet50"
+    kwargs = (TINY_RESNET if backbone == "resnet50"
               else {"width_divisor": 32, "middle_repeats": 1})
     model = models.create("deeplabv3plus", num_classes=3, backbone=backbone,
                           output_stride=output_stride, backbone_kwargs=kwargs, aspp_features=8,
@@ -213,7 +212,7 @@ class DeepLabTest(parameterized.TestCase):
     self.assertEqual(deeplab.default_aspp_rates(8), (12, 24, 36))
 
   def test_aspp_uses_rates(self):
-    model = models.create("deeplabv3", num_classes=3, backbone_kwargs=self.TINY_RESNET,
+    model = models.create("deeplabv3", num_classes=3, backbone_kwargs=TINY_RESNET,
                           aspp_features=8, output_stride=8)
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     variables = abstract_init(model, x.shape)
@@ -282,7 +281,7 @@ class FCNTest(parameterized.TestCase):
     x = jax.random.normal(jax.random.key(0), (1, h, w, 3))
     variables = conv.init(KEY, x)
     bound = conv.bind(variables)
-    np.testing.assert_allclose(fcn.conv_same_on_small_map(bound, x, 7), bound(x), rtol=1e-5,
+    np.testing.assert_allclose(fcn.conv_same_on_small_map(bound, x), bound(x), rtol=1e-5,
                                atol=1e-6)
 
   def test_bad_stride(self):

@@ -117,8 +117,8 @@ class GoogLeNet(_ConvBlock):
   """Inception v1: logits ``(N, num_classes)`` float32, or ``{stage: features}`` if no classes.
 
   With ``aux_logits`` and ``train=True`` it returns ``(logits, aux1, aux2)``; the auxiliary heads
-  hang off inception4a and inception4d. ``width_divisor`` divides every channel count (a value
-  such as 8 gives test models).
+  hang off inception4a and inception4d. ``width_divisor`` divides every channel count, keeping at
+  least one (a value such as 8 gives test models).
   """
 
   num_classes: int | None = 1000
@@ -136,20 +136,23 @@ class GoogLeNet(_ConvBlock):
       raise ValueError(f"width_divisor must be >= 1, got {self.width_divisor}")
     if self.aux_logits and self.num_classes is None:
       raise ValueError("aux_logits=True needs num_classes, got num_classes=None")
-    div = self.width_divisor
     settings = dict(norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype)
 
+    def width(channels: int) -> int:
+      # Every channel count is divided by width_divisor, keeping at least one channel.
+      return max(channels // self.width_divisor, 1)
+
     def inception(name: str, y: jax.Array) -> jax.Array:
-      channels = tuple(max(c // div, 1) for c in INCEPTION_CONFIGS[name])
+      channels = tuple(width(c) for c in INCEPTION_CONFIGS[name])
       return Inception(channels=channels, branch3_kernel=self.branch3_kernel, name=name,
                        **settings)(y, train=train)
 
     features = {}
-    x = self.conv(64 // div, 7, 2, name="conv1")(x, train=train)
+    x = self.conv(width(64), 7, 2, name="conv1")(x, train=train)
     features["stage1"] = x
     x = _ceil_pool(x, 3, 2)
-    x = self.conv(64 // div, 1, name="conv2")(x, train=train)
-    x = self.conv(192 // div, 3, name="conv3")(x, train=train)
+    x = self.conv(width(64), 1, name="conv2")(x, train=train)
+    x = self.conv(width(192), 3, name="conv3")(x, train=train)
     features["stage2"] = x
     x = _ceil_pool(x, 3, 2)
     x = inception("inception3b", inception("inception3a", x))

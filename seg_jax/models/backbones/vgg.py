@@ -58,6 +58,10 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
       x.dtype)
 
 
+# 3x3 convolutions per stage of VGG-16 (configuration D).
+VGG16_STAGE_SIZES = (2, 2, 3, 3, 3)
+
+
 class VGG(nn.Module):
   """VGG: logits ``(N, num_classes)`` float32, or ``{"pool1".."pool5": features}`` if no classes.
 
@@ -71,7 +75,7 @@ class VGG(nn.Module):
     norm: ``seg_jax.layers.Norm`` kind used when ``batch_norm``.
   """
 
-  stage_sizes: Sequence[int] = (2, 2, 3, 3, 3)
+  stage_sizes: Sequence[int] = VGG16_STAGE_SIZES
   widths: Sequence[int] = (64, 128, 256, 512, 512)
   num_classes: int | None = 1000
   batch_norm: bool = False
@@ -112,4 +116,4 @@ class VGG(nn.Module):
     return dense(self.num_classes, name="fc8")(x).astype(jnp.float32)
 
 
-VGG16 = functools.partial(VGG, stage_sizes=(2, 2, 3, 3, 3))
+VGG16 = functools.partial(VGG, stage_sizes=VGG16_STAGE_SIZES)
