@@ -2,7 +2,7 @@ r"""python -m seg_jax.main --config=configs/asym_unet.py --workdir=/tmp/seg_asym
 
 Full-width asymmetric U-Net (deep SE encoder, light decoder, ASPP bottleneck) on the synthetic
 aerial scenes at 144x256, batch 16, 20k steps: an accelerator-sized run (not run on the 2-core
-CPU, where one step at this size takes seconds). No measured result yet.
+CPU). No measured result yet.
 """
 
 import ml_collections
@@ -13,7 +13,6 @@ from configs import default
 def get_config():
   """asym_unet at its default widths on synthetic_aerial 144x256."""
   config = default.get_config()
-  config.model.name = "asym_unet"
   config.model.kwargs = ml_collections.ConfigDict(dict(
       widths=(32, 64, 128, 256, 512),
       encoder_blocks=(2, 2, 3, 3, 3),

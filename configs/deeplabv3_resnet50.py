@@ -18,9 +18,7 @@ def get_config():
       backbone="resnet50", output_stride=16, aspp_features=256))
   config.optim.name = "sgd"
   config.optim.learning_rate = 0.01
-  config.optim.momentum = 0.9
   config.optim.schedule = "poly"
-  config.optim.poly_power = 0.9
   config.optim.end_lr_factor = 0.0
   config.optim.warmup_steps = 0
   config.optim.grad_clip_norm = 0.0

@@ -36,16 +36,11 @@ def get_config(arch: str = "asym_unet"):
   config.data.name = "dubai_aerial"
   config.data.root = "../shared/data/dubai_aerial"
   config.data.image_size = (144, 256)
-  config.data.split = "tile"
-  config.data.prep = "resize"
   config.data.augment.scale_max = 1.25
   config.data.augment.rotate_degrees = 10.0
-  config.optim.learning_rate = 3e-3
   config.optim.warmup_steps = 20
   config.train.num_steps = 300
-  config.train.global_batch_size = 8
   config.train.log_every = 20
   config.train.eval_every = 100
   config.train.checkpoint_every = 100
-  config.eval.global_batch_size = 8
   return config

@@ -17,7 +17,6 @@ def get_config():
   config.model.kwargs = ml_collections.ConfigDict(dict(fc_features=4096, dropout_rate=0.5))
   config.optim.name = "sgd"
   config.optim.learning_rate = 1e-3
-  config.optim.momentum = 0.9
   config.optim.schedule = "constant"
   config.optim.weight_decay = 5e-4
   config.optim.warmup_steps = 0

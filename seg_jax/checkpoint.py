@@ -10,7 +10,6 @@ import math
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -45,10 +44,6 @@ class Checkpointer:
     self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                    metrics={"miou": float(miou)}, force=True)
 
-  def latest_step(self) -> int | None:
-    """Step of the newest periodic checkpoint, or None."""
-    return self.latest.latest_step()
-
   def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
     """(state, pipeline state) of the newest periodic checkpoint, or None if there is none.
 
@@ -74,17 +69,7 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state)))
     return restored.state, step
 
-  def wait(self) -> None:
-    """Blocks until asynchronous saves are written."""
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
-
   def close(self) -> None:
     """Waits for pending saves and releases the managers."""
     self.latest.close()
     self.best.close()
-
-
-def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
-  """`jax.ShapeDtypeStruct` pytree of `tree` with every leaf placed by `sharding`."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

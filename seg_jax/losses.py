@@ -3,6 +3,8 @@
 `logits` is (N, H, W, C) float, `labels` is (N, H, W) int and `mask` is (N, H, W) bool or float
 marking the pixels that count (the caller folds `ignore_index` and padded examples into it; see
 `valid_mask`). Pixels outside the mask may hold any label value, including `ignore_index`.
+A mask of None counts every pixel whose label is a class in [0, C), so `ignore_index` (255)
+and other out-of-range labels are left out.
 Every loss is finite when the mask is empty (it returns 0) and when a class is absent.
 """
 
@@ -29,11 +31,17 @@ def valid_mask(labels: jax.Array, num_classes: int, ignore_index: int = 255,
 
 
 def _prepare(logits, labels, mask):
-  """Casts to float32 and replaces labels outside the mask by class 0 so gathers stay in range."""
+  """Casts to float32 and replaces labels outside the mask by class 0 so gathers stay in range.
+
+  Without a mask, the pixels that count are those whose label is a class in [0, C)
+  (`valid_mask` with the default `ignore_index`).
+  """
   num_classes = logits.shape[-1]
   if logits.shape[:-1] != labels.shape:
     raise ValueError(f"logits shape {logits.shape} does not match labels shape {labels.shape}")
-  mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+  if mask is None:
+    mask = valid_mask(jnp.asarray(labels), num_classes)
+  mask = jnp.asarray(mask).astype(jnp.float32)
   labels = jnp.where(mask > 0, labels, 0).astype(jnp.int32)
   labels = jnp.clip(labels, 0, num_classes - 1)
   return logits.astype(jnp.float32), labels, mask

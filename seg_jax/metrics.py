@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seg_jax import losses
+
 
 def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int,
                      ignore_index: int = 255, mask: jax.Array | None = None) -> jax.Array:
@@ -28,13 +30,12 @@ def confusion_matrix(labels: jax.Array, preds: jax.Array, num_classes: int,
   preds = jnp.asarray(preds).astype(jnp.int32).reshape(-1)
   if labels.shape != preds.shape:
     raise ValueError(f"labels has {labels.size} pixels but preds has {preds.size}")
-  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-  valid &= (preds >= 0) & (preds < num_classes)
   if mask is not None:
     mask = jnp.asarray(mask).astype(bool).reshape(-1)
     if mask.shape != labels.shape:
       raise ValueError(f"mask has {mask.size} entries but labels has {labels.size} pixels")
-    valid &= mask
+  valid = losses.valid_mask(labels, num_classes, ignore_index, mask)
+  valid &= (preds >= 0) & (preds < num_classes)
   index = jnp.where(valid, labels * num_classes + preds, 0)
   counts = jnp.zeros(num_classes * num_classes, jnp.int32).at[index].add(valid.astype(jnp.int32))
   return counts.reshape(num_classes, num_classes)

@@ -90,16 +90,15 @@ def _base_optimizer(optim_config, learning_rate) -> optax.GradientTransformation
   return optax.chain(decay, inner) if c.weight_decay else inner
 
 
-def create_optimizer(optim_config, num_steps: int, params: Any
-                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Optimizer (clipping, masked decay, backbone freeze/scale, accumulation) and its schedule.
+def create_optimizer(optim_config, num_steps: int, params: Any) -> optax.GradientTransformation:
+  """Optimizer (clipping, masked decay, backbone freeze/scale, accumulation) on `create_schedule`.
 
   Args:
     optim_config: the config's `optim` group.
     num_steps: training micro-steps of the run (each consumes one global batch).
     params: the model parameters (used for the backbone mask and to check it matches something).
   Returns:
-    (gradient transformation, schedule of the learning rate per optimizer update).
+    The gradient transformation (its learning rate follows `create_schedule` per update).
   """
   c = optim_config
   schedule = create_schedule(c, num_steps)
@@ -124,5 +123,5 @@ def create_optimizer(optim_config, num_steps: int, params: Any
     tx = optax.MultiSteps(tx, every_k_schedule=c.accumulation_steps)
   elif c.accumulation_steps < 1:
     raise ValueError(f"optim.accumulation_steps must be >= 1, got {c.accumulation_steps}")
-  return tx, schedule
+  return tx
 

@@ -67,14 +67,6 @@ def dtype_from_name(name: str) -> Any:
   return DTYPES[name]
 
 
-def load_dataset(data_config) -> data_lib.Dataset:
-  """`seg_jax.data.get_dataset` after checking the dataset name."""
-  if data_config.name not in data_lib.dataset.NAMES:
-    raise ValueError(
-        f"data.name must be one of {data_lib.dataset.NAMES}, got {data_config.name!r}")
-  return data_lib.get_dataset(data_config)
-
-
 def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
                 num_devices: int) -> int:
   """Checks the config against the dataset and devices before anything compiles.
@@ -155,7 +147,7 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
   dummy = jnp.zeros((1, *image_size, 3), dtype_from_name(config.model.dtype))
   variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
   params = variables["params"]
-  tx, _ = optim.create_optimizer(config.optim, config.train.num_steps, params)
+  tx = optim.create_optimizer(config.optim, config.train.num_steps, params)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
 
@@ -199,7 +191,10 @@ def make_train_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
 
 
 def make_eval_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
-  """Pure `eval_step(state, batch) -> (confusion matrix, loss sum, pixel count, predictions)`."""
+  """Pure `eval_step(state, batch) -> (confusion matrix, loss sum, predictions)`.
+
+  The loss sum is the batch's mean loss times its counted pixels (the confusion matrix's sum).
+  """
   dtype = dtype_from_name(config.model.dtype)
   ignore_index = config.data.ignore_index
 
@@ -209,11 +204,10 @@ def make_eval_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
                             train=False).astype(jnp.float32)
     preds = jnp.argmax(logits, axis=-1).astype(jnp.uint8)
-    count = jnp.sum(mask)
     cm = metrics_lib.ConfusionMatrix.from_model_output(
         labels=labels, preds=preds, num_classes=num_classes, ignore_index=ignore_index,
         mask=mask)
-    return cm, loss_fn(logits, labels, mask) * count, count, preds
+    return cm, loss_fn(logits, labels, mask) * jnp.sum(mask), preds
 
   return eval_step
 
@@ -234,7 +228,7 @@ class Trainer:
     self.mesh = create_mesh(devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
-    self.dataset = load_dataset(config.data) if dataset is None else dataset
+    self.dataset = data_lib.get_dataset(config.data) if dataset is None else dataset
     for path, reason in self.dataset.skipped:
       logging.warning("skipped %s: %s", path, reason)
     self.num_classes = check_setup(config, self.dataset, self.mesh.size)
@@ -247,8 +241,7 @@ class Trainer:
     self.root_rng = jax.random.key(config.seed)
     init_fn = functools.partial(init_state, config, self.model, tuple(self.dataset.image_size))
     self._init = jax.jit(init_fn, out_shardings=self.replicated)
-    self.abstract_state = checkpoint_lib.abstract_like(
-        jax.eval_shape(init_fn, self.root_rng), self.replicated)
+    self.abstract_state = self._init.eval_shape(self.root_rng)
     self.train_step = jax.jit(
         make_train_step(config, loss_fn, self.num_classes, mean, std),
         in_shardings=(self.replicated, self.data_sharding, self.replicated),
@@ -256,7 +249,7 @@ class Trainer:
     self.eval_step = jax.jit(
         make_eval_step(config, loss_fn, self.num_classes, mean, std),
         in_shardings=(self.replicated, self.data_sharding),
-        out_shardings=(self.replicated, self.replicated, self.replicated, self.data_sharding))
+        out_shardings=(self.replicated, self.replicated, self.data_sharding))
 
   def initial_state(self) -> TrainState:
     """Freshly initialised state (parameters from the root key)."""
@@ -282,18 +275,18 @@ class Trainer:
         source, global_batch_size=self.config.eval.global_batch_size,
         sharding=self.data_sharding, seed=self.config.seed, shuffle=False, num_epochs=1,
         drop_remainder=False)
-    total = metrics_lib.ConfusionMatrix.empty(self.num_classes)
-    loss_sum, count = 0.0, 0
-    panels = []
-    for batch in batches:
-      cm, batch_loss, batch_count, preds = self.eval_step(state, batch)
-      total = total.merge(jax.device_get(cm))
-      loss_sum += float(batch_loss)
-      count += int(batch_count)
+    cms, loss_sums, panels = [], [], []
+    for batch in batches:  # per-batch results stay on the device until the split is done
+      cm, loss_sum, preds = self.eval_step(state, batch)
+      cms.append(cm)
+      loss_sums.append(loss_sum)
       if len(panels) < self.config.eval.num_images and jax.process_index() == 0:
         panels.extend(self._panels(batch, preds, self.config.eval.num_images - len(panels)))
+    cms, loss_sums = jax.device_get((cms, loss_sums))
+    total = functools.reduce(metrics_lib.ConfusionMatrix.merge, cms,
+                             metrics_lib.ConfusionMatrix.empty(self.num_classes))
     result = total.compute()
-    result["loss"] = loss_sum / max(count, 1)
+    result["loss"] = sum(float(x) for x in loss_sums) / max(int(total.matrix.sum()), 1)
     return result, total.matrix, panels
 
   def _panels(self, batch, preds, limit: int) -> list[np.ndarray]:
@@ -399,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if step == 0:
     logging.info("model %s: %d parameters", config.model.name,
                  models.count_params({"params": state.params}))
-  step_rng = jax.random.fold_in(trainer.root_rng, 1)
+  step_rng = jax.device_put(jax.random.fold_in(trainer.root_rng, 1), trainer.replicated)
   pending: list[tuple[int, Any]] = []
   result: dict[str, Any] = {}
   cm = None
@@ -415,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         eval_now = step % c.eval_every == 0 or last
         save_now = step % c.checkpoint_every == 0 or last or sigterm.received
         if step % c.log_every == 0 or last or eval_now or save_now:
-          pending = [(s, jax.device_get(m)) for s, m in pending]
+          pending = jax.device_get(pending)
           _check_finite(pending, last_good, workdir)
           if step % c.log_every == 0 or last:
             elapsed = time.time() - t_log
@@ -429,7 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          loss, lr, rate * c.global_batch_size,
                          _format_duration((c.num_steps - step) / max(rate, 1e-9)))
             t_log, step_log = time.time(), step
-          pending = []
+            pending = []
         if eval_now:
           result, cm, panels = trainer.evaluate(state)
           split = config.eval.split
@@ -442,7 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           logging.info("eval %s at step %d: mIoU %.4f  pixel acc %.4f  loss %.4f", split, step,
                        result["miou"], result["pixel_accuracy"], result["loss"])
           ckpt.save_best(step, state, result["miou"])
-          t_log = time.time()
+          t_log, step_log = time.time(), step  # img/s and ETA leave the evaluation out
         if save_now:
           ckpt.save(step, state, pipeline.get_state())
           last_good = step
@@ -454,8 +447,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
   if not is_main or cm is None:
     return result
-  final = {"step": step, "split": config.eval.split, **_record(
-      step, config.eval.split, result, trainer.dataset.class_names)}
+  final = _record(step, config.eval.split, result, trainer.dataset.class_names)
   writers.write_json(final_path, final)
   viz.save_confusion_matrix(cm, trainer.dataset.class_names,
                             os.path.join(workdir, "confusion_matrix.png"),

@@ -45,10 +45,10 @@ class MetricWriter:
   Only process 0 writes, so a multi-host run leaves one set of files.
   """
 
-  def __init__(self, workdir: str, enabled: bool | None = None):
+  def __init__(self, workdir: str):
     """Opens the event file and metrics.jsonl (appending, so a resumed run continues them)."""
     self.workdir = workdir
-    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.enabled = jax.process_index() == 0
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -71,11 +71,11 @@ class MetricWriter:
     for name, image in images.items():
       self._tb.add_image(name, np.asarray(image), step, dataformats="HWC")
 
-  def jsonl(self, record: Mapping[str, Any], filename: str = "metrics.jsonl") -> None:
-    """Appends one JSON object (one line) to `filename` in the workdir."""
+  def jsonl(self, record: Mapping[str, Any]) -> None:
+    """Appends one JSON object (one line) to metrics.jsonl in the workdir."""
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, filename), "a") as f:
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
       f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
 
   def flush(self) -> None:

@@ -1,8 +1,10 @@
-"""Every config in configs/ loads, names only things that exist, and is locked against typos."""
+"""Every config in configs/ loads, names only things that exist, and main rejects typos."""
 
 import importlib
 import os
+import subprocess
 import sys
+import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -85,11 +87,15 @@ class ConfigsTest(parameterized.TestCase):
         lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros((1, 64, 64, 3)))
     self.assertIn("params", shape)
 
-  def test_locked_config_rejects_misspelled_field(self):
-    config = load("default")
-    with self.assertRaises(AttributeError):
-      config.train.num_step = 10
-    config.train.num_steps = 10
+  def test_main_rejects_misspelled_override_before_running(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "seg_jax.main", "--config=configs/default.py",
+         f"--workdir={workdir}", "--config.train.num_step=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertIn('Did you mean "num_steps" instead of "num_step"?', proc.stderr)
+    self.assertFalse(os.path.exists(workdir))  # nothing ran: the workdir is made by training
 
   def test_dubai_rejects_unknown_architecture(self):
     with self.assertRaisesRegex(ValueError, "arch.*'segformer'"):

@@ -99,6 +99,19 @@ class LossesTest(parameterized.TestCase):
     value = float(getattr(losses, name)(logits, labels, mask))
     self.assertEqual(value, 0.0)
 
+  def test_no_mask_leaves_ignored_pixels_out(self):
+    logits, labels, mask = _example(7)
+    probs = _np_softmax(logits.astype(np.float64))
+    lab = np.where(mask, labels, 0)
+    nll = -np.log(np.take_along_axis(probs, lab[..., None], -1)[..., 0])
+    np.testing.assert_allclose(float(losses.cross_entropy(logits, labels, None)),
+                               nll[mask].mean(), rtol=1e-5)
+    pt = np.take_along_axis(probs, lab[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(losses.focal(logits, labels, None, gamma=2.0)),
+                               (-(1 - pt) ** 2 * np.log(pt))[mask].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(losses.tversky(logits, labels, None, alpha=0.3, beta=0.7)),
+                               _np_tversky(logits, labels, mask, 0.3, 0.7), rtol=1e-5)
+
   def test_perfect_prediction_dice_is_zero(self):
     labels = np.array([[[0, 1], [2, 2]]], np.int32)
     logits = np.eye(3)[labels] * 100.0

@@ -20,6 +20,7 @@ import optax
 from tensorboardX.proto import event_pb2
 
 from seg_jax import data as data_lib
+from seg_jax import losses
 from seg_jax import models
 from seg_jax import optim
 from seg_jax import train
@@ -155,7 +156,7 @@ class GuardsTest(parameterized.TestCase):
 
   def test_unknown_dataset(self):
     with self.assertRaisesRegex(ValueError, "data.name.*'cityscapes'"):
-      train.load_dataset(tiny_config(**{"data.name": "cityscapes"}).data)
+      train.Trainer(tiny_config(**{"data.name": "cityscapes"}))
 
   def test_bad_dtype(self):
     with self.assertRaisesRegex(ValueError, "dtype.*'float8'"):
@@ -178,9 +179,12 @@ class GuardsTest(parameterized.TestCase):
     config = tiny_config(**{"loss.class_weighting": "sqrt"})
     with self.assertRaisesRegex(ValueError, "class_weighting"):
       train.class_weights(config.loss, dataset, 6)
-    weights = train.class_weights(tiny_config(**{"loss.class_weighting": "median"}).loss,
-                                  dataset, 6)
-    self.assertEqual(weights.shape, (6,))
+    for mode in ("median", "inverse"):
+      weights = train.class_weights(tiny_config(**{"loss.class_weighting": mode}).loss,
+                                    dataset, 6)
+      np.testing.assert_allclose(
+          weights, losses.class_weights_from_counts([(labels == c).sum() for c in range(6)],
+                                                    mode), rtol=1e-6)
 
 
 def _event_tags(workdir):
@@ -388,9 +392,9 @@ class OptimTest(parameterized.TestCase):
   def test_every_optimizer_decays_kernels_only(self, name):
     params = {"encoder": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2)),
                                                                 "bias": jnp.ones(2)}}
-    tx, _ = optim.create_optimizer(_optim_config(
+    tx = optim.create_optimizer(_optim_config(
         name=name, weight_decay=0.5, warmup_steps=0, schedule="constant", learning_rate=0.1),
-                                   10, params)
+                                10, params)
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
     self.assertLess(float(updates["head"]["kernel"][0, 0]), 0.0)
@@ -401,11 +405,11 @@ class OptimTest(parameterized.TestCase):
     grads = jax.tree.map(jnp.ones_like, params)
     base = dict(name="sgd", momentum=0.0, weight_decay=0.0, warmup_steps=0,
                 schedule="constant", learning_rate=1.0, grad_clip_norm=0.0)
-    tx, _ = optim.create_optimizer(_optim_config(backbone="freeze", **base), 10, params)
+    tx = optim.create_optimizer(_optim_config(backbone="freeze", **base), 10, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     self.assertEqual(float(updates["encoder"]["kernel"][0, 0]), 0.0)
     self.assertEqual(float(updates["head"]["kernel"][0, 0]), -1.0)
-    tx, _ = optim.create_optimizer(
+    tx = optim.create_optimizer(
         _optim_config(backbone="scale", backbone_lr_factor=0.1, **base), 10, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     self.assertAlmostEqual(float(updates["encoder"]["kernel"][0, 0]), -0.1, places=6)
@@ -417,10 +421,10 @@ class OptimTest(parameterized.TestCase):
     params = {"w": jnp.zeros((2, 2))}
     base = dict(name="sgd", momentum=0.0, weight_decay=0.0, warmup_steps=0,
                 schedule="constant", learning_rate=1.0)
-    tx, _ = optim.create_optimizer(_optim_config(grad_clip_norm=1.0, **base), 10, params)
+    tx = optim.create_optimizer(_optim_config(grad_clip_norm=1.0, **base), 10, params)
     updates, _ = tx.update({"w": jnp.full((2, 2), 10.0)}, tx.init(params), params)
     self.assertAlmostEqual(float(optax.tree.norm(updates)), 1.0, places=5)
-    tx, _ = optim.create_optimizer(
+    tx = optim.create_optimizer(
         _optim_config(grad_clip_norm=0.0, accumulation_steps=2, **base), 10, params)
     opt_state = tx.init(params)
     first, opt_state = tx.update({"w": jnp.full((2, 2), 1.0)}, opt_state, params)
