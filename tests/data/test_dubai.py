@@ -16,14 +16,8 @@ from tests.data import fixtures
 
 
 def _config(root, **overrides):
-  c = data.default_data_config()
-  c.name = "dubai_aerial"
-  c.root = root
-  c.image_size = (16, 24)
-  c.patch_size = 16
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
+  fields = dict(name="dubai_aerial", root=root, image_size=(16, 24), patch_size=16)
+  return fixtures.data_config(**{**fields, **overrides})
 
 
 class DubaiReaderTest(parameterized.TestCase):
@@ -38,8 +32,10 @@ class DubaiReaderTest(parameterized.TestCase):
     pairs = dubai.find_pairs(self.root)
     self.assertEqual([p.name for p in pairs], sorted(written))
     self.assertEqual([p.tile for p in pairs], [1, 1, 2, 2, 3, 3])
+    c = fixtures.data_config()
     for pair in pairs:
-      image, label = dubai.read_pair(pair)
+      image, label = dubai.read_pair(pair, fixtures.PALETTE, ignore_index=c.ignore_index,
+                                     max_unknown_fraction=c.max_unknown_fraction)
       np.testing.assert_array_equal(image, written[pair.name][0])
       np.testing.assert_array_equal(label, written[pair.name][1])
     self.assertEqual(Image.open(pairs[2].mask_path).mode, "P")

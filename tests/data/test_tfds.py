@@ -42,7 +42,10 @@ class TfdsTest(absltest.TestCase):
                                           file_format="array_record")
         b.download_and_prepare()
         syn = b.as_data_source()
-        cfg = tfds_builders.DubaiAerialConfig(name="tiny", prep="resize", image_size=(16, 24))
+        from seg_jax.data.tfds_builders import dubai_aerial
+        cfg = tfds_builders.DubaiAerialConfig(name="tiny", prep="resize", image_size=(16, 24),
+                                              patch_size=256, patch_overlap=0,
+                                              **dubai_aerial.READING)
         b = tfds_builders.DubaiAerial(config=cfg, data_dir=data_dir,
                                       file_format="array_record")
         b.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -75,9 +78,7 @@ class TfdsTest(absltest.TestCase):
     np.testing.assert_array_equal(
         arrays["syn_label"],
         data.synthetic.generate(2, data.dataset.SYNTHETIC_OFFSETS["val"] + 1, (16, 24))[1])
-    c = data.default_data_config()
-    c.name, c.root, c.image_size = "dubai_aerial", root, (16, 24)
-    ds = data.get_dataset(c)
+    ds = data.get_dataset(fixtures.data_config(name="dubai_aerial", root=root, image_size=(16, 24)))
     np.testing.assert_array_equal(arrays["dubai_tile2_image_part_002"], ds.train[1]["label"])
 
     from seg_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
