@@ -122,14 +122,23 @@ def find_pairs(root: str, log: Optional[SkipLog] = None) -> list[Pair]:
 
 
 def read_rgb(path: str) -> tuple[np.ndarray, str]:
-  """Reads any image file as uint8 (H, W, 3) and its Pillow mode; ValueError naming the file."""
+  """Reads an 8-bit image file as uint8 (H, W, 3) and its Pillow mode; ValueError naming the file.
+
+  16-bit and float files are refused: converting them to 8 bits would clip their values.
+  """
   try:
     with Image.open(path) as im:
-      return np.asarray(im.convert("RGB")), im.mode
+      mode = im.mode
+      wide = mode.startswith(("I", "F"))
+      rgb = None if wide else np.asarray(im.convert("RGB"))
   # Pillow's format plugins raise many exception types on corrupt files (OSError, EOFError,
   # struct.error, DecompressionBombError, ...): every one of them means an unreadable file.
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+  if wide:
+    raise ValueError(f"{path}: {mode} pixels (16/32-bit integer or float) are not read; save "
+                     "the file with 8-bit channels")
+  return rgb, mode
 
 
 def read_image(path: str) -> np.ndarray:
@@ -156,7 +165,7 @@ def read_pair(pair: Pair, palette: palettes.Palette, *, ignore_index: int,
   fraction = unknown / label.size
   if fraction > max_unknown_fraction:
     grey = (" The mask is greyscale: masks must draw each class in its palette colour "
-            "(data.palette), not as a class index.") if mode in ("L", "I", "I;16", "1") else ""
+            "(data.palette), not as a class index.") if mode in ("L", "1") else ""
     raise ValueError(
         f"{pair.mask_path}: {fraction:.2%} of pixels have colours outside the palette "
         f"(data.max_unknown_fraction={max_unknown_fraction}).{grey}")
@@ -174,6 +183,6 @@ def read_pairs(pairs, log: SkipLog, **kwargs):
     except ValueError as e:
       if log.on_bad_file == "error":
         raise
-      log.bad(pair.image_path, str(e))
+      log.bad(pair.image_path, f"{e} (left out with its mask {pair.mask_path})")
       continue
     yield pair, image, label
