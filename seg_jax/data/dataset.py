@@ -120,16 +120,15 @@ def folder_palette(c) -> palettes.Palette:
 
 
 def iter_examples(pairs, c, palette: palettes.Palette, log: dubai.SkipLog,
-                  ignored: Optional[list] = None) -> Iterator[dict[str, Any]]:
+                  ignored: list) -> Iterator[dict[str, Any]]:
   """Reads, decodes and preprocesses pairs into examples {image, label, name, tile}.
 
-  Appends (mask path, ignored pixels, pixels) of each decoded mask to `ignored` if given.
+  Appends (mask path, ignored pixels, pixels) of each decoded mask to `ignored`.
   """
   for pair, image, label in dubai.read_pairs(
       pairs, log, palette=palette, ignore_index=c.ignore_index,
       max_unknown_fraction=c.max_unknown_fraction):
-    if ignored is not None:
-      ignored.append((pair.mask_path, int(np.count_nonzero(label == c.ignore_index)), label.size))
+    ignored.append((pair.mask_path, int(np.count_nonzero(label == c.ignore_index)), label.size))
     tile = -1 if pair.tile is None else pair.tile
     if c.prep == "resize":
       im, lb = preprocess.resize_pair(image, label, c.image_size)
