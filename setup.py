@@ -26,6 +26,6 @@ setuptools.setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "hypothesis>=6.100"],
     },
 )

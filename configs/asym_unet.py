@@ -7,7 +7,9 @@ CPU). No measured result yet.
 
 import ml_collections
 
-from configs import default
+from seg_jax import config_files
+
+default = config_files.sibling(__file__, "default")
 
 
 def get_config():

@@ -7,7 +7,9 @@ measured result yet.
 
 import ml_collections
 
-from configs import deeplabv3_resnet50
+from seg_jax import config_files
+
+deeplabv3_resnet50 = config_files.sibling(__file__, "deeplabv3_resnet50")
 
 
 def get_config():

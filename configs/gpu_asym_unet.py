@@ -4,7 +4,9 @@ configs/asym_unet.py sized for one 80 GB GPU (H100 class): bfloat16 compute, bat
 144x256, 20k steps, persistent compilation cache. Not run yet: no measured result.
 """
 
-from configs import asym_unet
+from seg_jax import config_files
+
+asym_unet = config_files.sibling(__file__, "asym_unet")
 
 
 def get_config():

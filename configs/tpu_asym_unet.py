@@ -7,7 +7,9 @@ count); the workdir must be a filesystem every host mounts (e.g. Filestore/NFS),
 all hosts write their checkpoint shards there. Not run yet: no measured result.
 """
 
-from configs import asym_unet
+from seg_jax import config_files
+
+asym_unet = config_files.sibling(__file__, "asym_unet")
 
 
 def get_config():

@@ -7,7 +7,9 @@ side-by-side comparison. Accelerator-sized; no measured result yet.
 
 import ml_collections
 
-from configs import asym_unet
+from seg_jax import config_files
+
+asym_unet = config_files.sibling(__file__, "asym_unet")
 
 
 def get_config():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -32,6 +33,16 @@ def load(name, arg=None):
   config = module.get_config() if arg is None else module.get_config(arg)
   config.lock()
   return config
+
+
+def installed_env() -> dict[str, str]:
+  """Environment where seg_jax imports as if installed and `import configs` fails.
+
+  As for a user outside the repository: the repository root is not on sys.path.
+  """
+  site = tempfile.mkdtemp()
+  os.symlink(os.path.join(REPO, "seg_jax"), os.path.join(site, "seg_jax"))
+  return dict(os.environ, PYTHONPATH=site)
 
 
 def _keys(config, prefix=""):
@@ -65,9 +76,48 @@ class ConfigsTest(parameterized.TestCase):
     keys = {k for k in _keys(load(name, arg)) if not k.startswith("model.kwargs.")}
     self.assertEqual(keys, default_keys - model_kwargs)
 
-  def test_data_group_matches_data_package(self):
-    data_keys = {"data." + k for k in _keys(data_lib.default_data_config())}
-    self.assertEqual({k for k in _keys(load("default")) if k.startswith("data.")}, data_keys)
+  def test_data_package_holds_no_second_copy_of_defaults(self):
+    # Every data field's default lives in configs/default.py; library code only reads groups.
+    data_dir = os.path.join(REPO, "seg_jax", "data")
+    for folder, _, files in os.walk(data_dir):
+      for f in files:
+        if f.endswith(".py"):
+          with open(os.path.join(folder, f)) as source:
+            self.assertNotIn("ConfigDict(", source.read(), os.path.join(folder, f))
+
+  def test_every_config_loads_from_another_working_directory(self):
+    # The way seg_jax.main loads --config=/abs/path/configs/X.py, from a folder outside the repo.
+    script = textwrap.dedent(f"""
+        import sys
+        from absl import flags
+        from ml_collections import config_flags
+        config = config_flags.DEFINE_config_file("config")
+        for spec in {[os.path.join(REPO, "configs", f"{n}.py") + (f":{a}" if a else "")
+                      for n, a in VARIANTS]!r}:
+          flags.FLAGS(["prog", "--config=" + spec])
+          print(spec, config.value.model.name, config.value.data.root)
+        """)
+    cwd = tempfile.mkdtemp()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True,
+                          text=True, env=installed_env(), timeout=120, check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertLen(proc.stdout.splitlines(), len(VARIANTS))
+    # The Dubai root is found next to the repository, wherever the command runs.
+    self.assertEqual(load("dubai").data.root,
+                     os.path.normpath(os.path.join(REPO, "..", "shared", "data", "dubai_aerial")))
+
+  def test_missing_data_root_says_how_to_set_it_and_where_to_get_the_data(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "seg_jax.main", f"--config={REPO}/configs/dubai.py",
+         f"--workdir={workdir}", "--config.data.root=/nonexistent/dubai"],
+        cwd=tempfile.mkdtemp(), capture_output=True, text=True, timeout=300, check=False,
+        env=installed_env())
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertIn("data.root '/nonexistent/dubai' is not a folder", proc.stderr)
+    self.assertIn("--config.data.root=", proc.stderr)
+    self.assertIn("kaggle.com/datasets/humansintheloop/semantic-segmentation-of-aerial-imagery",
+                  proc.stderr)
 
   @parameterized.parameters(*VARIANTS)
   def test_names_exist_and_model_builds(self, name, arg):

@@ -1,12 +1,16 @@
-"""`get_dataset`: the train/val/test sources, class names, palette and statistics of a data config."""
+"""`get_dataset`: the train/val/test sources, class names, palette and statistics of a data config.
+
+Every field of a `data` config group is documented, with its default, in configs/default.py;
+the functions here read the group they are given and hold no defaults of their own.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any, Iterator, Optional
 
-import ml_collections
 import numpy as np
 
 from seg_jax.data import dubai
@@ -16,6 +20,8 @@ from seg_jax.data import splits
 from seg_jax.data import synthetic
 
 NAMES = ("synthetic_aerial", "dubai_aerial")
+# data.name = TFDS_PREFIX + "<builder>/<config>" reads a prepared TFDS dataset from data.tfds_dir.
+TFDS_PREFIX = "tfds:"
 SPLIT_MODES = ("tile", "image", "random_patch")
 PREPS = ("resize", "patches")
 # Synthetic splits draw scenes from disjoint index ranges, so changing one
@@ -23,46 +29,11 @@ PREPS = ("resize", "patches")
 SYNTHETIC_OFFSETS = {"train": 0, "val": 1 << 30, "test": 1 << 31}
 # Synthetic mean/std come from the first scenes of the train split.
 SYNTHETIC_STATS_SCENES = 64
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-  """A `data` config group with every field the data code reads."""
-  c = ml_collections.ConfigDict()
-  c.name = "synthetic_aerial"
-  c.root = ""
-  c.image_size = (144, 256)
-  c.split = "tile"
-  c.prep = "resize"
-  c.patch_size = 256
-  c.patch_overlap = 0
-  c.num_train = 2048
-  c.num_val = 256
-  c.num_test = 256
-  c.seed = 0
-  c.ignore_index = 255
-  c.on_bad_file = "error"
-  c.max_unknown_fraction = 0.01
-  c.keep_on_device = False
-  c.augment = default_augment_config()
-  return c
-
-
-def default_augment_config() -> ml_collections.ConfigDict:
-  """The `data.augment` group: flips, rot90, scale+crop, rotation, colour jitter, noise."""
-  a = ml_collections.ConfigDict()
-  a.enabled = True
-  a.hflip = True
-  a.vflip = True
-  a.rot90 = True
-  a.scale_min = 1.0
-  a.scale_max = 1.5
-  a.rotate_degrees = 10.0
-  a.brightness = 0.2
-  a.contrast = 0.2
-  a.saturation = 0.2
-  a.hue = 0.02
-  a.noise_std = 3.0
-  return a
+DUBAI_DOWNLOAD = (
+    "the Dubai aerial images are the public 'Semantic segmentation of aerial imagery' dataset "
+    "by Humans in the Loop, on Kaggle: "
+    "https://www.kaggle.com/datasets/humansintheloop/semantic-segmentation-of-aerial-imagery "
+    "(unzip it and pass the folder holding 'Tile 1'..'Tile 8')")
 
 
 class ArraySource:
@@ -112,9 +83,15 @@ class Dataset:
     return len(self.class_names)
 
 
+def is_tfds(name: str) -> bool:
+  """Whether `data.name` names a prepared TFDS dataset ("tfds:<builder>/<config>")."""
+  return name.startswith(TFDS_PREFIX)
+
+
 def _check_config(c) -> None:
-  if c.name not in NAMES:
-    raise ValueError(f"data.name must be one of {NAMES}, got {c.name!r}.")
+  if c.name not in NAMES and not (is_tfds(c.name) and c.name[len(TFDS_PREFIX):]):
+    raise ValueError(f"data.name must be one of {NAMES} or '{TFDS_PREFIX}<builder>/<config>' "
+                     f"(a prepared TFDS dataset), got {c.name!r}.")
   if c.split not in SPLIT_MODES:
     raise ValueError(f"data.split must be one of {SPLIT_MODES}, got {c.split!r}.")
   if c.prep not in PREPS:
@@ -123,23 +100,41 @@ def _check_config(c) -> None:
     raise ValueError(f"data.image_size must be (H, W) with H, W >= 8, got {c.image_size}.")
   if not 0 <= c.ignore_index <= 255:
     raise ValueError(f"data.ignore_index must be in [0, 255], got {c.ignore_index}.")
-  if not 0.0 <= c.max_unknown_fraction <= 1.0:
-    raise ValueError(
-        f"data.max_unknown_fraction must be in [0, 1], got {c.max_unknown_fraction}.")
+  for field in ("max_unknown_fraction", "max_ignored_fraction"):
+    if not 0.0 <= c[field] <= 1.0:
+      raise ValueError(f"data.{field} must be in [0, 1], got {c[field]}.")
+  palettes.parse_ignore_color(c.ignore_color)
+  if c.palette and c.name != "dubai_aerial":
+    raise ValueError(f"data.palette names class colours of a folder dataset (data.name="
+                     f"'dubai_aerial'); {c.name!r} brings its own, got {c.palette!r}.")
+  if is_tfds(c.name) and not c.tfds_dir:
+    raise ValueError(f"data.tfds_dir must name the TFDS data folder of {c.name!r}, got ''.")
 
 
-def iter_examples(pairs, *, prep: str, image_size, patch_size: int, patch_overlap: int,
-                  ignore_index: int, log: dubai.SkipLog,
-                  max_unknown_fraction: float) -> Iterator[dict[str, Any]]:
-  """Reads, decodes and preprocesses pairs into examples {image, label, name, tile}."""
+def folder_palette(c) -> palettes.Palette:
+  """Class colours of a folder dataset: `c.palette`'s JSON file, or the Dubai colours if ''."""
+  ignore_color = palettes.parse_ignore_color(c.ignore_color)
+  if c.palette:
+    return palettes.load_palette(c.palette, ignore_color=ignore_color)
+  return dataclasses.replace(palettes.DUBAI_AERIAL, ignore_color=ignore_color)
+
+
+def iter_examples(pairs, c, palette: palettes.Palette, log: dubai.SkipLog,
+                  ignored: list) -> Iterator[dict[str, Any]]:
+  """Reads, decodes and preprocesses pairs into examples {image, label, name, tile}.
+
+  Appends (mask path, ignored pixels, pixels) of each decoded mask to `ignored`.
+  """
   for pair, image, label in dubai.read_pairs(
-      pairs, log, ignore_index=ignore_index, max_unknown_fraction=max_unknown_fraction):
+      pairs, log, palette=palette, ignore_index=c.ignore_index,
+      max_unknown_fraction=c.max_unknown_fraction):
+    ignored.append((pair.mask_path, int(np.count_nonzero(label == c.ignore_index)), label.size))
     tile = -1 if pair.tile is None else pair.tile
-    if prep == "resize":
-      im, lb = preprocess.resize_pair(image, label, image_size)
+    if c.prep == "resize":
+      im, lb = preprocess.resize_pair(image, label, c.image_size)
       yield {"image": im, "label": lb, "name": pair.name, "tile": tile}
     else:
-      ims, lbs = preprocess.patchify(image, label, patch_size, patch_overlap, ignore_index)
+      ims, lbs = preprocess.patchify(image, label, c.patch_size, c.patch_overlap, c.ignore_index)
       for k, (im, lb) in enumerate(zip(ims, lbs)):
         yield {"image": im, "label": lb, "name": f"{pair.name}/{k:04d}", "tile": tile}
 
@@ -154,25 +149,45 @@ def split_folder(root: str, *, split: str, seed: int, log: dubai.SkipLog) -> dic
   return {"train": pairs, "val": [], "test": []}
 
 
-def load_folder(root: str, *, split: str, prep: str, image_size, patch_size: int,
-                patch_overlap: int, seed: int, ignore_index: int, on_bad_file: str,
-                max_unknown_fraction: float):
-  """Reads a Dubai-layout folder into {split: list of examples} and the skipped files."""
-  if split == "random_patch":
+def check_ignored_share(ignored, *, what: str, max_ignored_fraction: float) -> None:
+  """Raises a ValueError naming `what` and its most-ignored masks if too many pixels are ignored.
+
+  `ignored` holds (mask path, ignored pixels, pixels) per mask, as `iter_examples` lists them.
+  """
+  if not ignored:
+    return
+  share = sum(n for _, n, _ in ignored) / sum(size for _, _, size in ignored)
+  if share > max_ignored_fraction:
+    worst = sorted(ignored, key=lambda t: -t[1] / t[2])[:3]
+    names = ", ".join(f"{path} ({n / size:.0%})" for path, n, size in worst)
+    raise ValueError(
+        f"{share:.1%} of the mask pixels of {what} are ignored (ignore colour or unknown "
+        f"colours), more than data.max_ignored_fraction={max_ignored_fraction}; most ignored: "
+        f"{names}. Fix the masks or raise data.max_ignored_fraction.")
+
+
+def load_folder(root: str, c, palette: palettes.Palette):
+  """Reads a Dubai-layout folder into {split: list of examples} and the skipped files.
+
+  `c` holds the reading fields of a `data` config group (split, prep, image_size, patch_size,
+  patch_overlap, seed, ignore_index, on_bad_file, max_unknown_fraction, max_ignored_fraction).
+  """
+  if c.split == "random_patch":
     splits.warn_random_patch()
-  log = dubai.SkipLog(on_bad_file)
-  assigned = split_folder(root, split=split, seed=seed, log=log)
-  kwargs = dict(prep=prep, image_size=image_size, patch_size=patch_size,
-                patch_overlap=patch_overlap, ignore_index=ignore_index, log=log,
-                max_unknown_fraction=max_unknown_fraction)
-  out = {s: list(iter_examples(assigned[s], **kwargs)) for s in splits.SPLITS}
-  if split == "random_patch":
-    out = splits.by_random(out["train"], seed)
+  log = dubai.SkipLog(c.on_bad_file)
+  assigned = split_folder(root, split=c.split, seed=c.seed, log=log)
+  ignored = {s: [] for s in splits.SPLITS}
+  out = {s: list(iter_examples(assigned[s], c, palette, log, ignored[s])) for s in splits.SPLITS}
+  if c.split == "random_patch":
+    out = splits.by_random(out["train"], c.seed)
   if log.skipped:
     logging.warning("Skipped %d bad files under %s (on_bad_file='skip').",
                     len(log.skipped), root)
   if not out["train"]:
     raise ValueError(f"data root {root}: the train split is empty after reading.")
+  for s in splits.SPLITS:
+    what = f"the {s} split" if c.split != "random_patch" else f"{root} (random_patch split)"
+    check_ignored_share(ignored[s], what=what, max_ignored_fraction=c.max_ignored_fraction)
   return out, tuple(log.skipped)
 
 
@@ -196,25 +211,54 @@ def synthetic_mean_std(seed: int, image_size) -> tuple[np.ndarray, np.ndarray]:
       synthetic.generate(seed, i, image_size)[0] for i in range(SYNTHETIC_STATS_SCENES))
 
 
-def get_dataset(config) -> Dataset:
-  """Builds the dataset described by a `data` config group (see `default_data_config`)."""
-  _check_config(config)
-  size = (int(config.image_size[0]), int(config.image_size[1]))
-  if config.name == "synthetic_aerial":
-    counts = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
-    sources = {s: synthetic_source(s, counts[s], seed=config.seed, image_size=size)
-               for s in splits.SPLITS}
-    mean, std = synthetic_mean_std(config.seed, size)
-    return Dataset(**sources, class_names=synthetic.CLASS_NAMES, palette=synthetic.PALETTE,
-                   ignore_index=config.ignore_index, image_size=size, mean=mean, std=std)
-  examples, skipped = load_folder(
-      config.root, split=config.split, prep=config.prep, image_size=size,
-      patch_size=config.patch_size, patch_overlap=config.patch_overlap, seed=config.seed,
-      ignore_index=config.ignore_index, on_bad_file=config.on_bad_file,
-      max_unknown_fraction=config.max_unknown_fraction)
+def _synthetic_dataset(c) -> Dataset:
+  size = (int(c.image_size[0]), int(c.image_size[1]))
+  counts = {"train": c.num_train, "val": c.num_val, "test": c.num_test}
+  sources = {s: synthetic_source(s, counts[s], seed=c.seed, image_size=size)
+             for s in splits.SPLITS}
+  mean, std = synthetic_mean_std(c.seed, size)
+  palette = dataclasses.replace(synthetic.PALETTE,
+                                ignore_color=palettes.parse_ignore_color(c.ignore_color))
+  return Dataset(**sources, class_names=palette.names, palette=palette,
+                 ignore_index=c.ignore_index, image_size=size, mean=mean, std=std)
+
+
+def _folder_dataset(c) -> Dataset:
+  if not c.root or not os.path.isdir(c.root):
+    raise ValueError(
+        f"data.root {c.root!r} is not a folder: pass --config.data.root=DIR, the dataset "
+        f"folder ('Tile N/images|masks' or 'images/' + 'masks/'); {DUBAI_DOWNLOAD}.")
+  palette = folder_palette(c)
+  examples, skipped = load_folder(c.root, c, palette)
   sources = {s: _to_source(examples[s]) for s in splits.SPLITS}
   mean, std = preprocess.mean_std(sources["train"].images)
-  size = preprocess.example_size(config.prep, size, config.patch_size)
-  return Dataset(**sources, class_names=palettes.DUBAI_AERIAL.names,
-                 palette=palettes.DUBAI_AERIAL, ignore_index=config.ignore_index,
-                 image_size=size, mean=mean, std=std, skipped=skipped)
+  size = preprocess.example_size(c.prep, c.image_size, c.patch_size)
+  return Dataset(**sources, class_names=palette.names, palette=palette,
+                 ignore_index=c.ignore_index, image_size=tuple(int(v) for v in size),
+                 mean=mean, std=std, skipped=skipped)
+
+
+def _tfds_dataset(c) -> Dataset:
+  # TFDS is imported only for tfds: names; its builders import this module.
+  from seg_jax.data.tfds_builders import common  # pylint: disable=g-import-not-at-top
+  ds = common.load_prepared(c.name[len(TFDS_PREFIX):], os.path.expanduser(c.tfds_dir))
+  if ds.ignore_index != c.ignore_index:
+    raise ValueError(f"data.ignore_index={c.ignore_index} but {c.name!r} was prepared with "
+                     f"ignore_index={ds.ignore_index}.")
+  return ds
+
+
+def get_dataset(config) -> Dataset:
+  """Builds the dataset a `data` config group describes (its fields: configs/default.py).
+
+  Synthetic scenes are generated when read; a folder (`dubai_aerial`) is read, decoded and
+  preprocessed into memory; a prepared TFDS dataset (`tfds:...`) is read from its
+  array_record files. The size, split and palette of a TFDS dataset were fixed when it was
+  prepared (`python -m seg_jax.data.prepare`), so those fields are not read for it.
+  """
+  _check_config(config)
+  if is_tfds(config.name):
+    return _tfds_dataset(config)
+  if config.name == "synthetic_aerial":
+    return _synthetic_dataset(config)
+  return _folder_dataset(config)

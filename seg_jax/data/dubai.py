@@ -13,8 +13,9 @@ from PIL import Image
 
 from seg_jax.data import palettes
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# Lossless formats (WebP may be either): JPEG blurs the colours that name the classes.
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".webp")
 _TILE_RE = re.compile(r"^tile[ _-]?(\d+)$", re.IGNORECASE)
 
 
@@ -45,12 +46,29 @@ class SkipLog:
     self.skipped.append((path, reason))
 
 
-def _files(folder: str, extensions) -> dict[str, str]:
+def _files(folder: str, kind: str, extensions, log: SkipLog) -> dict[str, str]:
+  """Path of each `kind` ("image" or "mask") file of `folder` by stem.
+
+  Everything else in the folder is reported through `log`: other file types, subfolders and a
+  second file with the same stem. Hidden entries (".name") are not data and are passed over.
+  """
   out = {}
   for f in sorted(os.listdir(folder)):
+    if f.startswith("."):
+      continue
+    path = os.path.join(folder, f)
     stem, ext = os.path.splitext(f)
-    if ext.lower() in extensions and not f.startswith("."):
-      out[stem] = os.path.join(folder, f)
+    if not os.path.isfile(path):
+      log.bad(path, f"not a file; {folder} must hold only {kind} files")
+    elif ext.lower() not in extensions:
+      lossy = " (JPEG is lossy: it blurs the class colours)" if kind == "mask" and ext.lower() in (
+          ".jpg", ".jpeg") else ""
+      log.bad(path, f"unsupported {kind} file type {ext or '(none)'!r}{lossy}; "
+                    f"supported: {' '.join(extensions)}")
+    elif stem in out:
+      log.bad(path, f"a second {kind} named {stem!r} (the first is {out[stem]})")
+    else:
+      out[stem] = path
   return out
 
 
@@ -59,8 +77,8 @@ def _pair_folder(images_dir: str, masks_dir: str, tile: Optional[int], log: Skip
   if not os.path.isdir(masks_dir):
     log.bad(masks_dir, f"mask folder missing next to {images_dir}")
     return []
-  images = _files(images_dir, IMAGE_EXTENSIONS)
-  masks = _files(masks_dir, MASK_EXTENSIONS)
+  images = _files(images_dir, "image", IMAGE_EXTENSIONS, log)
+  masks = _files(masks_dir, "mask", MASK_EXTENSIONS, log)
   pairs = []
   for stem, path in images.items():
     if stem not in masks:
@@ -103,25 +121,42 @@ def find_pairs(root: str, log: Optional[SkipLog] = None) -> list[Pair]:
   return pairs
 
 
-def read_image(path: str) -> np.ndarray:
-  """Reads an RGB image as uint8 (H, W, 3); ValueError naming the file if unreadable."""
+def read_rgb(path: str) -> tuple[np.ndarray, str]:
+  """Reads an 8-bit image file as uint8 (H, W, 3) and its Pillow mode; ValueError naming the file.
+
+  16-bit and float files are refused: converting them to 8 bits would clip their values.
+  """
   try:
     with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except (OSError, SyntaxError, ValueError) as e:
-    raise ValueError(f"{path}: cannot read image ({e})") from e
+      mode = im.mode
+      wide = mode.startswith(("I", "F"))
+      rgb = None if wide else np.asarray(im.convert("RGB"))
+  # Pillow's format plugins raise many exception types on corrupt files (OSError, EOFError,
+  # struct.error, DecompressionBombError, ...): every one of them means an unreadable file.
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+  if wide:
+    raise ValueError(f"{path}: {mode} pixels (16/32-bit integer or float) are not read; save "
+                     "the file with 8-bit channels")
+  return rgb, mode
 
 
-def read_pair(pair: Pair, palette: palettes.Palette = palettes.DUBAI_AERIAL, *,
-              ignore_index: int = 255, max_unknown_fraction: float = 0.01):
+def read_image(path: str) -> np.ndarray:
+  """Reads an RGB image as uint8 (H, W, 3); ValueError naming the file if unreadable."""
+  return read_rgb(path)[0]
+
+
+def read_pair(pair: Pair, palette: palettes.Palette, *, ignore_index: int,
+              max_unknown_fraction: float):
   """Reads and decodes one pair: (image uint8 (H, W, 3), label uint8 (H, W)).
 
   Raises:
-    ValueError naming the file: unreadable file, size mismatch, or more than
-    `max_unknown_fraction` of mask pixels in colours outside the palette.
+    ValueError naming the file: unreadable file, size mismatch, more than
+    `max_unknown_fraction` of mask pixels in colours outside the palette, or a mask without
+    a single pixel of a class colour.
   """
   image = read_image(pair.image_path)
-  rgb = read_image(pair.mask_path)
+  rgb, mode = read_rgb(pair.mask_path)
   if image.shape[:2] != rgb.shape[:2]:
     raise ValueError(
         f"{pair.mask_path}: mask size {rgb.shape[1]}x{rgb.shape[0]} differs from image "
@@ -129,9 +164,14 @@ def read_pair(pair: Pair, palette: palettes.Palette = palettes.DUBAI_AERIAL, *,
   label, unknown = palettes.decode_mask(rgb, palette, ignore_index, return_unknown=True)
   fraction = unknown / label.size
   if fraction > max_unknown_fraction:
+    grey = (" The mask is greyscale: masks must draw each class in its palette colour "
+            "(data.palette), not as a class index.") if mode in ("L", "1") else ""
     raise ValueError(
         f"{pair.mask_path}: {fraction:.2%} of pixels have colours outside the palette "
-        f"(max_unknown_fraction={max_unknown_fraction})")
+        f"(data.max_unknown_fraction={max_unknown_fraction}).{grey}")
+  if not np.any(label != ignore_index):
+    raise ValueError(f"{pair.mask_path}: no pixel has a class colour (all ignored); the mask "
+                     "adds nothing to training or evaluation")
   return image, label
 
 
@@ -143,6 +183,6 @@ def read_pairs(pairs, log: SkipLog, **kwargs):
     except ValueError as e:
       if log.on_bad_file == "error":
         raise
-      log.bad(pair.image_path, str(e))
+      log.bad(pair.image_path, f"{e} (left out with its mask {pair.mask_path})")
       continue
     yield pair, image, label

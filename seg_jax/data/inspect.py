@@ -1,14 +1,21 @@
-"""Prints per-split counts and class histograms of a dataset and writes an image | mask | overlay grid.
+"""Prints a config's dataset: per-split counts and class shares, and an image | mask | overlay grid.
 
-  python -m seg_jax.data.inspect --name=synthetic_aerial --out=docs/inspect_synthetic.png
-  python -m seg_jax.data.inspect --name=dubai_aerial --root=../shared/data/dubai_aerial \
-      --out=docs/inspect_dubai.png
+  python -m seg_jax.data.inspect                                  # configs/default.py
+  python -m seg_jax.data.inspect --config=configs/dubai.py --out=docs/inspect_dubai.png
+  python -m seg_jax.data.inspect --config=configs/dubai.py --config.data.prep=patches
+
+`--config` takes any run config (`configs/*.py[:arg]`) and `--config.data.<field>=value`
+overrides, exactly as `seg_jax.main` does; only its `data` group is read.
 """
 
 from __future__ import annotations
 
+import os
+import re
+
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -16,18 +23,22 @@ from PIL import ImageDraw
 from seg_jax.data import dataset as dataset_lib
 from seg_jax.data import palettes
 
-_NAME = flags.DEFINE_enum("name", "synthetic_aerial", list(dataset_lib.NAMES), "Dataset.")
-_ROOT = flags.DEFINE_string("root", "", "Dataset folder (dubai_aerial).")
-_SPLIT = flags.DEFINE_enum("split", "tile", list(dataset_lib.SPLIT_MODES), "Split mode.")
-_PREP = flags.DEFINE_enum("prep", "resize", list(dataset_lib.PREPS), "Preprocessing.")
-_IMAGE_SIZE = flags.DEFINE_list("image_size", ["144", "256"], "H,W for prep=resize.")
-_PATCH_SIZE = flags.DEFINE_integer("patch_size", 256, "Patch size for prep=patches.")
-_PATCH_OVERLAP = flags.DEFINE_integer("patch_overlap", 0, "Patch overlap for prep=patches.")
-_NUM = flags.DEFINE_list("num", ["256", "64", "64"], "Synthetic train,val,test counts.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
-_ON_BAD_FILE = flags.DEFINE_enum("on_bad_file", "error", ["error", "skip"], "Bad files.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 4, "Rows of the PNG grid.")
-_OUT = flags.DEFINE_string("out", "", "PNG grid path ('' to skip).")
+FLAGS = flags.FLAGS
+DEFAULT_CONFIG = os.path.normpath(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "default.py"))
+
+
+def define_flags() -> None:
+  """Defines the command-line flags (only when run as a program, so importing stays clean)."""
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
+                                  "Run config whose data group is shown.", lock_config=True)
+  flags.DEFINE_integer("num_images", 4, "Train examples in the PNG grid (0: no picture).")
+  flags.DEFINE_string("out", "", "PNG grid path ('': inspect_<data.name>.png here).")
+
+
+def default_out(name: str) -> str:
+  """File name of the grid of dataset `name` in the working directory."""
+  return "inspect_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png"
 
 
 def class_histogram(source, num_classes: int) -> np.ndarray:
@@ -54,7 +65,8 @@ def overlay_grid(examples, palette: palettes.Palette, alpha: float = 0.5) -> np.
   legend = Image.new("RGB", (grid.shape[1], 18), (255, 255, 255))
   draw = ImageDraw.Draw(legend)
   x = 4
-  for name, color in zip(palette.names + ("ignore",), palette.colors + (palette.ignore_color,)):
+  colors = palette.colors + (palette.display_ignore_color,)
+  for name, color in zip(palette.names + ("ignore",), colors):
     draw.rectangle([x, 3, x + 11, 14], fill=tuple(color), outline=(0, 0, 0))
     draw.text((x + 15, 3), name, fill=(0, 0, 0))
     x += 20 + 7 * len(name)
@@ -63,17 +75,7 @@ def overlay_grid(examples, palette: palettes.Palette, alpha: float = 0.5) -> np.
 
 def main(argv):
   del argv
-  c = dataset_lib.default_data_config()
-  c.name = _NAME.value
-  c.root = _ROOT.value
-  c.split = _SPLIT.value
-  c.prep = _PREP.value
-  c.image_size = tuple(int(v) for v in _IMAGE_SIZE.value)
-  c.patch_size = _PATCH_SIZE.value
-  c.patch_overlap = _PATCH_OVERLAP.value
-  c.num_train, c.num_val, c.num_test = (int(v) for v in _NUM.value)
-  c.seed = _SEED.value
-  c.on_bad_file = _ON_BAD_FILE.value
+  c = FLAGS.config.data
   ds = dataset_lib.get_dataset(c)
   names = ds.class_names + ("ignore",)
   print(f"{c.name}: image_size={ds.image_size} classes={len(ds.class_names)} "
@@ -89,14 +91,16 @@ def main(argv):
     counts = class_histogram(source, len(ds.class_names))
     share = 100.0 * counts / max(counts.sum(), 1)
     print(f"{split:6s} {len(source):6d} " + " ".join(f"{s:9.2f}%" for s in share))
-  if _OUT.value:
-    n = min(_NUM_IMAGES.value, len(ds.train))
-    step = max(len(ds.train) // max(n, 1), 1)
+  n = min(FLAGS.num_images, len(ds.train))
+  if n > 0:
+    out = FLAGS.out or default_out(c.name)
+    step = max(len(ds.train) // n, 1)
     grid = overlay_grid([ds.train[i * step] for i in range(n)], ds.palette)
     # An adaptive 256-colour palette keeps the PNG small enough to commit.
-    Image.fromarray(grid).quantize(256).save(_OUT.value, optimize=True)
-    print(f"wrote {_OUT.value} ({grid.shape[1]}x{grid.shape[0]})")
+    Image.fromarray(grid).quantize(256).save(out, optimize=True)
+    print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]})")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Mapping, Sequence, Union
+import re
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+Color = tuple[int, int, int]
+BLACK: Color = (0, 0, 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,10 +19,11 @@ class Palette:
   """Class names and their mask colours, in class-index order."""
 
   names: tuple[str, ...]
-  colors: tuple[tuple[int, int, int], ...]
-  # Pixels of this colour belong to no class; they decode to ignore_index
-  # without being counted as unknown.
-  ignore_color: tuple[int, int, int] = (0, 0, 0)
+  colors: tuple[Color, ...]
+  # Pixels of this colour belong to no class; they decode to ignore_index without being
+  # counted as unknown. None: every colour outside `colors` is unknown (a dataset whose
+  # classes include black).
+  ignore_color: Optional[Color] = BLACK
 
   def __post_init__(self):
     if len(self.names) != len(self.colors):
@@ -29,12 +34,14 @@ class Palette:
       raise ValueError("Palette needs at least one class, got none.")
     if len(set(self.colors)) != len(self.colors):
       raise ValueError(f"Palette colors must be distinct, got {self.colors}.")
-    if tuple(self.ignore_color) in set(map(tuple, self.colors)):
-      raise ValueError(
-          f"Palette ignore_color {self.ignore_color} is also a class colour.")
-    for c in self.colors:
+    for c in self.colors + (() if self.ignore_color is None else (self.ignore_color,)):
       if len(c) != 3 or not all(0 <= v <= 255 for v in c):
         raise ValueError(f"Palette colour must be 3 values in [0, 255], got {c}.")
+    if self.ignore_color is not None and tuple(self.ignore_color) in set(self.colors):
+      name = self.names[self.colors.index(tuple(self.ignore_color))]
+      raise ValueError(
+          f"Palette ignore colour {to_hex(self.ignore_color)} is also the colour of class "
+          f"{name!r}: choose another ignore colour or none (data.ignore_color='none').")
 
   @property
   def num_classes(self) -> int:
@@ -45,23 +52,40 @@ class Palette:
     """Colours as a uint8 array of shape (num_classes, 3)."""
     return np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
 
+  @property
+  def display_ignore_color(self) -> Color:
+    """Colour that draws ignored pixels: the ignore colour, else the darkest grey no class has."""
+    if self.ignore_color is not None:
+      return tuple(self.ignore_color)
+    return next((v, v, v) for v in range(256) if (v, v, v) not in set(self.colors))
+
   def to_dict(self) -> dict[str, str]:
     """The palette as JSON-ready `{"name": "#RRGGBB"}` in class order."""
-    return {n: _to_hex(c) for n, c in zip(self.names, self.colors)}
+    return {n: to_hex(c) for n, c in zip(self.names, self.colors)}
 
 
-def _parse_hex(value: str, name: str) -> tuple[int, int, int]:
-  s = value.strip().lstrip("#")
-  if len(s) != 6:
-    raise ValueError(f"Colour for class {name!r} must be '#RRGGBB', got {value!r}.")
-  try:
-    return (int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16))
-  except ValueError:
-    raise ValueError(
-        f"Colour for class {name!r} must be '#RRGGBB', got {value!r}.") from None
+def parse_color(value: Any, what: str) -> Color:
+  """`"#RRGGBB"` as an (R, G, B) tuple; ValueError naming `what` otherwise."""
+  s = str(value).strip().lstrip("#")
+  if len(s) != 6 or not re.fullmatch(r"[0-9a-fA-F]{6}", s):
+    raise ValueError(f"{what} must be '#RRGGBB', got {value!r}.")
+  return (int(s[0:2], 16), int(s[2:4], 16), int(s[4:6], 16))
 
 
-def _to_hex(c: Sequence[int]) -> str:
+def parse_ignore_color(value: Any) -> Optional[Color]:
+  """An ignore colour given as `"#RRGGBB"`, `"none"` / None (no ignore colour) or an RGB tuple."""
+  if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+    return None
+  if isinstance(value, str):
+    return parse_color(value, "ignore colour (data.ignore_color)")
+  color = tuple(int(v) for v in value)
+  if len(color) != 3 or not all(0 <= v <= 255 for v in color):
+    raise ValueError(f"ignore colour must be 3 values in [0, 255], got {value!r}.")
+  return color
+
+
+def to_hex(c: Sequence[int]) -> str:
+  """(R, G, B) as "#RRGGBB"."""
   return "#{:02X}{:02X}{:02X}".format(*c)
 
 
@@ -79,24 +103,49 @@ DUBAI_AERIAL = Palette(
 )
 
 
-def load_palette(path_or_dict: Union[str, os.PathLike, Mapping[str, str]]) -> Palette:
-  """Reads a palette from a JSON file or dict `{"class name": "#RRGGBB", ...}` in class order."""
+def _class_colors(mapping: Any, where: str) -> list[tuple[str, Any]]:
+  """(name, colour) pairs of `{"name": "#RRGGBB"}` or `{"classes": [{"title", "color"}]}`."""
+  if isinstance(mapping, Mapping) and set(mapping) >= {"classes"} and isinstance(
+      mapping["classes"], list):
+    out = []
+    for i, c in enumerate(mapping["classes"]):
+      if not isinstance(c, Mapping) or "title" not in c or "color" not in c:
+        raise ValueError(f"{where}: classes[{i}] must hold 'title' and 'color', got {c!r}.")
+      out.append((str(c["title"]), c["color"]))
+    return out
+  if isinstance(mapping, Mapping):
+    return [(str(k), v) for k, v in mapping.items()]
+  raise ValueError(
+      f"{where} must hold a JSON object of name -> '#RRGGBB' or a classes.json "
+      f"{{'classes': [{{'title', 'color'}}]}}, got {type(mapping).__name__}.")
+
+
+def load_palette(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]],
+                 ignore_color: Any = BLACK) -> Palette:
+  """Reads class names and mask colours, in class order, from a JSON file or dict.
+
+  Two layouts: `{"class name": "#RRGGBB", ...}`, or a `classes.json` as exported by
+  labelling tools, `{"classes": [{"title": "class name", "color": "#RRGGBB"}, ...]}`.
+  `ignore_color` ("#RRGGBB", an RGB tuple, or None / "none") is the mask colour of pixels
+  that belong to no class; choose another one, or none, when a class is black.
+  """
   if isinstance(path_or_dict, Mapping):
-    mapping = path_or_dict
+    mapping, where = path_or_dict, "palette"
   else:
     path = os.fspath(path_or_dict)
+    where = f"palette file {path}"
     try:
       with open(path) as f:
         mapping = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      raise ValueError(f"Cannot read palette file {path}: {e}") from e
-    if not isinstance(mapping, dict):
-      raise ValueError(
-          f"Palette file {path} must hold a JSON object of name -> '#RRGGBB', "
-          f"got {type(mapping).__name__}.")
-  names = tuple(str(k) for k in mapping)
-  colors = tuple(_parse_hex(str(v), k) for k, v in mapping.items())
-  return Palette(names=names, colors=colors)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"Cannot read {where}: {e}") from e
+  pairs = _class_colors(mapping, where)
+  names = tuple(name for name, _ in pairs)
+  colors = tuple(parse_color(v, f"{where}: colour of class {name!r}") for name, v in pairs)
+  try:
+    return Palette(names=names, colors=colors, ignore_color=parse_ignore_color(ignore_color))
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
 
 
 def palette_colors(palette: Union[Palette, np.ndarray, Sequence]) -> np.ndarray:
@@ -109,10 +158,9 @@ def palette_colors(palette: Union[Palette, np.ndarray, Sequence]) -> np.ndarray:
   return arr.astype(np.uint8)
 
 
-def _ignore_color(palette) -> np.ndarray:
-  """(3,) uint8 ignore colour of a ``Palette``; black for a plain array of colours."""
-  return np.asarray(palette.ignore_color if isinstance(palette, Palette) else (0, 0, 0),
-                    np.uint8)
+def _ignore_color(palette) -> Optional[Color]:
+  """Ignore colour of a ``Palette`` (None when it has none); black for a plain array of colours."""
+  return palette.ignore_color if isinstance(palette, Palette) else BLACK
 
 
 def _rgb_key(rgb: np.ndarray) -> np.ndarray:
@@ -124,8 +172,8 @@ def decode_mask(rgb: np.ndarray, palette, ignore_index: int = 255, *,
                 return_unknown: bool = False):
   """Maps an RGB mask (H, W, 3) uint8 to class indices (H, W) uint8.
 
-  Pixels of the palette's ignore colour (black) and of unknown colours become
-  `ignore_index`.
+  Pixels of the palette's ignore colour (black unless the palette says otherwise) and of
+  unknown colours become `ignore_index`.
 
   Returns:
     The label map, or `(labels, num_unknown_pixels)` with `return_unknown`.
@@ -149,17 +197,24 @@ def decode_mask(rgb: np.ndarray, palette, ignore_index: int = 255, *,
   labels = np.where(known, order[pos], ignore_index).astype(np.uint8)
   if not return_unknown:
     return labels
-  ignore_key = _rgb_key(_ignore_color(palette))
-  num_unknown = int(np.count_nonzero(~known & (pix != ignore_key)))
-  return labels, num_unknown
+  unknown = ~known
+  ignore = _ignore_color(palette)
+  if ignore is not None:
+    unknown &= pix != _rgb_key(np.asarray(ignore, np.uint8))
+  return labels, int(np.count_nonzero(unknown))
 
 
 def encode_mask(labels: np.ndarray, palette) -> np.ndarray:
-  """Maps class indices (H, W) to an RGB mask (H, W, 3) uint8; other values become black."""
+  """Maps class indices (H, W) to an RGB mask (H, W, 3) uint8.
+
+  Other values get the palette's ignore colour (black for a plain array of colours; for a
+  palette without one, `Palette.display_ignore_color`).
+  """
   labels = np.asarray(labels)
   if labels.ndim != 2:
     raise ValueError(f"labels must have shape (H, W), got {labels.shape}.")
   colors = palette_colors(palette)
-  table = np.concatenate([colors, _ignore_color(palette)[None]], axis=0)
+  fill = palette.display_ignore_color if isinstance(palette, Palette) else BLACK
+  table = np.concatenate([colors, np.asarray(fill, np.uint8)[None]], axis=0)
   idx = np.where((labels >= 0) & (labels < len(colors)), labels, len(colors))
   return table[idx.astype(np.intp)]

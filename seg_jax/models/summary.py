@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Defines the command-line flags (only when run as a program, so importing stays clean)."""
-  flags.DEFINE_string("model", None, "Registered model name.", required=True)
+  flags.DEFINE_string("model", "asym_unet", "Registered model name (default: the proposal).")
   flags.DEFINE_integer("height", 144, "Input height.")
   flags.DEFINE_integer("width", 256, "Input width.")
   flags.DEFINE_integer("num_classes", 6, "Number of output classes.")

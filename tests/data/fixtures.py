@@ -1,15 +1,26 @@
-"""Small Dubai-layout folders written to a temporary directory."""
+"""Data configs from configs/default.py and small Dubai-layout folders in a temporary directory."""
 
 import os
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
+from configs import default as default_config
 from seg_jax.data import palettes
 
 PALETTE = palettes.DUBAI_AERIAL
 SHARED_DUBAI = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
                             "dubai_aerial")
+
+
+def data_config(**fields) -> ml_collections.ConfigDict:
+  """configs/default.py's `data` group, locked, with `fields` changed."""
+  c = default_config.get_config().data
+  c.lock()
+  for k, v in fields.items():
+    c[k] = v
+  return c
 
 
 def random_label(rng, h, w, with_black=True):

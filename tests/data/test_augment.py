@@ -7,14 +7,14 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
-from seg_jax import data
 from seg_jax.data import augment
+from tests.data import fixtures
 
 IGNORE = 255
 
 
 def _geometry_only(**on):
-  cfg = data.default_augment_config()
+  cfg = fixtures.data_config().augment
   for k in ("hflip", "vflip", "rot90"):
     cfg[k] = False
   cfg.scale_min = cfg.scale_max = 1.0
@@ -47,7 +47,7 @@ class AugmentTest(parameterized.TestCase):
 
   def test_disabled_is_a_cast(self):
     images, labels = _coded_batch(2, 16, 24)
-    cfg = data.default_augment_config()
+    cfg = fixtures.data_config().augment
     cfg.enabled = False
     out_img, out_lbl = _run(images, labels, cfg)
     self.assertEqual(out_img.dtype, np.float32)
@@ -167,7 +167,7 @@ class AugmentTest(parameterized.TestCase):
   def test_bad_shapes(self):
     with self.assertRaisesRegex(ValueError, "labels must be"):
       augment.augment_batch(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 9), np.uint8),
-                            jax.random.key(0), data.default_augment_config())
+                            jax.random.key(0), fixtures.data_config().augment)
 
 
 if __name__ == "__main__":

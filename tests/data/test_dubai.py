@@ -1,5 +1,6 @@
 """Tests of the Dubai-layout reader, splits and preprocessing on generated fixtures."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,14 +17,8 @@ from tests.data import fixtures
 
 
 def _config(root, **overrides):
-  c = data.default_data_config()
-  c.name = "dubai_aerial"
-  c.root = root
-  c.image_size = (16, 24)
-  c.patch_size = 16
-  for k, v in overrides.items():
-    setattr(c, k, v)
-  return c
+  fields = dict(name="dubai_aerial", root=root, image_size=(16, 24), patch_size=16)
+  return fixtures.data_config(**{**fields, **overrides})
 
 
 class DubaiReaderTest(parameterized.TestCase):
@@ -38,8 +33,10 @@ class DubaiReaderTest(parameterized.TestCase):
     pairs = dubai.find_pairs(self.root)
     self.assertEqual([p.name for p in pairs], sorted(written))
     self.assertEqual([p.tile for p in pairs], [1, 1, 2, 2, 3, 3])
+    c = fixtures.data_config()
     for pair in pairs:
-      image, label = dubai.read_pair(pair)
+      image, label = dubai.read_pair(pair, fixtures.PALETTE, ignore_index=c.ignore_index,
+                                     max_unknown_fraction=c.max_unknown_fraction)
       np.testing.assert_array_equal(image, written[pair.name][0])
       np.testing.assert_array_equal(label, written[pair.name][1])
     self.assertEqual(Image.open(pairs[2].mask_path).mode, "P")
@@ -147,6 +144,101 @@ class DubaiReaderTest(parameterized.TestCase):
       data.get_dataset(_config(self.root))
     ds = data.get_dataset(_config(self.root, max_unknown_fraction=0.5))
     self.assertLen(ds.test, 2)
+
+  def test_other_file_types_are_reported_and_webp_is_read(self):
+    written = fixtures.make_tile_layout(self.root)
+    images, masks = (os.path.join(self.root, "Tile 1", d) for d in ("images", "masks"))
+    # A WebP pair (lossless, so the mask keeps its colours) replaces image_part_002's PNGs.
+    for folder in (images, masks):
+      path = os.path.join(folder, "image_part_002.png")
+      Image.open(path).save(path[:-4] + ".webp", lossless=True)
+      os.remove(path)
+    bad = [os.path.join(images, "image_part_009.gif"), os.path.join(images, "notes.txt"),
+           os.path.join(masks, "image_part_001.jpg"), os.path.join(images, "extra")]
+    Image.new("RGB", (8, 8)).save(bad[0])
+    open(bad[1], "w").close()
+    Image.new("RGB", (8, 8)).save(bad[2])
+    os.makedirs(bad[3])
+    open(os.path.join(images, ".DS_Store"), "w").close()  # hidden: not data, passed over
+    with self.assertRaisesRegex(ValueError, r"Tile 1/images/extra: not a file"):
+      data.get_dataset(_config(self.root))
+    ds = data.get_dataset(_config(self.root, on_bad_file="skip"))
+    reasons = dict(ds.skipped)
+    self.assertCountEqual(reasons, bad)
+    self.assertIn("unsupported image file type '.gif'", reasons[bad[0]])
+    self.assertIn("unsupported image file type '.txt'", reasons[bad[1]])
+    self.assertIn("JPEG is lossy", reasons[bad[2]])
+    self.assertEqual(ds.val.names, ["tile1/image_part_001", "tile1/image_part_002"])
+    image, label = written["tile1/image_part_002"]
+    np.testing.assert_array_equal(
+        ds.val[1]["label"], preprocess.resize_pair(image, label, (16, 24))[1])
+
+  def test_two_files_with_one_stem_are_reported(self):
+    fixtures.make_tile_layout(self.root)
+    path = os.path.join(self.root, "Tile 3", "images", "image_part_001")
+    Image.open(path + ".png").save(path + ".tif")
+    with self.assertRaisesRegex(ValueError, r"image_part_001.tif: a second image named"):
+      data.get_dataset(_config(self.root))
+    ds = data.get_dataset(_config(self.root, on_bad_file="skip"))
+    self.assertEqual([p for p, _ in ds.skipped], [path + ".tif"])
+    self.assertLen(ds.test, 2)
+
+  def test_all_black_mask_is_a_bad_file(self):
+    fixtures.make_tile_layout(self.root)
+    path = os.path.join(self.root, "Tile 3", "masks", "image_part_002.png")
+    with Image.open(path) as im:
+      Image.new("RGB", im.size).save(path)
+    with self.assertRaisesRegex(ValueError, r"Tile 3/masks/image_part_002.png: no pixel has a "
+                                r"class colour"):
+      data.get_dataset(_config(self.root))
+    ds = data.get_dataset(_config(self.root, on_bad_file="skip"))
+    self.assertLen(ds.skipped, 1)
+    self.assertIn("image_part_002.png: no pixel has a class colour", ds.skipped[0][1])
+    self.assertEqual(ds.test.names, ["tile3/image_part_001"])
+
+  def test_split_with_many_ignored_pixels_is_refused(self):
+    written = fixtures.make_tile_layout(self.root)
+    for i, rows in ((1, 30), (2, 10)):  # train masks: ~65% and ~21% black
+      path = os.path.join(self.root, "Tile 2", "masks", f"image_part_00{i}.png")
+      label = written[f"tile2/image_part_00{i}"][1].copy()
+      label[:rows] = 255
+      fixtures.save_mask(path, label, "RGB")
+    with self.assertRaisesRegex(
+        ValueError, r"4\d\.\d% of the mask pixels of the train split are ignored .*"
+        r"max_ignored_fraction=0.25; most ignored: .*Tile 2/masks/image_part_001.png \(6\d%\)"):
+      data.get_dataset(_config(self.root))
+    ds = data.get_dataset(_config(self.root, max_ignored_fraction=0.5))
+    self.assertLen(ds.train, 2)
+
+  def test_own_palette_with_a_black_class(self):
+    rng = np.random.default_rng(0)
+    palette_path = os.path.join(self.root, "classes.json")
+    with open(palette_path, "w") as f:  # the classes.json layout of labelling tools
+      json.dump({"classes": [{"title": "shadow", "color": "#000000"},
+                             {"title": "roof", "color": "#FF0000"}]}, f)
+    labels = {}
+    for i in range(3):
+      label = rng.integers(0, 2, (12, 16)).astype(np.uint8)
+      mask = np.where(label[..., None] == 0, (0, 0, 0), (255, 0, 0)).astype(np.uint8)
+      mask[0, 0] = (255, 255, 255)  # white: pixels of no class
+      labels[f"img{i}"] = np.where(np.arange(16)[None] + np.arange(12)[:, None] == 0, 255, label)
+      for folder, array in (("images", rng.integers(0, 256, (12, 16, 3), np.uint8)),
+                            ("masks", mask)):
+        os.makedirs(os.path.join(self.root, folder), exist_ok=True)
+        Image.fromarray(array).save(os.path.join(self.root, folder, f"img{i}.png"))
+    with self.assertRaisesRegex(ValueError, "classes.json: .*#000000.*'shadow'.*ignore_color"):
+      data.get_dataset(_config(self.root, split="image", palette=palette_path))
+    ds = data.get_dataset(_config(self.root, split="image", palette=palette_path,
+                                  ignore_color="#FFFFFF", image_size=(12, 16)))
+    self.assertEqual(ds.class_names, ("shadow", "roof"))
+    self.assertEqual(ds.palette.ignore_color, (255, 255, 255))
+    for source in (ds.train, ds.val, ds.test):
+      for i, name in enumerate(source.names):
+        np.testing.assert_array_equal(source[i]["label"], labels[name])
+    # No ignore colour: white is an unknown colour, allowed up to max_unknown_fraction.
+    ds = data.get_dataset(_config(self.root, split="image", palette=palette_path,
+                                  ignore_color="none", image_size=(12, 16)))
+    self.assertIsNone(ds.palette.ignore_color)
 
   @parameterized.parameters(("empty",), ("missing",))
   def test_empty_or_missing_folder(self, kind):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from seg_jax import data
 from seg_jax.data import inspect as inspect_lib
+from tests.data import fixtures
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -34,21 +35,40 @@ class InspectTest(absltest.TestCase):
     expected = (image * 0.5 + grid[:2, 6:8] * 0.5).astype(np.uint8)
     np.testing.assert_array_equal(grid[:2, 12:14], expected)
 
-  def test_command_prints_counts_and_writes_png(self):
-    tmp = tempfile.mkdtemp()
-    self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
-    out = os.path.join(tmp, "grid.png")
+  def _run(self, *args):
+    """Runs the inspect command in a fresh working directory; returns (stdout, that folder)."""
+    cwd = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, cwd, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO))
-    run = subprocess.run(
-        [sys.executable, "-m", "seg_jax.data.inspect", "--name=synthetic_aerial",
-         "--image_size=24,32", "--num=3,2,1", "--num_images=2", f"--out={out}"],
-        capture_output=True, text=True, env=env, timeout=120, check=False)
+    run = subprocess.run([sys.executable, "-m", "seg_jax.data.inspect", *args], cwd=cwd,
+                         capture_output=True, text=True, env=env, timeout=120, check=False)
     self.assertEqual(run.returncode, 0, run.stderr[-2000:])
-    lines = run.stdout.splitlines()
-    self.assertTrue(any(l.startswith("train       3") for l in lines), run.stdout)
-    self.assertTrue(any(l.startswith("test        1") for l in lines), run.stdout)
-    with Image.open(out) as im:
+    return run.stdout, cwd
+
+  def test_default_config_counts_and_png_in_working_directory(self):
+    # No --config and no --out: configs/default.py's data group, a picture in the cwd.
+    stdout, cwd = self._run("--config.data.image_size=(24, 32)", "--config.data.num_train=3",
+                            "--config.data.num_val=2", "--config.data.num_test=1",
+                            "--num_images=2")
+    lines = stdout.splitlines()
+    self.assertStartsWith(lines[0], "synthetic_aerial: image_size=(24, 32)")
+    self.assertTrue(any(l.startswith("train       3") for l in lines), stdout)
+    self.assertTrue(any(l.startswith("test        1") for l in lines), stdout)
+    with Image.open(os.path.join(cwd, "inspect_synthetic_aerial.png")) as im:
       self.assertEqual(im.size, (3 * 32 + 8, 2 * (24 + 4) + 18))
+
+  def test_data_of_a_given_config(self):
+    root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+    fixtures.make_tile_layout(root)
+    out = os.path.join(root, "grid.png")
+    stdout, _ = self._run(f"--config={os.path.abspath(REPO)}/configs/dubai.py:unet",
+                          f"--config.data.root={root}", "--config.data.image_size=(16, 24)",
+                          "--num_images=1", f"--out={out}")
+    self.assertStartsWith(stdout, "dubai_aerial: image_size=(16, 24)")
+    self.assertIn("train       2", stdout)
+    with Image.open(out) as im:
+      self.assertEqual(im.size, (3 * 24 + 8, 16 + 4 + 18))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import numpy as np
 
 from seg_jax import data
 from seg_jax.data import pipeline
+from tests.data import fixtures
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -93,10 +94,7 @@ class PipelineTest(parameterized.TestCase):
       other_seed.set_state(state)
 
   def test_synthetic_source(self):
-    c = data.default_data_config()
-    c.image_size = (16, 24)
-    c.num_train = 4
-    ds = data.get_dataset(c)
+    ds = data.get_dataset(fixtures.data_config(image_size=(16, 24), num_train=4))
     p = pipeline.InputPipeline(ds.train, global_batch_size=2, sharding=_sharding(), seed=0,
                                shuffle=False, num_epochs=1)
     b = next(p)

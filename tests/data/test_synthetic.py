@@ -7,6 +7,7 @@ import numpy as np
 from seg_jax import data
 from seg_jax import metrics
 from seg_jax.data import synthetic
+from tests.data import fixtures
 
 
 class SyntheticTest(parameterized.TestCase):
@@ -47,9 +48,7 @@ class SyntheticTest(parameterized.TestCase):
     self.assertLess(metrics.scores(cm)["miou"], 0.6)
 
   def test_dataset_splits_are_disjoint_and_stable(self):
-    c = data.default_data_config()
-    c.image_size = (32, 48)
-    c.num_train, c.num_val, c.num_test = 3, 2, 2
+    c = fixtures.data_config(image_size=(32, 48), num_train=3, num_val=2, num_test=2)
     ds = data.get_dataset(c)
     self.assertEqual((len(ds.train), len(ds.val), len(ds.test)), (3, 2, 2))
     self.assertEqual(ds.class_names, data.palettes.DUBAI_AERIAL.names)
@@ -64,9 +63,7 @@ class SyntheticTest(parameterized.TestCase):
       ds.train[3]  # pylint: disable=pointless-statement
 
   def test_mean_std_match_numpy_on_train_scenes(self):
-    c = data.default_data_config()
-    c.image_size = (24, 32)
-    ds = data.get_dataset(c)
+    ds = data.get_dataset(fixtures.data_config(image_size=(24, 32)))
     px = np.concatenate([synthetic.generate(0, i, (24, 32))[0].reshape(-1, 3)
                          for i in range(data.dataset.SYNTHETIC_STATS_SCENES)]).astype(np.float64)
     np.testing.assert_allclose(ds.mean, px.mean(0), rtol=1e-5)

@@ -13,7 +13,10 @@ import jax
 import numpy as np
 
 from seg_jax import data
+from seg_jax import train
 from seg_jax.data import pipeline
+from seg_jax.data import tfds_builders
+from tests import test_train
 from tests.data import fixtures
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -42,7 +45,10 @@ class TfdsTest(absltest.TestCase):
                                           file_format="array_record")
         b.download_and_prepare()
         syn = b.as_data_source()
-        cfg = tfds_builders.DubaiAerialConfig(name="tiny", prep="resize", image_size=(16, 24))
+        from seg_jax.data.tfds_builders import dubai_aerial
+        cfg = tfds_builders.DubaiAerialConfig(name="tiny", prep="resize", image_size=(16, 24),
+                                              patch_size=256, patch_overlap=0,
+                                              **dubai_aerial.READING)
         b = tfds_builders.DubaiAerial(config=cfg, data_dir=data_dir,
                                       file_format="array_record")
         b.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -75,12 +81,9 @@ class TfdsTest(absltest.TestCase):
     np.testing.assert_array_equal(
         arrays["syn_label"],
         data.synthetic.generate(2, data.dataset.SYNTHETIC_OFFSETS["val"] + 1, (16, 24))[1])
-    c = data.default_data_config()
-    c.name, c.root, c.image_size = "dubai_aerial", root, (16, 24)
-    ds = data.get_dataset(c)
+    ds = data.get_dataset(fixtures.data_config(name="dubai_aerial", root=root, image_size=(16, 24)))
     np.testing.assert_array_equal(arrays["dubai_tile2_image_part_002"], ds.train[1]["label"])
 
-    from seg_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
     prepared = tfds_builders.load_prepared("dubai_aerial/tiny", os.path.join(self.tmp, "tfds"))
     np.testing.assert_allclose(prepared.mean, ds.mean, rtol=1e-6)
     np.testing.assert_allclose(prepared.std, ds.std, rtol=1e-6)
@@ -100,6 +103,52 @@ class TfdsTest(absltest.TestCase):
     # Fixture images are smaller than a patch: one padded patch per image.
     self.assertLen(patches.train, 2)
     self.assertEqual(patches.train[0]["label"].shape, (256, 256))
+
+  def test_trainer_trains_a_step_from_a_prepared_dataset(self):
+    data_dir = os.path.join(self.tmp, "tfds")
+    builder = tfds_builders.SyntheticAerial(
+        config=tfds_builders.SyntheticAerialConfig(
+            name="tiny", image_size=(32, 32), num_train=4, num_val=2, num_test=2, seed=3),
+        data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    config = test_train.tiny_config(**{"data.name": "tfds:synthetic_aerial/tiny",
+                                       "data.tfds_dir": data_dir})
+    trainer = train.Trainer(config)  # reads the dataset through data.get_dataset(config.data)
+    self.assertEqual((len(trainer.dataset.train), len(trainer.dataset.val)), (4, 2))
+    self.assertEqual(trainer.dataset.image_size, (32, 32))
+    # The builder stores examples in its own order.
+    self.assertCountEqual([trainer.dataset.train[i]["label"].tobytes() for i in range(4)],
+                          [data.synthetic.generate(3, i, (32, 32))[1].tobytes() for i in range(4)])
+    np.testing.assert_allclose(trainer.dataset.mean, builder.info.metadata["mean"], rtol=1e-6)
+    state = trainer.initial_state()
+    state, metrics = trainer.train_step(state, next(trainer.train_pipeline()),
+                                        jax.random.key(1))
+    self.assertEqual(int(state.step), 1)
+    self.assertTrue(np.isfinite(float(metrics["loss"])))
+
+  def test_tfds_names_and_fields_are_checked(self):
+    data_dir = os.path.join(self.tmp, "empty")
+    for name, error in (("tfds:", "data.name"),
+                        ("tfds:no_such_dataset", "'no_such_dataset' not found.*seg_jax.data.prepare"),
+                        ("tfds:synthetic_aerial/nope", "'synthetic_aerial/nope' not found"),
+                        ("tfds:synthetic_aerial", "'synthetic_aerial' is not prepared under "
+                                                  f"{data_dir}.*--dataset=synthetic_aerial")):
+      with self.subTest(name), self.assertRaisesRegex(ValueError, error):
+        data.get_dataset(fixtures.data_config(name=name, tfds_dir=data_dir))
+    with self.assertRaisesRegex(ValueError, "data.tfds_dir"):
+      data.get_dataset(fixtures.data_config(name="tfds:synthetic_aerial", tfds_dir=""))
+    with self.assertRaisesRegex(ValueError, "data.palette"):
+      data.get_dataset(fixtures.data_config(name="tfds:synthetic_aerial", palette="p.json"))
+
+  def test_ignore_index_must_match_the_prepared_one(self):
+    data_dir = os.path.join(self.tmp, "tfds")
+    tfds_builders.SyntheticAerial(
+        config=tfds_builders.SyntheticAerialConfig(
+            name="tiny", image_size=(16, 16), num_train=2, num_val=1, num_test=1, seed=0),
+        data_dir=data_dir, file_format="array_record").download_and_prepare()
+    with self.assertRaisesRegex(ValueError, "data.ignore_index=250 but .* ignore_index=255"):
+      data.get_dataset(fixtures.data_config(name="tfds:synthetic_aerial/tiny",
+                                            tfds_dir=data_dir, ignore_index=250))
 
 
 if __name__ == "__main__":

@@ -23,13 +23,16 @@ def features(size: tuple[int, int]) -> tfds.features.FeaturesDict:
 
 
 def store_metadata(info, *, mean, std, palette: palettes.Palette, ignore_index: int,
-                   **extra) -> None:
-  """Writes train-split statistics and the palette into the dataset's metadata.json."""
+                   skipped, **extra) -> None:
+  """Writes train-split statistics, the palette and the skipped files into metadata.json."""
   info.metadata["mean"] = [float(v) for v in mean]
   info.metadata["std"] = [float(v) for v in std]
   info.metadata["class_names"] = list(palette.names)
   info.metadata["palette"] = palette.to_dict()
+  info.metadata["ignore_color"] = (
+      "none" if palette.ignore_color is None else palettes.to_hex(palette.ignore_color))
   info.metadata["ignore_index"] = int(ignore_index)
+  info.metadata["skipped"] = [list(s) for s in skipped]
   info.metadata.update(extra)
 
 
@@ -50,18 +53,22 @@ class _Source:
 def load_prepared(name: str, data_dir: str) -> dataset_lib.Dataset:
   """Opens a prepared builder (e.g. "dubai_aerial/resized_144x256") as a `Dataset` without TensorFlow."""
   import seg_jax.data.tfds_builders  # pylint: disable=g-import-not-at-top,unused-import
-  builder = tfds.builder(name, data_dir=data_dir)
+  prepare = (f"prepare it with python -m seg_jax.data.prepare --dataset={name} "
+             f"--data_dir={data_dir}")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except ValueError as e:  # Unknown builder or builder config; TFDS lists every dataset it has.
+    raise ValueError(f"TFDS dataset {name!r} not found under {data_dir} "
+                     f"({str(e).splitlines()[0]}); {prepare}.") from None
   if not builder.is_prepared():
-    raise ValueError(
-        f"{name} is not prepared under {data_dir}; run python -m seg_jax.data.prepare "
-        f"--dataset={name} --data_dir={data_dir}.")
+    raise ValueError(f"TFDS dataset {name!r} is not prepared under {data_dir}; {prepare}.")
   sources = builder.as_data_source()
   meta = builder.info.metadata
-  palette = palettes.load_palette(meta["palette"])
+  palette = palettes.load_palette(meta["palette"], ignore_color=meta["ignore_color"])
   h, w = builder.info.features["label"].shape
   return dataset_lib.Dataset(
       train=_Source(sources["train"]), val=_Source(sources["val"]),
       test=_Source(sources["test"]), class_names=tuple(meta["class_names"]), palette=palette,
       ignore_index=int(meta["ignore_index"]), image_size=(int(h), int(w)),
       mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
-      skipped=tuple(tuple(s) for s in meta.get("skipped", ())))
+      skipped=tuple(tuple(s) for s in meta["skipped"]))

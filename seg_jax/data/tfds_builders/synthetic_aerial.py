@@ -14,8 +14,8 @@ from seg_jax.data.tfds_builders import common
 class SyntheticAerialConfig(tfds.core.BuilderConfig):
   """Scene size, split sizes and seed."""
 
-  def __init__(self, *, image_size=(144, 256), num_train: int = 2048, num_val: int = 256,
-               num_test: int = 256, seed: int = 0, **kwargs):
+  def __init__(self, *, image_size, num_train: int, num_val: int, num_test: int, seed: int,
+               **kwargs):
     super().__init__(**kwargs)
     self.image_size = tuple(image_size)
     self.num_train = num_train
@@ -27,10 +27,12 @@ class SyntheticAerialConfig(tfds.core.BuilderConfig):
 class SyntheticAerial(tfds.core.GeneratorBasedBuilder):
   """Procedural aerial scenes in the 6 Dubai aerial classes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Metadata stores the ignore colour."}
   BUILDER_CONFIGS = [
-      SyntheticAerialConfig(name="default", description="144x256, 2048/256/256 scenes, seed 0."),
+      SyntheticAerialConfig(name="default", image_size=(144, 256), num_train=2048,
+                            num_val=256, num_test=256, seed=0,
+                            description="144x256, 2048/256/256 scenes, seed 0."),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
@@ -54,7 +56,7 @@ class SyntheticAerial(tfds.core.GeneratorBasedBuilder):
     # Every split is written now; DatasetInfo (metadata.json) is saved after this returns.
     mean, std = self._train_stats.result()
     common.store_metadata(self.info, mean=mean, std=std, palette=synthetic.PALETTE,
-                          ignore_index=255, seed=self.builder_config.seed)
+                          ignore_index=255, skipped=(), seed=self.builder_config.seed)
 
   def _generate_examples(self, split: str, count: int):
     c = self.builder_config
