@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from seg_jax import writers
 from seg_jax.data import augment
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
@@ -98,11 +99,8 @@ class DataInfo:
 
 def save_data_info(workdir: str, dataset) -> None:
   """Writes `workdir/dataset.json`, so a workdir predicts without its training data."""
-  path = os.path.join(workdir, DATA_INFO_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(DataInfo.from_dataset(dataset).to_dict(), f, indent=2)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  writers.write_json(os.path.join(workdir, DATA_INFO_FILE),
+                     DataInfo.from_dataset(dataset).to_dict())
 
 
 def load_data_info(workdir: str) -> DataInfo:
@@ -231,17 +229,13 @@ def _resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
                    for c in range(probs.shape[-1])], axis=-1)
 
 
-def _check_args(image, mean, std, mode, window, overlap, blend, tta, scales, batch_size) -> None:
-  """ValueError naming the first bad argument of `predict`."""
-  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-    raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {image.dtype} "
-                     f"{image.shape}")
-  if np.shape(mean) != (3,) or np.shape(std) != (3,) or np.min(std) <= 0:
-    raise ValueError(f"mean and std must hold 3 values (std > 0), got {mean} and {std}")
+def check_options(*, mode: str, window: Sequence[int], overlap: float, blend: str, tta: str,
+                  scales: Sequence[float], batch_size: int) -> None:
+  """ValueError naming the first option of `predict` that is out of range."""
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if len(window) != 2 or min(window) < 1:
-    raise ValueError(f"window must be (H, W) with H, W >= 1, got {window}")
+    raise ValueError(f"window must be (H, W) with H, W >= 1, got {tuple(window)}")
   if not 0 <= overlap < 1:
     raise ValueError(f"overlap must be in [0, 1) (a share of the window), got {overlap}")
   if blend not in BLENDS:
@@ -249,7 +243,7 @@ def _check_args(image, mean, std, mode, window, overlap, blend, tta, scales, bat
   if tta not in TTA_TRANSFORMS:
     raise ValueError(f"tta must be one of {tuple(TTA_TRANSFORMS)}, got {tta!r}")
   if not scales or min(scales) <= 0:
-    raise ValueError(f"scales must be positive factors, got {scales}")
+    raise ValueError(f"scales must be positive factors, got {tuple(scales)}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
@@ -293,7 +287,13 @@ def predict(model, variables, image: np.ndarray, *, mean: Sequence[float],
     progress: called after each batch with (windows done, windows in all), counted before TTA.
   """
   image = np.asarray(image)
-  _check_args(image, mean, std, mode, window, overlap, blend, tta, scales, batch_size)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {image.dtype} "
+                     f"{image.shape}")
+  if np.shape(mean) != (3,) or np.shape(std) != (3,) or np.min(std) <= 0:
+    raise ValueError(f"mean and std must hold 3 values (std > 0), got {mean} and {std}")
+  check_options(mode=mode, window=window, overlap=overlap, blend=blend, tta=tta, scales=scales,
+                batch_size=batch_size)
   window_probs = functools.partial(
       _window_probs, _ByIdentity(model), jax.device_put(variables),
       mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32), tta=tta,
