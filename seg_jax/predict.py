@@ -288,7 +288,7 @@ def run(workdir: str, input_spec: str, output: str, *, checkpoint: str,
     return EXIT_NOTHING_RAN
   logging.info("%s checkpoint (step %d) of %s; %d images", checkpoint, trained.step, workdir,
                len(paths))
-  failures: list[tuple[str, str]] = []
+  failures: list[str] = []
   stems: dict[str, str] = {}
   with tqdm.tqdm(total=len(paths), unit="image", disable=None) as images_bar, \
       tqdm.tqdm(unit="window", leave=False, disable=None) as windows_bar:
@@ -308,14 +308,13 @@ def run(workdir: str, input_spec: str, output: str, *, checkpoint: str,
         logging.info("%s", predict_file(trained, path, output, save_probs=save_probs,
                                         window=window, progress=progress, **options))
       except (OSError, ValueError, MemoryError) as e:
-        message = str(e) if path in str(e) else f"{path}: {e}"
-        failures.append((path, message))
-        logging.error("%s", message)
+        failures.append(str(e) if path in str(e) else f"{path}: {e}")
+        logging.error("%s", failures[-1])
       images_bar.update()
   print(f"predicted {len(paths) - len(failures)} of {len(paths)} images into {output}")
   if failures:
     print(f"{len(failures)} failed:", file=sys.stderr)
-    for _, message in failures:
+    for message in failures:
       print(f"  {message}", file=sys.stderr)
     return EXIT_SOME_FAILED
   return EXIT_OK
