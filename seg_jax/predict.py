@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import inspect
 import json
 import os
 import sys
@@ -55,17 +56,22 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "Checkpoint: best validation mIoU or latest.")
 _INPUT = flags.DEFINE_string("input", None, "Image file, folder of images, or glob.")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder receiving the masks and overlays.")
-_MODE = flags.DEFINE_enum("mode", "resize", list(inference.MODES),
+# Flag defaults are those of inference.predict.
+_DEFAULTS = {k: p.default for k, p in inspect.signature(inference.predict).parameters.items()}
+_MODE = flags.DEFINE_enum("mode", _DEFAULTS["mode"], list(inference.MODES),
                           "resize: to the training size and back; slide: windows at full size.")
 _WINDOW = flags.DEFINE_list("window", [], "H,W of the window / resize target (default: the "
                             "training image size).")
-_OVERLAP = flags.DEFINE_float("overlap", 0.25, "Share of a window overlapped by its neighbours.")
-_BLEND = flags.DEFINE_enum("blend", "uniform", list(inference.BLENDS),
+_OVERLAP = flags.DEFINE_float("overlap", _DEFAULTS["overlap"],
+                              "Share of a window overlapped by its neighbours.")
+_BLEND = flags.DEFINE_enum("blend", _DEFAULTS["blend"], list(inference.BLENDS),
                            "Weighting of overlapping windows.")
-_TTA = flags.DEFINE_enum("tta", "none", list(inference.TTA_TRANSFORMS),
+_TTA = flags.DEFINE_enum("tta", _DEFAULTS["tta"], list(inference.TTA_TRANSFORMS),
                          "Test-time augmentation.")
-_SCALES = flags.DEFINE_list("scales", ["1.0"], "Scale factors whose predictions are averaged.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Windows per jitted call.")
+_SCALES = flags.DEFINE_list("scales", [str(s) for s in _DEFAULTS["scales"]],
+                            "Scale factors whose predictions are averaged.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS["batch_size"],
+                                   "Windows per jitted call.")
 _SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write <stem>_probs.npy.")
 
 CHECKPOINT_FOLDERS = {"best": "best", "latest": "checkpoints"}
