@@ -24,6 +24,7 @@ setuptools.setup(
         "grain>=0.2.18",
         "tensorboardX>=2.6",
         "matplotlib",
+        "tqdm",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "hypothesis>=6.100"],

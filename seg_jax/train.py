@@ -30,6 +30,7 @@ import optax
 
 from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import data as data_lib
+from seg_jax import inference
 from seg_jax import losses
 from seg_jax import metrics as metrics_lib
 from seg_jax import models
@@ -360,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: data_lib.Dataset | None = None) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns final scores.
 
-  Writes TensorBoard events, metrics.jsonl, config.json, checkpoints/, best/,
+  Writes TensorBoard events, metrics.jsonl, config.json, dataset.json, checkpoints/, best/,
   confusion_matrix.png and final_metrics.json into `workdir`. On SIGTERM it saves a checkpoint
   and returns {"preempted": True, "step": step}.
   """
@@ -370,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_main = jax.process_index() == 0
   if is_main:
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    inference.save_data_info(workdir, trainer.dataset)
   ckpt = checkpoint_lib.Checkpointer(workdir, c.keep_checkpoints)
   pipeline = trainer.train_pipeline()
   restored = ckpt.restore_latest(trainer.abstract_state)

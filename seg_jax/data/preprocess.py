@@ -8,18 +8,24 @@ import numpy as np
 from PIL import Image
 
 
-def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]):
-  """Resizes to `size` (H, W): bilinear for the image, nearest for the label."""
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Resizes a uint8 (H, W, 3) image to `size` (H, W): bilinear, antialiased when shrinking."""
   h, w = int(size[0]), int(size[1])
   if h <= 0 or w <= 0:
     raise ValueError(f"size must be positive (H, W), got {size}.")
+  if image.shape[:2] == (h, w):
+    return image
+  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]):
+  """Resizes to `size` (H, W): bilinear for the image, nearest for the label."""
   if image.shape[:2] != label.shape:
     raise ValueError(f"image shape {image.shape} and label shape {label.shape} differ.")
-  if image.shape[:2] == (h, w):
+  image = resize_image(image, size)
+  if label.shape == image.shape[:2]:
     return image, label
-  im = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-  lb = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
-  return im, lb
+  return image, np.asarray(Image.fromarray(label).resize(image.shape[1::-1], Image.NEAREST))
 
 
 def patch_starts(length: int, patch: int, overlap: int) -> list[int]:

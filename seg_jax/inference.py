@@ -1,0 +1,316 @@
+"""Applies a trained segmentation model to an image of any size: resize or sliding windows, TTA.
+
+`predict(model, variables, image, ...)` returns per-class probabilities (H, W, C) at the image's
+own size.
+
+- mode="resize" is what training saw: the image is resized to the training size (the data
+  pipeline's own resize), predicted in one pass, and the probabilities are resized back.
+- mode="slide" predicts windows of the given size at the image's resolution. Windows start every
+  `window - overlap` pixels; the last one along each axis is moved back to end at the image
+  border (as MMSegmentation's slide inference does), so no window sees padding unless the image
+  is smaller than a window, and then the image is padded by reflection and the result cropped.
+  Overlapping predictions are blended: "uniform" (the mean of the windows covering a pixel),
+  "smooth" (a Hann window that down-weights window borders) or "crop" (each window keeps only
+  its central part, the overlap split half and half between neighbours: the U-Net paper's
+  overlap-tile strategy). With "crop", a translation-equivariant model whose receptive field is
+  smaller than the overlap gives exactly its whole-image prediction.
+- tta averages the probabilities over flips ("flips": identity, horizontal, vertical, both) or
+  the 8 flips and quarter turns ("flips_rot90"), each prediction turned back before averaging.
+  On a non-square window a quarter turn swaps its height and width; the model, being fully
+  convolutional, predicts the turned window at that shape.
+- scales predict the image rescaled by each factor (s > 1 zooms in) and average the
+  probabilities. In slide mode the image is rescaled and the window stays; in resize mode the
+  resize target is the window times s.
+
+Windows run in batches of a fixed size inside one jitted function, so an image of any size
+compiles once per window shape (an image with fewer windows than a batch uses a smaller batch;
+the last partial batch is padded and its padding discarded). Blending happens on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from seg_jax import writers
+from seg_jax.data import augment
+from seg_jax.data import palettes
+from seg_jax.data import preprocess
+
+MODES = ("resize", "slide")
+BLENDS = ("uniform", "smooth", "crop")
+# (quarter turns k, horizontal flip first) per transform. k=2 with a flip is a vertical flip, so
+# "flips" is {identity, horizontal, vertical, both} and "flips_rot90" all 8 symmetries of a square.
+TTA_TRANSFORMS = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "flips_rot90": tuple((k, flip) for k in range(4) for flip in (False, True)),
+}
+DATA_INFO_FILE = "dataset.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What prediction needs from a model's training data: classes and colours, mean/std, size."""
+
+  palette: palettes.Palette
+  mean: tuple[float, ...]  # per channel, [0, 255] units, as normalised in training
+  std: tuple[float, ...]
+  image_size: tuple[int, int]  # (H, W) the model was trained on
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    """Class names in class-index order."""
+    return self.palette.names
+
+  @classmethod
+  def from_dataset(cls, dataset) -> DataInfo:
+    """The info of a `seg_jax.data.Dataset`."""
+    return cls(palette=dataset.palette, mean=tuple(float(v) for v in dataset.mean),
+               std=tuple(float(v) for v in dataset.std),
+               image_size=tuple(int(v) for v in dataset.image_size))
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready fields."""
+    return {"class_names": list(self.palette.names),
+            "colors": [list(c) for c in self.palette.colors],
+            "ignore_color": list(self.palette.ignore_color),
+            "mean": list(self.mean), "std": list(self.std), "image_size": list(self.image_size)}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> DataInfo:
+    """Inverse of `to_dict`."""
+    palette = palettes.Palette(names=tuple(d["class_names"]),
+                               colors=tuple(tuple(c) for c in d["colors"]),
+                               ignore_color=tuple(d["ignore_color"]))
+    return cls(palette=palette, mean=tuple(d["mean"]), std=tuple(d["std"]),
+               image_size=tuple(d["image_size"]))
+
+
+def save_data_info(workdir: str, dataset) -> None:
+  """Writes `workdir/dataset.json`, so a workdir predicts without its training data."""
+  writers.write_json(os.path.join(workdir, DATA_INFO_FILE),
+                     DataInfo.from_dataset(dataset).to_dict())
+
+
+def load_data_info(workdir: str) -> DataInfo:
+  """Reads `workdir/dataset.json`; FileNotFoundError if absent, ValueError naming it if bad."""
+  path = os.path.join(workdir, DATA_INFO_FILE)
+  with open(path) as f:
+    try:
+      return DataInfo.from_dict(json.load(f))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"{path}: not a valid dataset info file ({e!r})") from e
+
+
+class _ByIdentity:
+  """Hashes a model by identity, so jit keys its compilations on the model object.
+
+  Flax modules holding dict fields (e.g. `backbone_kwargs`) are not hashable themselves.
+  """
+
+  def __init__(self, model):
+    self.model = model
+
+  def __hash__(self):
+    return id(self.model)
+
+  def __eq__(self, other):
+    return isinstance(other, _ByIdentity) and other.model is self.model
+
+
+def _transform(x: jax.Array, k: int, flip: bool) -> jax.Array:
+  """Flips an NHWC batch horizontally (if `flip`), then turns it `k` quarter turns."""
+  x = x[:, :, ::-1] if flip else x
+  return jnp.rot90(x, k, axes=(1, 2))
+
+
+def _untransform(y: jax.Array, k: int, flip: bool) -> jax.Array:
+  """Inverse of `_transform`."""
+  y = jnp.rot90(y, -k, axes=(1, 2))
+  return y[:, :, ::-1] if flip else y
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tta", "dtype"))
+def _window_probs(model: _ByIdentity, variables, windows, mean, std, *, tta: str, dtype):
+  """Probabilities (B, h, w, C) of uint8 windows (B, h, w, 3), averaged over the TTA transforms."""
+  x = augment.normalize(windows, mean, std).astype(dtype)  # what the train/eval steps feed
+  transforms = TTA_TRANSFORMS[tta]
+  total = 0.0
+  # Transforms that keep the window's shape run as one batch, those that swap H and W as another.
+  for parity in (0, 1):
+    group = [t for t in transforms if t[0] % 2 == parity]
+    if not group:
+      continue
+    logits = model.model.apply(variables, jnp.concatenate([_transform(x, *t) for t in group]),
+                               train=False)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    for t, p in zip(group, jnp.split(probs, len(group))):
+      total = total + _untransform(p, *t)
+  return total / len(transforms)
+
+
+def _axis_weights(starts: Sequence[int], size: int, blend: str) -> list[np.ndarray]:
+  """Blending weight (size,) along one axis of each window starting at `starts`."""
+  if blend == "uniform":
+    return [np.ones(size, np.float32)] * len(starts)
+  if blend == "smooth":
+    # Hann window shifted half a pixel: largest at the centre, small but positive at the border.
+    return [np.sin(np.pi * (np.arange(size) + 0.5) / size).astype(np.float32) ** 2] * len(starts)
+  # crop: window i keeps [cuts[i], cuts[i+1]), the cuts lying in the middle of each overlap.
+  cuts = ([starts[0]] + [(s + prev + size) // 2 for prev, s in zip(starts, starts[1:])]
+          + [starts[-1] + size])
+  pos = np.arange(size)
+  return [((s + pos >= lo) & (s + pos < hi)).astype(np.float32)
+          for s, lo, hi in zip(starts, cuts, cuts[1:])]
+
+
+def _grid(size: Sequence[int], window: Sequence[int], overlap: Sequence[int]):
+  """Window starts along H and along W on an image of `size` (padded up to the window)."""
+  return tuple(preprocess.patch_starts(max(n, w), w, o) for n, w, o in zip(size, window, overlap))
+
+
+def _slide(window_probs: Callable[[np.ndarray], jax.Array], image: np.ndarray,
+           window: tuple[int, int], overlap: tuple[int, int], blend: str, batch_size: int,
+           progress: Callable[[int], None]) -> np.ndarray:
+  """Blended window probabilities (H, W, C) of a uint8 image (H, W, 3)."""
+  (height, width), (h, w) = image.shape[:2], window
+  if height < h or width < w:
+    image = np.pad(image, ((0, max(h - height, 0)), (0, max(w - width, 0)), (0, 0)),
+                   mode="reflect")
+  ys, xs = _grid(image.shape[:2], window, overlap)
+  wy, wx = _axis_weights(ys, h, blend), _axis_weights(xs, w, blend)
+  boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+  n = min(batch_size, len(boxes))
+  acc, weight_sum = None, np.zeros(image.shape[:2], np.float32)
+
+  def accumulate(probs: jax.Array, chunk) -> None:
+    nonlocal acc
+    probs = np.asarray(probs)
+    if acc is None:
+      acc = np.zeros((*image.shape[:2], probs.shape[-1]), np.float32)
+    for k, (i, j) in enumerate(chunk):
+      weight = np.outer(wy[i], wx[j])
+      acc[ys[i]:ys[i] + h, xs[j]:xs[j] + w] += probs[k] * weight[..., None]
+      weight_sum[ys[i]:ys[i] + h, xs[j]:xs[j] + w] += weight
+    progress(len(chunk))
+
+  pending = None
+  for start in range(0, len(boxes), n):
+    chunk = boxes[start:start + n]
+    windows = np.zeros((n, h, w, 3), np.uint8)  # rows past the chunk are padding, discarded
+    for k, (i, j) in enumerate(chunk):
+      windows[k] = image[ys[i]:ys[i] + h, xs[j]:xs[j] + w]
+    probs = window_probs(windows)  # dispatched asynchronously: blend the previous batch meanwhile
+    if pending is not None:
+      accumulate(*pending)
+    pending = (probs, chunk)
+  accumulate(*pending)
+  acc /= weight_sum[..., None]
+  return acc[:height, :width]
+
+
+def _resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize of (H, W, C) probabilities to `size` (H, W), channel by channel."""
+  if probs.shape[:2] == tuple(size):
+    return probs
+  return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(probs[..., c]))
+                              .resize((size[1], size[0]), Image.BILINEAR))
+                   for c in range(probs.shape[-1])], axis=-1)
+
+
+def check_options(*, mode: str, window: Sequence[int], overlap: float, blend: str, tta: str,
+                  scales: Sequence[float], batch_size: int) -> None:
+  """ValueError naming the first option of `predict` that is out of range."""
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  if len(window) != 2 or min(window) < 1:
+    raise ValueError(f"window must be (H, W) with H, W >= 1, got {tuple(window)}")
+  if not 0 <= overlap < 1:
+    raise ValueError(f"overlap must be in [0, 1) (a share of the window), got {overlap}")
+  if blend not in BLENDS:
+    raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
+  if tta not in TTA_TRANSFORMS:
+    raise ValueError(f"tta must be one of {tuple(TTA_TRANSFORMS)}, got {tta!r}")
+  if not scales or min(scales) <= 0:
+    raise ValueError(f"scales must be positive factors, got {tuple(scales)}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _passes(size: Sequence[int], mode: str, window: Sequence[int], overlap: float,
+            scales: Sequence[float]) -> list[tuple[tuple[int, int], ...]]:
+  """(image size, window, overlap in pixels) of the pass at each scale."""
+  passes = []
+  for scale in scales:
+    scaled = _scale(window if mode == "resize" else size, scale)
+    win = scaled if mode == "resize" else tuple(window)
+    passes.append((scaled, win, (int(overlap * win[0]), int(overlap * win[1]))))
+  return passes
+
+
+def _scale(size: Sequence[int], scale: float) -> tuple[int, int]:
+  return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def predict(model, variables, image: np.ndarray, *, mean: Sequence[float],
+            std: Sequence[float], window: tuple[int, int], mode: str = "resize",
+            overlap: float = 0.25, blend: str = "uniform", tta: str = "none",
+            scales: Sequence[float] = (1.0,), batch_size: int = 8, dtype: Any = jnp.float32,
+            progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+  """Per-class probabilities (H, W, C) float32 of a uint8 RGB image (H, W, 3).
+
+  Args:
+    model: a segmentation model, `model.apply(variables, x, train=False)` giving logits.
+    variables: its variables ({"params": ..., "batch_stats": ...}).
+    image: uint8 (H, W, 3), any size.
+    mean, std: per-channel normalisation of the training data ([0, 255] units).
+    window: (H, W) the model sees: the resize target ("resize") or the window size ("slide");
+      usually the training image size.
+    mode: "resize" or "slide" (see the module docstring).
+    overlap: share of a window's height and width overlapped by its neighbours ("slide").
+    blend: "uniform", "smooth" or "crop" weighting of overlapping windows ("slide").
+    tta: "none", "flips" or "flips_rot90".
+    scales: image scale factors whose probabilities are averaged.
+    batch_size: windows per jitted call (each run through every TTA transform).
+    dtype: compute dtype of the model input (the config's `model.dtype`).
+    progress: called after each batch with (windows done, windows in all), counted before TTA.
+  """
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {image.dtype} "
+                     f"{image.shape}")
+  if np.shape(mean) != (3,) or np.shape(std) != (3,) or np.min(std) <= 0:
+    raise ValueError(f"mean and std must hold 3 values (std > 0), got {mean} and {std}")
+  check_options(mode=mode, window=window, overlap=overlap, blend=blend, tta=tta, scales=scales,
+                batch_size=batch_size)
+  window_probs = functools.partial(
+      _window_probs, _ByIdentity(model), jax.device_put(variables),
+      mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32), tta=tta,
+      dtype=dtype)
+  passes = _passes(image.shape[:2], mode, window, overlap, scales)
+  total_windows = sum(math.prod(map(len, _grid(*p))) for p in passes)
+  done = 0
+
+  def count(n: int) -> None:
+    nonlocal done
+    done += n
+    if progress is not None:
+      progress(done, total_windows)
+
+  total = 0.0
+  for scaled_size, win, overlap_px in passes:
+    scaled = preprocess.resize_image(image, scaled_size)
+    probs = _slide(window_probs, scaled, win, overlap_px, blend, batch_size, count)
+    total = total + _resize_probs(probs, image.shape[:2])
+  return np.asarray(total / len(scales), np.float32)

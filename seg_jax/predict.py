@@ -1,0 +1,348 @@
+r"""Predicts class masks for image files with the model of a training workdir.
+
+  python -m seg_jax.predict --workdir=/tmp/seg_dubai --input="photos/*.jpg" --output=/tmp/pred
+  python -m seg_jax.predict --workdir=/tmp/seg_dubai --input=tile.jpg --output=/tmp/pred \
+      --mode=slide --window=144,256 --overlap=0.25 --blend=smooth --tta=flips --save_probs
+
+`--input` is an image file, a folder (the images in it, not in subfolders) or a glob. For each
+image `<stem>`, `--output` receives `<stem>_mask.png` (a palette PNG of the input's height and
+width whose pixel values are class indices and whose palette holds the class colours),
+`<stem>_overlay.png` (the image blended with the class colours, a legend below) and, with
+`--save_probs`, `<stem>_probs.npy` (float32 (H, W, C) class probabilities). See
+`seg_jax.inference` for the modes, blending, TTA and scales.
+
+Images are read as 8-bit RGB. Greyscale is repeated into three channels and an alpha channel is
+dropped (the colours stored under transparent pixels are predicted), each with a warning naming
+the file, since the model was trained on opaque colour images; 16-bit, 32-bit and float images
+are refused. Normalisation uses the training data's mean and std, read from the workdir's
+dataset.json (recomputed from the training data for workdirs written before it existed).
+
+Exit code: 0 when every image was predicted; 1 when nothing could run (bad flags, workdir or
+input); 2 when some images failed (each one named; the others are still predicted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import inspect
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+import tqdm
+
+from seg_jax import data as data_lib
+from seg_jax import inference
+from seg_jax import models
+from seg_jax import train
+from seg_jax import viz
+from seg_jax import writers
+from seg_jax.data import dubai
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints).")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                                "Checkpoint: best validation mIoU or latest.")
+_INPUT = flags.DEFINE_string("input", None, "Image file, folder of images, or glob.")
+_OUTPUT = flags.DEFINE_string("output", None, "Folder receiving the masks and overlays.")
+# Flag defaults are those of inference.predict.
+_DEFAULTS = {k: p.default for k, p in inspect.signature(inference.predict).parameters.items()}
+_MODE = flags.DEFINE_enum("mode", _DEFAULTS["mode"], list(inference.MODES),
+                          "resize: to the training size and back; slide: windows at full size.")
+_WINDOW = flags.DEFINE_list("window", [], "H,W of the window / resize target (default: the "
+                            "training image size).")
+_OVERLAP = flags.DEFINE_float("overlap", _DEFAULTS["overlap"],
+                              "Share of a window overlapped by its neighbours.")
+_BLEND = flags.DEFINE_enum("blend", _DEFAULTS["blend"], list(inference.BLENDS),
+                           "Weighting of overlapping windows.")
+_TTA = flags.DEFINE_enum("tta", _DEFAULTS["tta"], list(inference.TTA_TRANSFORMS),
+                         "Test-time augmentation.")
+_SCALES = flags.DEFINE_list("scales", [str(s) for s in _DEFAULTS["scales"]],
+                            "Scale factors whose predictions are averaged.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS["batch_size"],
+                                   "Windows per jitted call.")
+_SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write <stem>_probs.npy.")
+
+CHECKPOINT_FOLDERS = {"best": "best", "latest": "checkpoints"}
+# Modes read as they are or converted by PIL to RGB; alpha ("A", "a") is dropped.
+GREY_MODES = ("1", "L", "LA", "La")
+COLOUR_MODES = ("P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
+EXIT_OK, EXIT_NOTHING_RAN, EXIT_SOME_FAILED = 0, 1, 2
+
+
+class WorkdirError(ValueError):
+  """A workdir that cannot be predicted with (config, dataset info or checkpoint missing/bad)."""
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples `config.to_dict()` held."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with, from its config.json (locked)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise WorkdirError(f"{path}: not found; --workdir must be the workdir of a training run "
+                       "(python -m seg_jax.main --workdir=...)")
+  try:
+    with open(path) as f:
+      config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  except (OSError, json.JSONDecodeError) as e:
+    raise WorkdirError(f"{path}: cannot read the config ({e})") from e
+  config.lock()
+  return config
+
+
+def load_data_info(workdir: str, config: ml_collections.ConfigDict) -> inference.DataInfo:
+  """The workdir's dataset.json, or for older workdirs the same recomputed from the training data."""
+  path = os.path.join(workdir, inference.DATA_INFO_FILE)
+  try:
+    return inference.load_data_info(workdir)
+  except FileNotFoundError:
+    pass
+  except ValueError as e:
+    raise WorkdirError(str(e)) from e
+  logging.warning("%s not found: recomputing the class palette and mean/std from the training "
+                  "data (data.name=%r, data.root=%r)", path, config.data.name, config.data.root)
+  try:
+    return inference.DataInfo.from_dataset(data_lib.get_dataset(config.data))
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f"{path} is missing and the training data cannot be read to recompute "
+                       f"it: {e}") from e
+
+
+def restore_variables(workdir: str, config: ml_collections.ConfigDict, model,
+                      image_size: tuple[int, int], which: str) -> tuple[dict[str, Any], int]:
+  """(model variables, step) of the workdir's "best" or "latest" checkpoint, opened read-only."""
+  folder = os.path.join(os.path.abspath(workdir), CHECKPOINT_FOLDERS[which])
+  if not os.path.isdir(folder):
+    raise WorkdirError(f"{folder}: not found, so there is no {which!r} checkpoint "
+                       f"(try --checkpoint={'latest' if which == 'best' else 'best'})")
+  abstract_state = jax.eval_shape(
+      functools.partial(train.init_state, config, model, tuple(image_size)), jax.random.key(0))
+  options = ocp.CheckpointManagerOptions(
+      read_only=True, create=False,
+      best_fn=(lambda m: m["miou"]) if which == "best" else None, best_mode="max")
+  with ocp.CheckpointManager(folder, options=options, item_names=("state",)) as manager:
+    step = manager.best_step() if which == "best" else manager.latest_step()
+    if step is None:
+      raise WorkdirError(f"{folder}: holds no checkpoint")
+    try:
+      state = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state))).state
+    except Exception as e:  # Orbax raises many types; the message names the checkpoint.
+      raise WorkdirError(f"{folder}/{step}: cannot restore the checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from e
+  return {"params": state.params, "batch_stats": state.batch_stats}, int(step)
+
+
+@dataclasses.dataclass
+class TrainedModel:
+  """A workdir's model with its restored variables, config and dataset info."""
+
+  model: Any
+  variables: dict[str, Any]
+  config: ml_collections.ConfigDict
+  info: inference.DataInfo
+  step: int
+
+  def predict(self, image: np.ndarray, **kwargs) -> np.ndarray:
+    """`inference.predict` with this model's mean/std, training size and compute dtype."""
+    kwargs.setdefault("window", self.info.image_size)
+    return inference.predict(self.model, self.variables, image, mean=self.info.mean,
+                             std=self.info.std,
+                             dtype=train.dtype_from_name(self.config.model.dtype), **kwargs)
+
+
+def load_workdir(workdir: str, which: str = "best") -> TrainedModel:
+  """Config, dataset info, model and variables of a training workdir, without writing to it."""
+  config = load_config(workdir)
+  info = load_data_info(workdir, config)
+  num_classes = len(info.class_names)
+  if config.model.num_classes not in (0, num_classes):
+    raise WorkdirError(f"{workdir}: config model.num_classes={config.model.num_classes} but "
+                       f"{inference.DATA_INFO_FILE} lists {num_classes} classes")
+  model = train.build_model(config, num_classes)
+  variables, step = restore_variables(workdir, config, model, info.image_size, which)
+  return TrainedModel(model, variables, config, info, step)
+
+
+def find_images(spec: str) -> list[str]:
+  """Image files named by `spec`: a file, a folder's images (by extension) or a glob."""
+  if glob.has_magic(spec):
+    paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+  elif os.path.isdir(spec):
+    files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
+                   if os.path.isfile(os.path.join(spec, f)) and not f.startswith("."))
+    paths = [p for p in files if os.path.splitext(p)[1].lower() in dubai.IMAGE_EXTENSIONS]
+    if len(paths) < len(files):
+      logging.warning("%s: %d files without an image extension %s left out: %s", spec,
+                      len(files) - len(paths), dubai.IMAGE_EXTENSIONS,
+                      [os.path.basename(p) for p in files if p not in paths][:10])
+  elif os.path.isfile(spec):
+    paths = [spec]
+  else:
+    raise ValueError(f"{spec}: no such file or folder")
+  if not paths:
+    raise ValueError(f"{spec}: holds no image")
+  return paths
+
+
+def read_image(path: str) -> np.ndarray:
+  """uint8 (H, W, 3) RGB of an image file; ValueError naming the file if it cannot be used.
+
+  Greyscale is repeated into R, G and B and alpha is dropped, each with a logged warning.
+  """
+  try:
+    im = Image.open(path)
+    im.load()
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"{path}: cannot read image ({e})") from e
+  with im:
+    bands = im.getbands()
+    if im.mode not in GREY_MODES + COLOUR_MODES:
+      raise ValueError(f"{path}: image mode {im.mode!r} (bands {','.join(bands)}) is not "
+                       "8-bit greyscale, RGB, RGBA, CMYK or palette; convert it to 8-bit RGB")
+    if im.mode in ("P", "PA"):
+      im = im.convert("RGBA")
+      bands = im.getbands()
+    alpha_band = next((b for b in bands if b in ("A", "a")), None)
+    if alpha_band is not None:
+      opaque = np.asarray(im.getchannel(alpha_band)) == 255
+      if not opaque.all():
+        logging.warning("%s: alpha channel dropped; %d of %d pixels are not opaque and are "
+                        "predicted from their stored colours", path, (~opaque).sum(),
+                        opaque.size)
+    if im.mode in GREY_MODES:
+      logging.warning("%s: greyscale image, its channel repeated into R, G and B (the model "
+                      "was trained on colour images)", path)
+      return np.repeat(np.asarray(im.convert("L"))[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+def _save_atomic(path: str, write) -> None:
+  """Calls `write(file)` on a temporary file, then renames it to `path`."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def save_mask(path: str, labels: np.ndarray, palette) -> None:
+  """Writes class indices (H, W) as a palette PNG whose palette is the class colours."""
+  im = Image.fromarray(labels.astype(np.uint8), mode="L")
+  im.putpalette(palette.as_array().ravel().tolist())  # "L" + palette = mode "P", same values
+  _save_atomic(path, lambda f: im.save(f, format="PNG"))
+
+
+def predict_file(trained: TrainedModel, path: str, output: str, *, save_probs: bool,
+                 **options) -> str:
+  """Predicts one image file into `output`; returns a one-line description of the result."""
+  image = read_image(path)
+  start = time.time()
+  probs = trained.predict(image, **options)
+  labels = np.argmax(probs, axis=-1).astype(np.uint8)
+  stem = os.path.join(output, os.path.splitext(os.path.basename(path))[0])
+  palette = trained.info.palette
+  save_mask(stem + "_mask.png", labels, palette)
+  overlay = viz.with_legend(viz.overlay(image, labels, palette), palette)
+  _save_atomic(stem + "_overlay.png", lambda f: Image.fromarray(overlay).save(f, format="PNG"))
+  if save_probs:
+    _save_atomic(stem + "_probs.npy", lambda f: np.save(f, probs))
+  shares = np.bincount(labels.ravel(), minlength=len(palette.names)) / labels.size
+  return (f"{path}: {image.shape[1]}x{image.shape[0]} in {time.time() - start:.1f}s, "
+          + ", ".join(f"{n} {s:.0%}" for n, s in zip(palette.names, shares)))
+
+
+def run(workdir: str, input_spec: str, output: str, *, checkpoint: str,
+        window: tuple[int, int] | None, save_probs: bool, **options) -> int:
+  """Predicts every image of `input_spec` into `output`; returns the exit code.
+
+  `window` None means the training image size; `options` are the other options of
+  `inference.predict`, all given: mode, overlap, blend, tta, scales, batch_size.
+  """
+  try:
+    trained = load_workdir(workdir, checkpoint)
+    window = tuple(window or trained.info.image_size)
+    inference.check_options(window=window, **options)
+    name, scales = trained.config.model.name, options["scales"]
+    smallest = min(window) * (min(scales) if options["mode"] == "resize" else 1.0)
+    if round(smallest) < models.min_input_size(name):
+      raise ValueError(f"window {window} (in resize mode times the smallest scale) is smaller "
+                       f"than model {name!r} accepts ({models.min_input_size(name)} pixels)")
+    paths = find_images(input_spec)
+    os.makedirs(output, exist_ok=True)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_NOTHING_RAN
+  logging.info("%s checkpoint (step %d) of %s; %d images", checkpoint, trained.step, workdir,
+               len(paths))
+  failures: list[str] = []
+  stems: dict[str, str] = {}
+  with tqdm.tqdm(total=len(paths), unit="image", disable=None) as images_bar, \
+      tqdm.tqdm(unit="window", leave=False, disable=None) as windows_bar:
+
+    def progress(done: int, total: int) -> None:
+      windows_bar.total, windows_bar.n = total, done
+      windows_bar.refresh()
+
+    for path in paths:
+      stem = os.path.splitext(os.path.basename(path))[0]
+      windows_bar.reset()
+      try:
+        if stem in stems:
+          raise ValueError(f"{path}: its outputs would overwrite those of {stems[stem]} (same "
+                           f"name stem {stem!r}); rename one")
+        stems[stem] = path
+        logging.info("%s", predict_file(trained, path, output, save_probs=save_probs,
+                                        window=window, progress=progress, **options))
+      except (OSError, ValueError, MemoryError) as e:
+        failures.append(str(e) if path in str(e) else f"{path}: {e}")
+        logging.error("%s", failures[-1])
+      images_bar.update()
+  print(f"predicted {len(paths) - len(failures)} of {len(paths)} images into {output}")
+  if failures:
+    print(f"{len(failures)} failed:", file=sys.stderr)
+    for message in failures:
+      print(f"  {message}", file=sys.stderr)
+    return EXIT_SOME_FAILED
+  return EXIT_OK
+
+
+def main(argv) -> int:
+  """Parses the flags and runs `run`."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  writers.quiet_library_logs()
+  try:
+    window = tuple(int(v) for v in _WINDOW.value) or None
+    scales = tuple(float(v) for v in _SCALES.value)
+  except ValueError as e:
+    print(f"error: --window must be H,W integers and --scales numbers ({e})", file=sys.stderr)
+    return EXIT_NOTHING_RAN
+  return run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, checkpoint=_CHECKPOINT.value,
+             window=window, save_probs=_SAVE_PROBS.value, mode=_MODE.value,
+             overlap=_OVERLAP.value, blend=_BLEND.value, tta=_TTA.value, scales=scales,
+             batch_size=_BATCH_SIZE.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "input", "output"])
+  app.run(main)
