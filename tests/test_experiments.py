@@ -5,6 +5,7 @@ import importlib
 import os
 import re
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -103,6 +104,13 @@ class EncoderLayersTest(absltest.TestCase):
 
 class CheckShapeTest(absltest.TestCase):
 
+  def test_an_experiment_stops_when_an_array_disagrees_with_the_arithmetic(self):
+    run = importlib.import_module("experiments.convolution.run")
+    # Only the experiment's own call is wrong; correlate computes its padding elsewhere.
+    with mock.patch.object(run.layers, "conv_output_size", lambda *args: 1):
+      with self.assertRaisesRegex(AssertionError, "padding='valid' stride=1.*has shape"):
+        run.padding_and_stride(np.zeros((16, 16), np.float32), _tempdir(self), 3)
+
   def test_returns_the_matching_shape(self):
     self.assertEqual(common.check_shape("x", np.zeros((3, 4)), [3, 4]), (3, 4))
 
@@ -140,7 +148,7 @@ class ReadmeSectionTest(absltest.TestCase):
   def test_one_marker_alone_is_an_error(self):
     folder = _tempdir(self)
     self._write(folder, "<!-- generated:begin -->\nold\n")
-    with self.assertRaisesRegex(ValueError, "only one of the markers"):
+    with self.assertRaisesRegex(ValueError, "lacks <!-- generated:end -->"):
       common.write_readme_section(folder, "new")
     self.assertEqual(self._read(folder), "<!-- generated:begin -->\nold\n")
 

@@ -10,7 +10,6 @@ each derivative is ``jax.grad`` of it. Nothing here re-types a formula.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import Optional
 
@@ -83,7 +82,6 @@ def softmax_temperature(out: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """Writes the figures and the generated README section; see the module docstring."""
-  start = time.perf_counter()
   args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv, images=False)
   x = np.linspace(-4.0, 4.0, 41 if args.toy else 801, dtype=np.float32)
   sections = [
@@ -91,10 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       + "\n\n![activations](activations.png)",
       "### Softmax and temperature\n\n" + softmax_temperature(args.out)
       + "\n\n![softmax](softmax.png)",
-      common.provenance("experiments.activations.run", start, args.toy),
   ]
-  path = common.write_readme_section(args.out, "\n\n".join(sections))
-  print(f"wrote the figures and {path}")
+  common.finish(args, __spec__.name, sections)
 
 
 if __name__ == "__main__":

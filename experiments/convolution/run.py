@@ -10,7 +10,6 @@ from ``conv_output_size`` / ``receptive_field``, checked against the arrays.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import Optional
 
@@ -72,7 +71,7 @@ def classic_filters(x: np.ndarray, out: str) -> str:
     kernel_row.append(viz.Panel(kernel, f"{name} kernel", cmap="RdBu_r", symmetric=True,
                                 annotate=kernel.shape[0] <= 5))
     output_row.append(_output_panel(y, f"correlate(x, {name})", name in SIGNED))
-    rows.append([name, "x".join(map(str, kernel.shape)), _fmt(kernel.sum()), _fmt(x.mean()),
+    rows.append([name, common.dims(kernel), _fmt(kernel.sum()), _fmt(x.mean()),
                  _fmt(y.mean()), _fmt(np.abs(y).mean())])
   viz.save_panels([kernel_row, output_row], os.path.join(out, "filters.png"),
                   title="Classic filters: kernel (top) and correlate(image, kernel) (bottom)")
@@ -113,17 +112,17 @@ def padding_and_stride(x: np.ndarray, out: str, kernel_size: int) -> str:
   kernel = np.full((kernel_size, kernel_size), 1 / kernel_size**2, np.float32)
   figure, rows = [], []
   for stride in (1, 2):
-    row = [viz.Panel(x, f"input {x.shape[0]}x{x.shape[1]}", vmin=0.0, vmax=1.0)
+    row = [viz.Panel(x, f"input {common.dims(x)}", vmin=0.0, vmax=1.0)
            if stride == 1 else None]
     for padding in ("valid", "same", "full"):
       y = np.asarray(layers.correlate(x, kernel, padding=padding, stride=stride))
       size = [layers.conv_output_size(n, kernel_size, stride, padding) for n in x.shape]
       common.check_shape(f"correlate padding={padding!r} stride={stride}", y, size)
       lo, hi = layers.resolve_padding(x.shape[0], kernel_size, 1, padding)
-      row.append(viz.Panel(y, f"{padding}, stride {stride}: {size[0]}x{size[1]}",
+      row.append(viz.Panel(y, f"{padding}, stride {stride}: {common.dims(size)}",
                            vmin=0.0, vmax=1.0))
       rows.append([padding, stride, f"({lo}, {hi})" if stride == 1 else "",
-                   f"{size[0]}x{size[1]}", "x".join(map(str, y.shape))])
+                   common.dims(size), common.dims(y)])
     figure.append(row)
   viz.save_panels(figure, os.path.join(out, "padding_stride.png"), same_scale=True,
                   title=f"{kernel_size}x{kernel_size} box blur: padding and stride "
@@ -144,14 +143,17 @@ def dilation(x: np.ndarray, out: str, rates: Sequence[int]) -> str:
     extent = layers.receptive_field([(3, 1, rate)]).size
     # The response to a single bright pixel is the (dilated) kernel itself.
     taps = np.asarray(layers.convolve(impulse, kernel, padding="same", dilation=rate))
+    ys, xs = np.nonzero(taps)
+    common.check_shape(f"taps at dilation {rate}",
+                       taps[ys.min():ys.max() + 1, xs.min():xs.max() + 1], (extent, extent))
     y = np.asarray(layers.correlate(x, kernel, padding="valid", dilation=rate))
     size = [layers.conv_output_size(n, 3, 1, "valid", rate) for n in x.shape]
     common.check_shape(f"correlate dilation={rate}", y, size)
     taps_row.append(viz.Panel(taps, f"dilation {rate}: taps span {extent}x{extent}",
                               cmap="gray_r"))
-    output_row.append(viz.Panel(y, f"output {size[0]}x{size[1]} ('valid')", vmin=0.0, vmax=1.0))
+    output_row.append(viz.Panel(y, f"output {common.dims(size)} ('valid')", vmin=0.0, vmax=1.0))
     rows.append([rate, int(np.count_nonzero(taps)), f"{extent}x{extent}",
-                 f"{size[0]}x{size[1]}", "x".join(map(str, y.shape))])
+                 common.dims(size), common.dims(y)])
   viz.save_panels([taps_row, output_row], os.path.join(out, "dilation.png"),
                   title="Dilation: a 3x3 box blur whose 9 taps are spread apart")
   return common.markdown_table(
@@ -183,7 +185,7 @@ def filter_bank(rgb: np.ndarray, out: str) -> str:
   y = np.asarray(conv.apply(variables, jnp.asarray(rgb)[None]))[0]
   size = [layers.conv_output_size(n, 3, 1, "same") for n in rgb.shape[:2]]
   common.check_shape("Conv output", y, size + [len(BANK)])
-  panels, rows = [viz.Panel(rgb, f"input RGB {rgb.shape[0]}x{rgb.shape[1]}x3")], []
+  panels, rows = [viz.Panel(rgb, f"input RGB {common.dims(rgb)}")], []
   for f, name in enumerate(BANK):
     by_hand = sum(np.asarray(layers.correlate(rgb[..., c], kernel[..., c, f], padding="same"))
                   for c in range(3))
@@ -191,19 +193,18 @@ def filter_bank(rgb: np.ndarray, out: str) -> str:
     rows.append([f, name, ", ".join(_fmt(w) for w in GREY_WEIGHTS),
                  f"{np.abs(y[..., f] - by_hand).max():.1e}"])
   viz.save_panels([panels], os.path.join(out, "filter_bank.png"),
-                  title=f"One Conv, kernel {'x'.join(map(str, kernel.shape))}: "
+                  title=f"One Conv, kernel {common.dims(kernel)}: "
                         f"{len(BANK)} filters give {len(BANK)} output channels")
-  return (f"`Conv` input {rgb.shape[0]}x{rgb.shape[1]}x3, kernel "
-          f"{'x'.join(map(str, kernel.shape))}, output "
-          f"{'x'.join(map(str, y.shape))} (`conv_output_size` per side: "
-          f"{size[0]}x{size[1]}).\n\n" + common.markdown_table(
+  return (f"`Conv` input {common.dims(rgb)}, kernel "
+          f"{common.dims(kernel)}, output "
+          f"{common.dims(y)} (`conv_output_size` per side: "
+          f"{common.dims(size)}).\n\n" + common.markdown_table(
               ["channel", "filter", "weights of R, G, B",
                "max |Conv - sum over colours of correlate|"], rows))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """Writes the figures and the generated README section; see the module docstring."""
-  start = time.perf_counter()
   args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
   side, small, kernel_size, rates = (32, 24, 5, (1, 2, 4)) if args.toy else (
       256, 64, 9, (1, 2, 4, 8))
@@ -223,10 +224,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       "### Dilation\n\n" + dilation(x, args.out, rates) + "\n\n![dilation](dilation.png)",
       "### A bank of filters as one multi-channel convolution\n\n"
       + filter_bank(view.rgb(), args.out) + "\n\n![filter bank](filter_bank.png)",
-      common.provenance("experiments.convolution.run", start, args.toy),
   ]
-  path = common.write_readme_section(args.out, "\n\n".join(sections))
-  print(f"wrote the figures and {path}")
+  common.finish(args, __spec__.name, sections)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ transposed convolutions from ``ConvTranspose``, sizes from ``conv_output_size``,
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -31,32 +30,32 @@ FOLDER = os.path.dirname(os.path.abspath(__file__))
 CENTRE = (0.8, 0.35)
 
 
-def _shape(a: Any) -> str:
-  return "x".join(str(n) for n in np.shape(a))
-
-
 def pooling(rgb: np.ndarray, out: str, windows: Sequence[int]) -> str:
   """Each pooling of ``rgb`` at each window size (stride = window), one row per window."""
   x = jnp.asarray(rgb)[None]
   ones = jnp.ones_like(x)
-  # Lp pooling sums |x|^p; dividing by the pool of ones makes it the power mean of the window,
-  # on the same brightness scale as the others: min <= mean <= power means <= max.
+
+  def power_mean(p):
+    # Lp pooling sums |x|^p; dividing by the pool of ones gives the power mean of the window, on
+    # the same brightness scale as the others: min <= mean <= power means <= max.
+    return lambda w: layers.lp_pool(x, w, p=p) / layers.lp_pool(ones, w, p=p)
+
   ops = {
       "min_pool": lambda w: layers.min_pool(x, w),
       "avg_pool": lambda w: layers.avg_pool(x, w),
-      "lp_pool p=2 / lp_pool(1)": lambda w: layers.lp_pool(x, w, p=2) / layers.lp_pool(ones, w, p=2),
-      "lp_pool p=8 / lp_pool(1)": lambda w: layers.lp_pool(x, w, p=8) / layers.lp_pool(ones, w, p=8),
+      "lp_pool p=2 / lp_pool(1)": power_mean(2),
+      "lp_pool p=8 / lp_pool(1)": power_mean(8),
       "max_pool": lambda w: layers.max_pool(x, w),
   }
   figure, rows = [], []
   for i, window in enumerate(windows):
-    row = [viz.Panel(rgb, f"input {_shape(rgb)}") if i == 0 else None]
+    row = [viz.Panel(rgb, f"input {common.dims(rgb)}") if i == 0 else None]
     size = [layers.conv_output_size(n, window, window) for n in rgb.shape[:2]]
     for name, op in ops.items():
       y = np.asarray(op(window))[0]
       common.check_shape(f"{name} window {window}", y, size + [3])
       row.append(viz.Panel(np.clip(y, 0.0, 1.0), f"{name.split(' /')[0]}, {window}x{window}"))
-      rows.append([name, f"{window}x{window}", f"{size[0]}x{size[1]}", _shape(y),
+      rows.append([name, f"{window}x{window}", common.dims(size), common.dims(y),
                    f"{y.mean():.3f}"])
     figure.append(row)
   viz.save_panels(figure, os.path.join(out, "pooling.png"),
@@ -88,27 +87,32 @@ def _conv_pair(kernel: int, stride: int, padding, output_padding: int, dilation:
 
 def transposed_sizes(key: jax.Array) -> str:
   """Table of ``TRANSPOSE_CASES``: predicted and actual sizes, and the gradient of ``Conv``."""
-  rows = []
-  for i, (size, k, s, p, op, d) in enumerate(TRANSPOSE_CASES):
-    conv, transpose = _conv_pair(k, s, p, op, d)
-    predicted = layers.conv_transpose_output_size(size, k, s, p, d, op)
-    y = jax.random.normal(jax.random.fold_in(key, i), (1, size, size, 1))
-    w = jax.random.normal(jax.random.fold_in(key, 1000 + i), (k, k, 1, 1))
+  predicted = [layers.conv_transpose_output_size(size, k, s, p, d, op)
+               for size, k, s, p, op, d in TRANSPOSE_CASES]
+  inputs = [(jax.random.normal(jax.random.fold_in(key, 1000 + i), (k, k, 1, 1)),
+             jax.random.normal(jax.random.fold_in(key, i), (1, size, size, 1)))
+            for i, (size, k, *_) in enumerate(TRANSPOSE_CASES)]
 
-    @jax.jit
-    def both(w, y):
+  @jax.jit
+  def transposed_and_gradient(inputs):
+    outputs = []
+    for (w, y), (_, k, s, p, op, d), out_size in zip(inputs, TRANSPOSE_CASES, predicted):
+      conv, transpose = _conv_pair(k, s, p, op, d)
       # The transposed convolution is the gradient of the convolution with respect to its input.
       grad = jax.grad(lambda x: jnp.vdot(conv.apply({"params": {"kernel": w}}, x), y))(
-          jnp.zeros((1, predicted, predicted, 1)))
-      return transpose.apply({"params": {"kernel": w}}, y), grad
+          jnp.zeros((1, out_size, out_size, 1)))
+      outputs.append((transpose.apply({"params": {"kernel": w}}, y), grad))
+    return outputs
 
-    up, grad = both(w, y)
-    common.check_shape(f"ConvTranspose case {i}", up, (1, predicted, predicted, 1))
-    back = layers.conv_output_size(predicted, k, s, p, d)
+  rows = []
+  for i, ((size, k, s, p, op, d), (up, grad)) in enumerate(
+      zip(TRANSPOSE_CASES, transposed_and_gradient(inputs))):
+    common.check_shape(f"ConvTranspose case {i}", up, (1, predicted[i], predicted[i], 1))
+    back = layers.conv_output_size(predicted[i], k, s, p, d)
     if back != size:
-      raise AssertionError(f"case {i}: Conv maps the transposed output {predicted} to {back}, "
+      raise AssertionError(f"case {i}: Conv maps the transposed output {predicted[i]} to {back}, "
                            f"not back to {size}")
-    rows.append([size, k, s, repr(p), op, d, predicted, _shape(up[0, ..., 0]), back,
+    rows.append([size, k, s, repr(p), op, d, predicted[i], common.dims(up[0, ..., 0]), back,
                  f"{float(jnp.abs(grad - up).max()):.1e}"])
   return common.markdown_table(
       ["input", "kernel", "stride", "padding", "output_padding", "dilation",
@@ -117,8 +121,11 @@ def transposed_sizes(key: jax.Array) -> str:
 
 
 def transposed_overlaps(rgb: np.ndarray, out: str, cases: Sequence[tuple[int, int]]) -> None:
-  """For each (kernel, stride), 'valid': the stamp of one pixel, the overlap count of a constant
-  input, and a half-size image brought back up with a kernel of ones."""
+  """Figure: what a transposed convolution with a kernel of ones does, per (kernel, stride).
+
+  Each row shows the stamp of one input pixel, the overlap count of a constant input and a
+  half-size image brought back up ('valid' padding).
+  """
   figure = []
   small = np.asarray(layers.avg_pool(jnp.asarray(rgb)[None], 2))[0]
   for k, s in cases:
@@ -132,12 +139,12 @@ def transposed_overlaps(rgb: np.ndarray, out: str, cases: Sequence[tuple[int, in
     up = np.stack([np.asarray(transpose.apply(ones, small[None, ..., c:c + 1]))[0, ..., 0]
                    for c in range(3)], axis=-1)
     figure.append([
-        viz.Panel(stamp, f"k={k}, s={s}: one pixel, 4x4 -> {_shape(stamp)}",
+        viz.Panel(stamp, f"k={k}, s={s}: one pixel, 4x4 -> {common.dims(stamp)}",
                   cmap="viridis", vmin=0.0),
-        viz.Panel(count, f"overlap count, 4x4 ones -> {_shape(count)}",
+        viz.Panel(count, f"overlap count, 4x4 ones -> {common.dims(count)}",
                   cmap="viridis", annotate=True, vmin=0.0),
-        viz.Panel(up / count.max(), f"image / max count, {_shape(small[..., 0])} -> "
-                                    f"{_shape(up[..., 0])}"),
+        viz.Panel(up / count.max(), f"image / max count, {common.dims(small[..., 0])} -> "
+                                    f"{common.dims(up[..., 0])}"),
     ])
   viz.save_panels(figure, os.path.join(out, "transposed.png"), panel_inches=3.4,
                   title="Transposed convolution ('valid', kernel of ones): each input pixel "
@@ -199,9 +206,9 @@ def receptive_fields(configs: dict[str, Any]) -> tuple[str, dict[str, list]]:
 def gradient_map(layer_list: Sequence[tuple[int, int, int]], side: int) -> np.ndarray:
   """|d centre output / d input| of a one-channel linear stack with all-ones kernels.
 
-  The stack has the geometry of ``layer_list``; average pooling stands in for max pooling (same
-  window and stride) so that every input of a window gets a gradient and the non-zero area is the
-  whole receptive field; its shape inside it is the "effective" receptive field.
+  The stack has the geometry of ``layer_list``; its strided layers (the max pools) are average
+  pools of the same window and stride, so that every input of a window gets a gradient and the
+  non-zero area is the whole receptive field; the shape inside it is the "effective" field.
   """
   def stack(x):
     for k, s, d in layer_list:
@@ -245,7 +252,7 @@ def receptive_field_figure(stacks: list, background: np.ndarray, out: str) -> st
                             boxes=[((h - rf.size) / 2, (w - rf.size) / 2, rf.size, rf.size)]))
     maps.append(viz.Panel(grad / grad.max(), f"gradient; half of it in {half}x{half}",
                           cmap="magma", boxes=[(top, left, rf.size, rf.size)]))
-    rows.append([name, rf.size, "x".join(map(str, extent)), f"{half}x{half}"])
+    rows.append([name, rf.size, common.dims(extent), f"{half}x{half}"])
   viz.save_panels([fields, maps], os.path.join(out, "receptive_field.png"),
                   title="Receptive field of one output pixel per encoder stage (top) and the "
                         "gradient of that pixel with respect to the input (bottom)")
@@ -256,7 +263,6 @@ def receptive_field_figure(stacks: list, background: np.ndarray, out: str) -> st
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """Writes the figures and the generated README section; see the module docstring."""
-  start = time.perf_counter()
   args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
   side, windows = (32, (2, 4)) if args.toy else (128, (2, 4, 8))
   scene = common.read_scene(args.data_root)
@@ -277,10 +283,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       + f"\n\nGradient check for `configs/dubai.py`; background: {training_view.source}.\n\n"
       + receptive_field_figure(stacks["configs/dubai.py"], training_view.image, args.out)
       + "\n\n![receptive field](receptive_field.png)",
-      common.provenance("experiments.pooling_and_arithmetic.run", start, args.toy),
   ]
-  path = common.write_readme_section(args.out, "\n\n".join(sections))
-  print(f"wrote the figures and {path}")
+  common.finish(args, __spec__.name, sections)
 
 
 if __name__ == "__main__":
