@@ -113,14 +113,14 @@ def save_panels(rows: Sequence[Sequence[Optional[Panel]]], path: str, *, title: 
   panel fills its cell and the axes are hidden. ``legend`` maps names to uint8 RGB colours (e.g.
   class colours), drawn in one row under the grid.
   """
-  shapes = [np.shape(p.image) for r in rows for p in r if p is not None]
+  shapes = []
+  for panel in (p for r in rows for p in r if p is not None):
+    shapes.append(np.shape(panel.image))
+    if len(shapes[-1]) != 2 and shapes[-1][2:] != (3,):
+      raise ValueError(f"panel {panel.title!r}: image must be (H, W) or (H, W, 3), got shape "
+                       f"{shapes[-1]}")
   if not shapes:
     raise ValueError(f"save_panels({path!r}) got no Panel to draw")
-  for r in rows:
-    for p in r:
-      if p is not None and not (len(np.shape(p.image)) == 2 or np.shape(p.image)[2:] == (3,)):
-        raise ValueError(f"panel {p.title!r}: image must be (H, W) or (H, W, 3), got shape "
-                         f"{np.shape(p.image)}")
   plt = _pyplot()
   nrows, ncols = len(rows), max(len(r) for r in rows)
   aspect = max(s[0] for s in shapes) / max(s[1] for s in shapes)
@@ -206,6 +206,8 @@ class Curves:
 def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, title: str = "",
                       panel_inches: float = 3.2) -> None:
   """Writes a PNG grid of line plots, ``ncols`` per row, each with its legend."""
+  if not panels:
+    raise ValueError(f"save_curve_panels({path!r}) got no Curves to draw")
   plt = _pyplot()
   nrows = -(-len(panels) // ncols)
   ncols = min(ncols, len(panels))

@@ -56,6 +56,10 @@ class SavePanelsTest(absltest.TestCase):
       viz.save_panels([[None]], self.path)
     self.assertFalse(os.path.exists(self.path))
 
+  def test_no_curves_is_an_error(self):
+    with self.assertRaisesRegex(ValueError, "no Curves"):
+      viz.save_curve_panels([], self.path)
+
   def test_bad_image_shape_names_the_panel(self):
     with self.assertRaisesRegex(ValueError, r"'wrong'.*\(4, 4, 2\)"):
       viz.save_panels([[viz.Panel(np.zeros((4, 4, 2)), "wrong")]], self.path)
