@@ -121,7 +121,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
 
 
-def _markers(name: str) -> tuple[str, str]:
+def markers(name: str = "") -> tuple[str, str]:
+  """The HTML comments that open and close generated README section ``name``."""
   tag = f"generated:{name}:" if name else "generated:"
   return f"<!-- {tag}begin -->", f"<!-- {tag}end -->"
 
@@ -133,7 +134,7 @@ def write_readme_section(folder: str, text: str, name: str = "") -> str:
   fresh ``--out`` folder still leaves its tables next to its figures. Returns the README path.
   """
   path = os.path.join(folder, "README.md")
-  begin, end = _markers(name)
+  begin, end = markers(name)
   block = f"{begin}\n{text.strip()}\n{end}"
   old = ""
   if os.path.exists(path):

@@ -42,7 +42,7 @@ class ExperimentTest(parameterized.TestCase):
   def test_toy_run_writes_its_figures_and_only_its_readme_section(self, module, section,
                                                                      figures, images):
     out = _tempdir(self)
-    begin, end = common._markers(section)  # pylint: disable=protected-access
+    begin, end = common.markers(section)
     with open(os.path.join(out, "README.md"), "w") as f:
       f.write(f"question\n\n{begin}\nstale table\n{end}\n\nreading\n")
     argv = ["--toy", "--out", out] + (["--data_root", DATA_ROOT] if images else [])
@@ -57,6 +57,20 @@ class ExperimentTest(parameterized.TestCase):
     for name in figures:
       with Image.open(os.path.join(out, name)) as image:
         self.assertGreater(min(image.size), 100, name)
+
+  @parameterized.named_parameters(
+      (module.split(".")[1], module, section, figures)
+      for module, section, figures, _ in EXPERIMENTS)
+  def test_committed_readme_shows_its_committed_figures(self, module, section, figures):
+    folder = os.path.join(os.path.dirname(__file__), "..", *module.split(".")[:2])
+    with open(os.path.join(folder, "README.md")) as f:
+      readme = f.read()
+    begin, end = common.markers(section)
+    generated = readme.split(begin, 1)[1].split(end, 1)[0]
+    self.assertIn(f"`python -m {module}` in", generated)  # Made by the full command.
+    self.assertCountEqual(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", generated), figures)
+    for name in figures:
+      self.assertTrue(os.path.isfile(os.path.join(folder, name)), name)
 
   def test_toy_needs_an_explicit_out_folder(self):
     # The toy figures must never replace the committed ones.
