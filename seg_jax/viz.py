@@ -1,10 +1,12 @@
 """Pictures of results: label maps, overlays with a class legend, prediction grids, confusion
-matrix, training curves. The only module that imports matplotlib."""
+matrix, training curves, and grids of images and line plots for the course experiments. The only
+module that imports matplotlib."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
@@ -82,7 +84,7 @@ ERROR_COLOR = (255, 0, 0)
 
 
 def _pyplot():
-  """matplotlib.pyplot on the file-only Agg backend."""
+  """matplotlib.pyplot on the file-only Agg backend (imported on first use)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -219,3 +221,150 @@ def save_run_curves(records: Sequence[dict], path: str, title: str = "") -> None
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+  """One array of a ``save_panels`` grid, shown as an image.
+
+  ``image`` is (H, W), drawn with ``cmap`` from ``vmin`` to ``vmax`` (None: the array's own
+  minimum or maximum), or (H, W, 3) RGB (uint8, or floats in [0, 1]). ``symmetric`` centres the
+  colours on zero for signed maps (use a diverging ``cmap``): the range is +-the 99th percentile
+  of |x|, so a few extreme pixels do not wash out the rest. ``annotate`` writes each value in its
+  cell (small kernels); ``boxes`` are ``(top, left, height, width)`` rectangles in pixels.
+  """
+  image: Any
+  title: str = ""
+  cmap: str = "gray"
+  vmin: Optional[float] = None
+  vmax: Optional[float] = None
+  symmetric: bool = False
+  annotate: bool = False
+  boxes: Sequence[tuple[float, float, float, float]] = ()
+
+
+def save_panels(rows: Sequence[Sequence[Optional[Panel]]], path: str, *, title: str = "",
+                same_scale: bool = False, panel_inches: float = 2.6,
+                legend: Optional[Mapping[str, Sequence[int]]] = None) -> None:
+  """Writes a PNG grid of ``Panel``s, one list per row (``None`` leaves a cell empty).
+
+  With ``same_scale`` every panel is drawn in pixel units on shared axes, so arrays of different
+  sizes keep their relative size (e.g. outputs of different paddings or strides); otherwise each
+  panel fills its cell and the axes are hidden. ``legend`` maps names to uint8 RGB colours (e.g.
+  class colours), drawn in one row under the grid.
+  """
+  shapes = []
+  for panel in (p for r in rows for p in r if p is not None):
+    shapes.append(np.shape(panel.image))
+    if len(shapes[-1]) != 2 and shapes[-1][2:] != (3,):
+      raise ValueError(f"panel {panel.title!r}: image must be (H, W) or (H, W, 3), got shape "
+                       f"{shapes[-1]}")
+  if not shapes:
+    raise ValueError(f"save_panels({path!r}) got no Panel to draw")
+  plt = _pyplot()
+  nrows, ncols = len(rows), max(len(r) for r in rows)
+  aspect = max(s[0] for s in shapes) / max(s[1] for s in shapes)
+  fig, axes = plt.subplots(
+      nrows, ncols, squeeze=False, sharex=same_scale, sharey=same_scale,
+      figsize=(panel_inches * ncols, panel_inches * nrows * min(max(aspect, 0.4), 1.5) + 0.5))
+  for r in range(nrows):
+    for c in range(ncols):
+      ax = axes[r, c]
+      panel = rows[r][c] if c < len(rows[r]) else None
+      if panel is None:
+        ax.set_visible(False)
+        continue
+      _draw_panel(ax, panel)
+      if not same_scale:
+        ax.set_axis_off()
+  if same_scale:
+    axes[0, 0].set_xlim(-0.5, max(s[1] for s in shapes) - 0.5)
+    axes[0, 0].set_ylim(max(s[0] for s in shapes) - 0.5, -0.5)
+  if legend:
+    import matplotlib.patches  # pylint: disable=g-import-not-at-top
+    handles = [matplotlib.patches.Patch(facecolor=np.asarray(c) / 255, edgecolor="black",
+                                        label=name) for name, c in legend.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+  if title:
+    fig.suptitle(title)
+  # Room for the legend row: about a third of an inch at the bottom.
+  _save_quantized(fig, path, bottom=0.35 / fig.get_figheight() if legend else 0.0)
+
+
+def _save_quantized(fig, path: str, bottom: float = 0.0) -> None:
+  """Lays out ``fig`` above ``bottom`` (a fraction of its height), saves it as a 256-colour PNG
+  (a few times smaller than full colour) and closes it."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  _pyplot().close(fig)
+  with Image.open(buffer) as image:
+    # Octree keeps flat colours (class colours, legend swatches) closer than median cut does.
+    image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(
+        path, optimize=True)
+
+
+def _draw_panel(ax, panel: Panel) -> None:
+  import matplotlib.patches  # pylint: disable=g-import-not-at-top
+  image = np.asarray(panel.image)
+  if image.ndim == 3:
+    im = ax.imshow(image, interpolation="nearest")
+  else:
+    vmin, vmax = panel.vmin, panel.vmax
+    if panel.symmetric:
+      vmax = float(np.percentile(np.abs(image), 99)) or float(np.max(np.abs(image))) or 1.0
+      vmin = -vmax
+    im = ax.imshow(image, cmap=panel.cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if panel.annotate:
+      for (i, j), v in np.ndenumerate(image):
+        r, g, b, _ = im.cmap(im.norm(v))
+        ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                color="white" if 0.3 * r + 0.6 * g + 0.1 * b < 0.5 else "black")
+  for top, left, height, width in panel.boxes:
+    # Pixel (i, j) covers [j - 0.5, j + 0.5] x [i - 0.5, i + 0.5] in imshow coordinates.
+    ax.add_patch(matplotlib.patches.Rectangle((left - 0.5, top - 0.5), width, height, fill=False,
+                                              edgecolor="yellow", linewidth=1.2))
+  ax.set_title(panel.title, fontsize=9)
+
+
+@dataclasses.dataclass(frozen=True)
+class Curves:
+  """One plot of a ``save_curve_panels`` grid: named ``(x, y)`` curves on shared axes.
+
+  ``xticklabels`` names the categories at x = 0, 1, ...; ``markers`` marks every point.
+  """
+  curves: Mapping[str, tuple[Any, Any]]
+  title: str = ""
+  xlabel: str = ""
+  ylabel: str = ""
+  xticklabels: Optional[Sequence[str]] = None
+  markers: bool = False
+
+
+def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, title: str = "",
+                      panel_inches: float = 3.2) -> None:
+  """Writes a PNG grid of line plots, ``ncols`` per row, each with its legend."""
+  if not panels:
+    raise ValueError(f"save_curve_panels({path!r}) got no Curves to draw")
+  plt = _pyplot()
+  nrows = -(-len(panels) // ncols)
+  ncols = min(ncols, len(panels))
+  fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                           figsize=(panel_inches * ncols, 0.8 * panel_inches * nrows + 0.4))
+  for ax in axes.flat[len(panels):]:
+    ax.set_visible(False)
+  for ax, panel in zip(axes.flat, panels):
+    for label, (x, y) in panel.curves.items():
+      ax.plot(x, y, marker="o" if panel.markers else None, markersize=4, label=label)
+    if panel.xticklabels is not None:
+      ax.set_xticks(range(len(panel.xticklabels)), panel.xticklabels, rotation=30, ha="right")
+    ax.set_title(panel.title, fontsize=10)
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  _save_quantized(fig, path)

@@ -1,0 +1,175 @@
+"""The course experiments: each entry point runs at toy size and rewrites only its README section;
+the helpers they share check what they promise."""
+
+import importlib
+import os
+import re
+import tempfile
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+from PIL import Image
+
+from experiments import common
+from tests.data import fixtures
+
+# The real Dubai tiles when this checkout has them, otherwise a synthetic scene.
+DATA_ROOT = fixtures.SHARED_DUBAI if os.path.isdir(fixtures.SHARED_DUBAI) else ""
+
+# (module, README section name, figures it writes, whether it reads images)
+EXPERIMENTS = (
+    ("experiments.convolution.run", "",
+     ("filters.png", "correlate_vs_convolve.png", "padding_stride.png", "dilation.png",
+      "filter_bank.png"), True),
+    ("experiments.pooling_and_arithmetic.run", "",
+     ("pooling.png", "transposed.png", "receptive_field.png"), True),
+    ("experiments.activations.run", "", ("activations.png", "softmax.png"), False),
+    ("experiments.augmentation.samples", "samples", ("samples.png",), True),
+)
+
+
+def _tempdir(test: absltest.TestCase) -> str:
+  return test.enterContext(tempfile.TemporaryDirectory())
+
+
+class ExperimentTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      (module.split(".")[1], module, section, figures, images)
+      for module, section, figures, images in EXPERIMENTS)
+  def test_toy_run_writes_its_figures_and_only_its_readme_section(self, module, section,
+                                                                     figures, images):
+    out = _tempdir(self)
+    begin, end = common.markers(section)
+    with open(os.path.join(out, "README.md"), "w") as f:
+      f.write(f"question\n\n{begin}\nstale table\n{end}\n\nreading\n")
+    argv = ["--toy", "--out", out] + (["--data_root", DATA_ROOT] if images else [])
+    importlib.import_module(module).main(argv)
+    with open(os.path.join(out, "README.md")) as f:
+      readme = f.read()
+    self.assertTrue(readme.startswith(f"question\n\n{begin}\n"), readme[:200])
+    self.assertTrue(readme.endswith(f"\n{end}\n\nreading\n"), readme[-200:])
+    self.assertNotIn("stale table", readme)
+    self.assertIn(f"`python -m {module} --toy`", readme)
+    self.assertCountEqual(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme), figures)
+    for name in figures:
+      with Image.open(os.path.join(out, name)) as image:
+        self.assertGreater(min(image.size), 100, name)
+
+  @parameterized.named_parameters(
+      (module.split(".")[1], module, section, figures)
+      for module, section, figures, _ in EXPERIMENTS)
+  def test_committed_readme_shows_its_committed_figures(self, module, section, figures):
+    folder = os.path.join(os.path.dirname(__file__), "..", *module.split(".")[:2])
+    with open(os.path.join(folder, "README.md")) as f:
+      readme = f.read()
+    begin, end = common.markers(section)
+    generated = readme.split(begin, 1)[1].split(end, 1)[0]
+    self.assertIn(f"`python -m {module}` in", generated)  # Made by the full command.
+    self.assertCountEqual(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", generated), figures)
+    for name in figures:
+      self.assertTrue(os.path.isfile(os.path.join(folder, name)), name)
+
+  def test_toy_needs_an_explicit_out_folder(self):
+    # The toy figures must never replace the committed ones.
+    with self.assertRaises(SystemExit):
+      common.parse_args("x", _tempdir(self), ["--toy"])
+
+  def test_missing_data_root_is_an_error_naming_it(self):
+    with self.assertRaisesRegex(ValueError, "no_such_folder"):
+      common.read_scene("/no_such_folder")
+
+  def test_synthetic_scene_without_data_root(self):
+    scene = common.read_scene("").crop(32)
+    self.assertEqual(scene.image.shape, (32, 32, 3))
+    self.assertEqual(scene.gray().shape, (32, 32))
+    self.assertIn("synthetic", scene.source)
+
+
+class EncoderLayersTest(absltest.TestCase):
+  """The receptive-field table reads the layer list from the model's own fields."""
+
+  def _model(self, **kwargs):
+    from seg_jax import models  # pylint: disable=g-import-not-at-top
+    return models.create("asym_unet", num_classes=2, widths=(8, 16, 32), encoder_blocks=(1, 2, 3),
+                         decoder_widths=(16, 8), decoder_blocks=(1, 1), **kwargs)
+
+  def test_stages_and_aspp_branches(self):
+    run = importlib.import_module("experiments.pooling_and_arithmetic.run")
+    stages, branches = run.encoder_layers(self._model(aspp_rates=(2, 5)))
+    self.assertEqual(stages, [("stage0", [(3, 1, 1)]),
+                              ("stage1", [(2, 2, 1), (3, 1, 1), (3, 1, 1)]),
+                              ("stage2", [(2, 2, 1), (3, 1, 1), (3, 1, 1), (3, 1, 1)])])
+    self.assertEqual(branches, [("ASPP rate 2", (3, 1, 2)), ("ASPP rate 5", (3, 1, 5))])
+
+  def test_no_branches_without_aspp(self):
+    run = importlib.import_module("experiments.pooling_and_arithmetic.run")
+    self.assertEqual(run.encoder_layers(self._model(use_aspp=False))[1], [])
+
+  def test_gradient_reaches_exactly_the_receptive_field(self):
+    run = importlib.import_module("experiments.pooling_and_arithmetic.run")
+    stack = [(3, 1, 1), (2, 2, 1), (3, 1, 1), (3, 1, 2)]  # Field 3, 4, 8, 16 pixels.
+    grad = run.gradient_map(stack, 32)
+    rows, cols = np.nonzero(grad.any(axis=1))[0], np.nonzero(grad.any(axis=0))[0]
+    self.assertEqual((np.ptp(rows) + 1, np.ptp(cols) + 1), (16, 16))
+
+
+class CheckShapeTest(absltest.TestCase):
+
+  def test_an_experiment_stops_when_an_array_disagrees_with_the_arithmetic(self):
+    run = importlib.import_module("experiments.convolution.run")
+    # Only the experiment's own call is wrong; correlate computes its padding elsewhere.
+    with mock.patch.object(run.layers, "conv_output_size", lambda *args: 1):
+      with self.assertRaisesRegex(AssertionError, "padding='valid' stride=1.*has shape"):
+        run.padding_and_stride(np.zeros((16, 16), np.float32), _tempdir(self), 3)
+
+  def test_returns_the_matching_shape(self):
+    self.assertEqual(common.check_shape("x", np.zeros((3, 4)), [3, 4]), (3, 4))
+
+  def test_mismatch_raises_with_both_shapes(self):
+    with self.assertRaisesRegex(AssertionError, r"conv.*\(3, 4\).*\(3, 5\)"):
+      common.check_shape("conv", np.zeros((3, 4)), (3, 5))
+
+
+class ReadmeSectionTest(absltest.TestCase):
+
+  def _write(self, folder, text):
+    with open(os.path.join(folder, "README.md"), "w") as f:
+      f.write(text)
+
+  def _read(self, folder):
+    with open(os.path.join(folder, "README.md")) as f:
+      return f.read()
+
+  def test_replaces_only_the_named_section(self):
+    folder = _tempdir(self)
+    self._write(folder, "a\n<!-- generated:begin -->\nold\n<!-- generated:end -->\nb\n"
+                        "<!-- generated:x:begin -->\nkeep\n<!-- generated:x:end -->\n")
+    common.write_readme_section(folder, "| new |")
+    self.assertEqual(self._read(folder),
+                     "a\n<!-- generated:begin -->\n| new |\n<!-- generated:end -->\nb\n"
+                     "<!-- generated:x:begin -->\nkeep\n<!-- generated:x:end -->\n")
+
+  def test_appends_the_section_to_a_readme_without_it(self):
+    folder = _tempdir(self)
+    self._write(folder, "text")
+    common.write_readme_section(folder, "new", name="x")
+    self.assertEqual(self._read(folder),
+                     "text\n<!-- generated:x:begin -->\nnew\n<!-- generated:x:end -->\n")
+
+  def test_one_marker_alone_is_an_error(self):
+    folder = _tempdir(self)
+    self._write(folder, "<!-- generated:begin -->\nold\n")
+    with self.assertRaisesRegex(ValueError, "lacks <!-- generated:end -->"):
+      common.write_readme_section(folder, "new")
+    self.assertEqual(self._read(folder), "<!-- generated:begin -->\nold\n")
+
+  def test_markdown_table_escapes_pipes(self):
+    self.assertEqual(common.markdown_table(["max |x|", "n"], [[1, 2]]),
+                     "| max \\|x\\| | n |\n|---|---|\n| 1 | 2 |")
+
+
+if __name__ == "__main__":
+  absltest.main()
