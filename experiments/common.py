@@ -20,12 +20,14 @@ import jax
 import numpy as np
 from PIL import Image
 
+from configs import dubai as dubai_config
 from seg_jax.data import dubai
+from seg_jax.data import palettes
 from seg_jax.data import preprocess
 from seg_jax.data import synthetic
 
-# The Dubai aerial tiles, relative to the repository root (as in configs/dubai.py).
-DUBAI_ROOT = "../shared/data/dubai_aerial"
+# The Dubai aerial tiles where configs/dubai.py finds them.
+DUBAI_ROOT = dubai_config.get_config().data.root
 # Highway interchange, warehouses and roads: strong edges in every direction.
 DUBAI_IMAGE = "tile1/image_part_009"
 # Side of the synthetic scene used when no data folder is given.
@@ -76,7 +78,9 @@ def read_scene(root: str, name: str = DUBAI_IMAGE) -> Scene:
   pairs = {p.name: p for p in dubai.find_pairs(root)}
   if name not in pairs:
     raise ValueError(f"{root} holds no image {name!r}; it has {sorted(pairs)[:3]}...")
-  image, label = dubai.read_pair(pairs[name])
+  data = dubai_config.get_config().data
+  image, label = dubai.read_pair(pairs[name], palettes.DUBAI_AERIAL, ignore_index=data.ignore_index,
+                                 max_unknown_fraction=data.max_unknown_fraction)
   return Scene(image, label, f"Dubai aerial {name} ({label.shape[0]}x{label.shape[1]})")
 
 
