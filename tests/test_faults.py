@@ -1,0 +1,169 @@
+"""Fault injection: `python -m seg_jax.main` killed at chosen points and rerun ends exactly like an
+uninterrupted run, logs each step once and leaves no temporary folder behind.
+
+Each test runs the real command in subprocesses on the tiny config of tests/train_testing.py
+(32x32 images, batch 2, 6 steps, evaluated and checkpointed after every step) with the
+persistent compilation cache, so a run takes a few seconds once compiled.
+"""
+
+import collections
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+import pytest
+
+from seg_jax import errors
+from seg_jax import writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+CACHE = os.path.join(REPO, ".jax_cache")
+# Evaluated (hence checkpointed) every step, periodic checkpoints every 4: the layout in which
+# the former separate best-checkpoint folder replayed into a step it had already saved.
+OVERRIDES = ("--config.train.num_steps=6", "--config.train.eval_every=1",
+             "--config.train.checkpoint_every=4", "--config.train.keep_checkpoints=2",
+             f"--config.train.compilation_cache_dir={CACHE}")
+
+
+def run_main(workdir, *flags, kill_at=None, signal_after_log=None, timeout=240):
+  """Runs the command; returns (exit code, stderr).
+
+  kill_at: (point, step) for tests/fault_points.py (SIGKILL at that exact point).
+  signal_after_log: (signal, step): sent by this process once "step N/" is logged.
+  """
+  args = ([sys.executable, os.path.join(TESTS, "fault_points.py"), kill_at[0],
+           str(kill_at[1])] if kill_at else [sys.executable, "-m", "seg_jax.main"])
+  args += [f"--config={os.path.join(TESTS, 'train_testing.py')}", f"--workdir={workdir}",
+           *OVERRIDES, *flags]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+  lines = []
+  try:
+    for line in proc.stderr:
+      lines.append(line)
+      if signal_after_log and f"step {signal_after_log[1]}/" in line:
+        proc.send_signal(signal_after_log[0])
+        signal_after_log = None
+    proc.wait(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return proc.returncode, "".join(lines)
+
+
+def _read_jsonl(workdir):
+  with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def _event_steps(workdir):
+  """Counter of (tag, step) over every TensorBoard event file of the workdir."""
+  counts = collections.Counter()
+  for path in glob.glob(os.path.join(workdir, writers.EVENT_FILES)):
+    for event in writers.read_events(path):
+      counts.update((v.tag, event.step) for v in event.summary.value)
+  return counts
+
+
+def _flat_numbers(record, prefix=""):
+  out = {}
+  for key, value in record.items():
+    if isinstance(value, dict):
+      out.update(_flat_numbers(value, f"{prefix}{key}."))
+    elif isinstance(value, (int, float)) or value is None:
+      out[prefix + key] = np.nan if value is None else value
+  return out
+
+
+class FaultInjectionTest(absltest.TestCase):
+  """Each test compares its workdir with one uninterrupted run of the same command."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.straight = tempfile.mkdtemp()
+    code, err = run_main(cls.straight)
+    assert code == 0, err[-3000:]
+    with open(os.path.join(cls.straight, "final_metrics.json")) as f:
+      cls.final = json.load(f)
+    cls.steps = [r["step"] for r in _read_jsonl(cls.straight)]
+    cls.events = _event_steps(cls.straight)
+
+  def new_workdir(self):
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    return workdir
+
+  def assertSameAsUninterrupted(self, workdir):
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+      final = json.load(f)
+    self.assertEqual(final["step"], self.final["step"])
+    expected, got = _flat_numbers(self.final), _flat_numbers(final)
+    self.assertEqual(sorted(got), sorted(expected))
+    np.testing.assert_allclose([got[k] for k in sorted(got)],
+                               [expected[k] for k in sorted(expected)], atol=1e-6, rtol=0)
+    self.assertEqual([r["step"] for r in _read_jsonl(workdir)], self.steps)
+    events = _event_steps(workdir)
+    self.assertEqual(set(events), set(self.events))
+    self.assertEqual(max(events.values()), 1, "a TensorBoard value was logged twice")
+    self.assertEqual(glob.glob(os.path.join(workdir, "**", "*orbax-checkpoint-tmp*"),
+                               recursive=True), [])
+    self.assertTrue(os.path.exists(os.path.join(workdir, "confusion_matrix.png")))
+
+  @pytest.mark.slow
+  def test_sigterm_exits_preempted_then_kill_after_a_logged_step(self):
+    workdir = self.new_workdir()
+    code, err = run_main(workdir, signal_after_log=(signal.SIGTERM, 1))
+    self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+    self.assertIn("preempted: checkpoint saved at step", err)
+    code, _ = run_main(workdir, signal_after_log=(signal.SIGKILL, 4))
+    self.assertEqual(code, -signal.SIGKILL)
+    code, err = run_main(workdir)
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertSameAsUninterrupted(workdir)
+
+  @pytest.mark.slow
+  def test_kill_during_evaluation_then_in_a_temporary_checkpoint(self):
+    workdir = self.new_workdir()
+    code, _ = run_main(workdir, kill_at=("evaluation", 3))
+    self.assertEqual(code, -signal.SIGKILL)
+    self.assertFalse(os.path.exists(os.path.join(workdir, "checkpoints", "3")))
+    code, _ = run_main(workdir, kill_at=("temporary", 5))
+    self.assertEqual(code, -signal.SIGKILL)
+    self.assertNotEmpty(glob.glob(os.path.join(workdir, "checkpoints", "5.orbax-checkpoint-tmp*")))
+    code, err = run_main(workdir)
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertIn("resumed from step 4", err)
+    self.assertSameAsUninterrupted(workdir)
+
+  @pytest.mark.slow
+  def test_kill_after_last_checkpoint_and_deleted_final_metrics(self):
+    workdir = self.new_workdir()
+    code, _ = run_main(workdir, kill_at=("checkpoint", 6))
+    self.assertEqual(code, -signal.SIGKILL)
+    self.assertFalse(os.path.exists(os.path.join(workdir, "final_metrics.json")))
+    code, err = run_main(workdir)
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertSameAsUninterrupted(workdir)
+    os.remove(os.path.join(workdir, "final_metrics.json"))
+    code, err = run_main(workdir)
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertSameAsUninterrupted(workdir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.straight, ignore_errors=True)
+    super().tearDownClass()
+
+
+if __name__ == "__main__":
+  absltest.main()
