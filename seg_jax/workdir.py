@@ -115,10 +115,9 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
   allowed = EVAL_FIELDS if config.train.mode == "eval" else RESUMABLE_FIELDS
   diff = differences(stored, config, allowed)
   if diff:
-    shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diff[:8])
-    more = f" and {len(diff) - 8} more" if len(diff) > 8 else ""
+    shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diff)
     raise errors.WorkdirError(
-        f"{workdir} holds a run with another config ({path}): {shown}{more}. Rerun with the "
+        f"{workdir} holds a run with another config ({path}): {shown}. Rerun with the "
         "stored values or use a new --workdir (a rerun may change only "
         f"{', '.join(allowed)})")
   return True

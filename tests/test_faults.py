@@ -7,11 +7,14 @@ persistent compilation cache, so a run takes a few seconds once compiled.
 """
 
 import collections
+import concurrent.futures
 import glob
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,31 +36,59 @@ OVERRIDES = ("--config.train.num_steps=6", "--config.train.eval_every=1",
              f"--config.train.compilation_cache_dir={CACHE}")
 
 
-def run_main(workdir, *flags, kill_at=None, signal_after_log=None, timeout=240):
-  """Runs the command; returns (exit code, stderr).
-
-  kill_at: (point, step) for tests/fault_points.py (SIGKILL at that exact point).
-  signal_after_log: (signal, step): sent by this process once "step N/" is logged.
-  """
+def _start(workdir, *flags, kill_at=None):
+  """Starts the command (under tests/fault_points.py if `kill_at` is (point, step))."""
   args = ([sys.executable, os.path.join(TESTS, "fault_points.py"), kill_at[0],
            str(kill_at[1])] if kill_at else [sys.executable, "-m", "seg_jax.main"])
   args += [f"--config={os.path.join(TESTS, 'train_testing.py')}", f"--workdir={workdir}",
            *OVERRIDES, *flags]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
              JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, signal_after_log=None, target=None, timeout=240):
+  """Reads the stderr of `proc` to its end; returns (exit code, stderr).
+
+  signal_after_log: (signal, step): sent to `target` (default `proc`) once `proc` logs
+  "step N/".
+  """
   lines = []
   try:
     for line in proc.stderr:
       lines.append(line)
       if signal_after_log and f"step {signal_after_log[1]}/" in line:
-        proc.send_signal(signal_after_log[0])
+        (target or proc).send_signal(signal_after_log[0])
         signal_after_log = None
     proc.wait(timeout=timeout)
   finally:
     if proc.poll() is None:
       proc.kill()
   return proc.returncode, "".join(lines)
+
+
+def run_main(workdir, *flags, kill_at=None, signal_after_log=None):
+  """Runs the command; returns (exit code, stderr). See `_start` and `_finish`."""
+  return _finish(_start(workdir, *flags, kill_at=kill_at), signal_after_log)
+
+
+def run_two_processes(workdir, port, signal_after_log=None):
+  """Runs the command as 2 processes x 1 CPU device; returns [(exit code, stderr)] of each.
+
+  signal_after_log: (signal, step) sent to process 1 only, once process 0 logs "step N/".
+  """
+  procs = [_start(workdir, "--distributed", f"--coordinator_address=localhost:{port}",
+                  "--num_processes=2", f"--process_id={i}") for i in range(2)]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    first = pool.submit(_finish, procs[0], signal_after_log, procs[1])
+    second = pool.submit(_finish, procs[1])
+    return [first.result(), second.result()]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def _read_jsonl(workdir):
@@ -157,6 +188,25 @@ class FaultInjectionTest(absltest.TestCase):
     os.remove(os.path.join(workdir, "final_metrics.json"))
     code, err = run_main(workdir)
     self.assertEqual(code, 0, err[-3000:])
+    self.assertSameAsUninterrupted(workdir)
+
+  @pytest.mark.slow
+  def test_two_processes_save_the_same_step_when_one_gets_sigterm(self):
+    workdir = self.new_workdir()
+    results = run_two_processes(workdir, _free_port(), signal_after_log=(signal.SIGTERM, 1))
+    steps = []
+    for code, err in results:
+      self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+      steps += re.findall(r"preempted: checkpoint saved at step (\d+)", err)
+    self.assertLen(steps, 2)
+    self.assertEqual(steps[0], steps[1])
+    saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    self.assertEqual(max(saved), int(steps[0]))
+    self.assertLess(max(saved), 6)
+    results = run_two_processes(workdir, _free_port())
+    for code, err in results:
+      self.assertEqual(code, 0, err[-3000:])
+      self.assertIn(f"resumed from step {steps[0]}", err)
     self.assertSameAsUninterrupted(workdir)
 
   @classmethod
