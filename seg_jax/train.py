@@ -387,31 +387,28 @@ def _format_duration(seconds: float) -> str:
 
 
 class _StepMetrics:
-  """Per-step train metrics still on the device, checked for NaN/Inf as soon as they arrive.
+  """Per-step train metrics still on the device, checked for NaN/Inf a fixed lag behind.
 
-  Each step's metrics start an asynchronous copy to the host; after every step the ones already
-  copied are checked without waiting, and the loop never runs more than `max_unchecked` steps
-  ahead of the last checked one (it then waits for the oldest, while the device still has
-  queued work). A non-finite loss therefore stops the run within a few steps of where it
-  happened, and the error names that step.
+  Each step's metrics start an asynchronous copy to the host, and after step N the metrics of
+  step N - `lag` are checked: the host waits only for a step that finished while later ones
+  keep the device busy, so the check costs no device time. A non-finite loss stops the run
+  `lag` steps after it happened (on every process at the same step), naming that step.
   """
 
-  def __init__(self, describe_stop: Callable[[int, int, dict[str, float]], str],
-               max_unchecked: int = 2):
+  def __init__(self, describe_stop: Callable[[int, int, dict[str, float]], str], lag: int = 2):
     self._describe_stop = describe_stop
-    self._max_unchecked = max_unchecked
+    self._lag = lag
     self._unchecked: collections.deque = collections.deque()
     self._checked: list[tuple[int, dict[str, float]]] = []
     self._step = 0
 
   def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
-    """Queues the metrics of `step` and checks every earlier step whose values have arrived."""
+    """Queues the metrics of `step` and checks those of step - lag."""
     for value in metrics.values():
       value.copy_to_host_async()
     self._unchecked.append((step, metrics))
     self._step = step
-    while self._unchecked and (len(self._unchecked) > self._max_unchecked or all(
-        v.is_ready() for v in self._unchecked[0][1].values())):
+    while len(self._unchecked) > self._lag:
       self._check_oldest()
 
   def _check_oldest(self) -> None:

@@ -134,6 +134,13 @@ class FaultInjectionTest(absltest.TestCase):
     self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
     return workdir
 
+  def rerun_to_the_end(self, workdir):
+    """Reruns the plain command; it must finish like the uninterrupted run. Returns stderr."""
+    code, err = run_main(workdir)
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertSameAsUninterrupted(workdir)
+    return err
+
   def assertSameAsUninterrupted(self, workdir):
     with open(os.path.join(workdir, "final_metrics.json")) as f:
       final = json.load(f)
@@ -158,9 +165,7 @@ class FaultInjectionTest(absltest.TestCase):
     self.assertIn("preempted: checkpoint saved at step", err)
     code, _ = run_main(workdir, signal_after_log=(signal.SIGKILL, 4))
     self.assertEqual(code, -signal.SIGKILL)
-    code, err = run_main(workdir)
-    self.assertEqual(code, 0, err[-3000:])
-    self.assertSameAsUninterrupted(workdir)
+    self.rerun_to_the_end(workdir)
 
   @pytest.mark.slow
   def test_kill_during_evaluation_then_in_a_temporary_checkpoint(self):
@@ -171,10 +176,7 @@ class FaultInjectionTest(absltest.TestCase):
     code, _ = run_main(workdir, kill_at=("temporary", 5))
     self.assertEqual(code, -signal.SIGKILL)
     self.assertNotEmpty(glob.glob(os.path.join(workdir, "checkpoints", "5.orbax-checkpoint-tmp*")))
-    code, err = run_main(workdir)
-    self.assertEqual(code, 0, err[-3000:])
-    self.assertIn("resumed from step 4", err)
-    self.assertSameAsUninterrupted(workdir)
+    self.assertIn("resumed from step 4", self.rerun_to_the_end(workdir))
 
   @pytest.mark.slow
   def test_kill_after_last_checkpoint_and_deleted_final_metrics(self):
@@ -182,13 +184,9 @@ class FaultInjectionTest(absltest.TestCase):
     code, _ = run_main(workdir, kill_at=("checkpoint", 6))
     self.assertEqual(code, -signal.SIGKILL)
     self.assertFalse(os.path.exists(os.path.join(workdir, "final_metrics.json")))
-    code, err = run_main(workdir)
-    self.assertEqual(code, 0, err[-3000:])
-    self.assertSameAsUninterrupted(workdir)
+    self.rerun_to_the_end(workdir)
     os.remove(os.path.join(workdir, "final_metrics.json"))
-    code, err = run_main(workdir)
-    self.assertEqual(code, 0, err[-3000:])
-    self.assertSameAsUninterrupted(workdir)
+    self.rerun_to_the_end(workdir)
 
   @pytest.mark.slow
   def test_two_processes_save_the_same_step_when_one_gets_sigterm(self):
