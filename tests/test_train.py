@@ -24,6 +24,7 @@ from seg_jax import models
 from seg_jax import optim
 from seg_jax import train
 from seg_jax import viz
+from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 
 from tests.train_testing import REPO, TINY_KWARGS, default_config, tiny_config, tiny_dataset  # pylint: disable=g-multiple-import
@@ -257,6 +258,23 @@ class LoopTest(absltest.TestCase):
         errors.WorkdirError, r"another config .*optim.learning_rate: 0.003 -> 0.01"):
       train.train_and_evaluate(tiny_config(**{"optim.learning_rate": 0.01}), straight, dataset)
     self.assertEqual(_snapshot(straight), before)
+
+  def test_larger_num_steps_extends_a_finished_run(self):
+    constant = {"optim.schedule": "constant"}  # the same schedule whatever num_steps is
+    straight = train.train_and_evaluate(tiny_config(**constant), tempfile.mkdtemp(),
+                                        tiny_dataset())
+    workdir = tempfile.mkdtemp()
+    train.train_and_evaluate(tiny_config(**constant, **{"train.num_steps": 2}), workdir,
+                             tiny_dataset())
+    extended = train.train_and_evaluate(tiny_config(**constant), workdir, tiny_dataset())
+    self.assertEqual(extended, straight)
+    self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
+                     [2, 4])
+    self.assertEqual(workdir_lib.load_config(workdir).train.num_steps, 4)
+    with self.assertRaisesRegex(errors.WorkdirError, "trained to step 4, past "
+                                "train.num_steps=2; pass --config.train.num_steps=4 or more"):
+      train.train_and_evaluate(tiny_config(**constant, **{"train.num_steps": 2}), workdir,
+                               tiny_dataset())
 
   def test_resume_skips_a_corrupt_latest_checkpoint(self):
     dataset = tiny_dataset()
