@@ -472,6 +472,7 @@ class _RunLog:
     self.writer.scalars(step, {"train/loss": loss, "train/lr": lr,
                                "train/grad_norm": logged[-1][1]["grad_norm"],
                                "train/images_per_second": rate * c.global_batch_size})
+    self.writer.flush()  # TensorBoard shows the run as it goes
     logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  ETA %s", step, c.num_steps, loss,
                  lr, rate * c.global_batch_size,
                  _format_duration((c.num_steps - step) / max(rate, 1e-9)))
