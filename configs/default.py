@@ -115,7 +115,9 @@ def get_config() -> ml_collections.ConfigDict:
   o.name = "adamw"  # adamw | adam | sgd | lamb | lion | rmsprop.
   o.learning_rate = 3e-3  # Peak learning rate.
   o.schedule = "warmup_cosine"  # warmup_cosine | poly | constant (each after linear warmup).
-  o.warmup_steps = 40  # Warmup length in optimizer updates.
+  # Warmup length in optimizer updates; a run not longer than it (a smoke test with a small
+  # train.num_steps) warms up over half the run instead, with a warning.
+  o.warmup_steps = 40
   o.end_lr_factor = 0.01  # Final learning rate as a fraction of the peak (cosine, poly).
   o.poly_power = 0.9  # Exponent of the poly schedule.
   o.weight_decay = 1e-4  # Applied to kernels only (not biases or norm parameters).
@@ -131,18 +133,26 @@ def get_config() -> ml_collections.ConfigDict:
   o.backbone_modules = ("backbone", "encoder")  # Submodule names treated as the backbone.
 
   config.train = t = ml_collections.ConfigDict()
-  t.mode = "train"  # "train" (resumes from the workdir) or "eval" (evaluate a checkpoint).
+  # "train" (resumes from the workdir) or "eval" (evaluate a checkpoint). A rerun in a workdir
+  # must use its stored config.json; only fields in seg_jax.workdir.RESUMABLE_FIELDS (train
+  # mode) or EVAL_FIELDS (eval mode) may differ, e.g. a larger num_steps extends a run.
+  t.mode = "train"
   t.num_steps = 800  # Training steps (each one global batch).
   t.global_batch_size = 8  # Summed over all devices and hosts; divisible by the device count.
   t.log_every = 50  # Steps between console / TensorBoard training logs.
   t.eval_every = 200  # Steps between validation runs (also at the last step).
   t.checkpoint_every = 200  # Steps between periodic checkpoints (also at the last step).
-  t.keep_checkpoints = 2  # Periodic checkpoints kept (the best-mIoU one is kept separately).
+  # Latest checkpoints kept, besides the best-mIoU one. Checkpoints are also saved at every
+  # evaluation (so the best is restorable) and on preemption.
+  t.keep_checkpoints = 2
   t.compilation_cache_dir = ""  # Persistent XLA compilation cache folder ("" = off).
 
   config.eval = e = ml_collections.ConfigDict()
   e.split = "val"  # Split evaluated during training and by mode = "eval": "val" or "test".
   e.global_batch_size = 8  # Evaluation batch (the last partial batch is padded and masked).
   e.checkpoint = "best"  # mode = "eval" restores "best" (val mIoU) or "latest".
+  # Folder of mode = "eval" outputs ("" = the workdir); the workdir is only read, so it may be
+  # read-only.
+  e.output_dir = ""
   e.num_images = 4  # Prediction images written to TensorBoard per evaluation.
   return config

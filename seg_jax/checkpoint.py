@@ -1,75 +1,239 @@
-"""Orbax checkpoints of a training run: periodic saves for resuming plus the best by val mIoU.
+"""Orbax checkpoints of a run: one folder per saved step, each complete on its own.
 
-Layout in the workdir: `checkpoints/<step>/` (the last `keep` periodic saves: train state and
-input-pipeline state) and `best/<step>/` (the train state with the highest validation mIoU).
+`<workdir>/checkpoints/<step>/state` holds the train state and `<step>/run` a JSON record: the
+input-pipeline position, a fingerprint of the state's bits and, when the step was evaluated, the
+validation mIoU. The latest `keep` checkpoints and the one with the highest mIoU are kept, so
+"latest" and "best" are two views of one set of checkpoints and cannot disagree.
+
+Restoring walks back past a checkpoint that cannot be read (a truncated or garbled array file, a
+missing or garbled metadata file, bits that do not match their fingerprint) to the newest intact
+one, and logs which it skipped and why. When resuming, a skipped checkpoint newer than the one
+restored is moved to `<workdir>/checkpoints_unreadable/` so that its step can be saved again.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
 import os
-from typing import Any
+import shutil
+from typing import Any, NamedTuple
 
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from seg_jax import errors
+
+CHECKPOINTS = "checkpoints"
+UNREADABLE = "checkpoints_unreadable"
+WHICH = ("best", "latest")
+
+
+class Restored(NamedTuple):
+  """A restored checkpoint: train state, its step and its input-pipeline position."""
+
+  state: Any
+  step: int
+  pipeline: dict[str, Any]
+
+
+class _Unreadable(Exception):
+  """A checkpoint whose files cannot be turned back into the saved state."""
+
+
+@jax.jit
+def _fingerprint(tree: Any) -> list[jax.Array]:
+  """One uint32 per leaf: a position-weighted, wrapping sum of the leaf's bits."""
+  out = []
+  for leaf in jax.tree.leaves(tree):
+    bits = leaf.reshape(-1)
+    bits = jax.lax.bitcast_convert_type(bits, jnp.dtype(f"uint{8 * bits.dtype.itemsize}"))
+    bits = bits.astype(jnp.uint32)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
+    out.append(jnp.sum(bits * weights, dtype=jnp.uint32))
+  return out
+
+
+def fingerprint(state: Any) -> str:
+  """Hex digest of the bits of every array in `state` (equal bits give equal fingerprints)."""
+  leaves = np.asarray(jax.device_get(_fingerprint(state)), np.uint32)
+  return hashlib.sha256(leaves.tobytes()).hexdigest()
+
+
+def _reason(exc: BaseException) -> str:
+  """The first line of an exception's message, short enough for a log line."""
+  lines = str(exc).strip().splitlines()
+  text = lines[0] if lines else ""
+  text = text if len(text) <= 160 else text[:157] + "..."
+  return f"{type(exc).__name__}: {text}" if not isinstance(exc, _Unreadable) else text
 
 
 class Checkpointer:
-  """Saves and restores train state (and input-pipeline state) under a workdir."""
+  """Saves, keeps and restores the checkpoints of one workdir.
 
-  def __init__(self, workdir: str, keep: int = 2):
-    """Opens (creating if needed) `workdir/checkpoints` and `workdir/best`."""
+  With `read_only=True` nothing is created, moved or deleted (eval-only runs and inference on a
+  run folder that may be read-only).
+  """
+
+  def __init__(self, workdir: str, keep: int = 2, *, read_only: bool = False):
     if keep < 1:
-      raise ValueError(f"keep must be >= 1, got {keep}")
-    workdir = os.path.abspath(workdir)
-    self.latest = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-        item_names=("state", "pipeline"))
-    self.best = ocp.CheckpointManager(
-        os.path.join(workdir, "best"),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m["miou"], best_mode="max"),
-        item_names=("state",))
-
-  def save(self, step: int, state: Any, pipeline_state: dict) -> None:
-    """Periodic save of the train state and the input-pipeline state after `step` steps."""
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), pipeline=ocp.args.JsonSave(pipeline_state)),
-                     force=True)
-
-  def save_best(self, step: int, state: Any, miou: float) -> None:
-    """Offers the state for keep-best; only the highest `miou` so far is kept."""
-    if math.isnan(miou):
+      raise errors.ConfigError(f"train.keep_checkpoints must be >= 1, got {keep}")
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, CHECKPOINTS)
+    self.keep = keep
+    self.read_only = read_only
+    self._manager = None
+    self._miou: dict[int, float | None] = {}  # known mIoU of saved steps (None: not evaluated)
+    if read_only and not os.path.isdir(self.directory):
       return
-    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                   metrics={"miou": float(miou)}, force=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only),
+        item_names=("state", "run"))
 
-  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict] | None:
-    """(state, pipeline state) of the newest periodic checkpoint, or None if there is none.
+  def steps(self) -> list[int]:
+    """Saved steps, oldest first."""
+    return sorted(self._manager.all_steps()) if self._manager is not None else []
+
+  def save(self, step: int, state: Any, pipeline_state: dict[str, Any],
+           miou: float | None = None) -> None:
+    """Saves the state after `step` steps (asynchronously), then drops checkpoints not kept.
+
+    `miou` is the evaluation score of this very state, or None when the step was not evaluated.
+    """
+    miou = None if miou is None or miou != miou else float(miou)  # NaN: nothing was scored
+    record = {"pipeline": pipeline_state, "fingerprint": fingerprint(state), "miou": miou}
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), run=ocp.args.JsonSave(record)))
+    self._miou[step] = miou
+    kept = self._kept(self.steps() + [step])
+    for old in self.steps():
+      if old not in kept:
+        self._manager.delete(old)
+        self._miou.pop(old, None)
+
+  def _kept(self, steps: list[int]) -> set[int]:
+    """The latest `keep` steps and the best-mIoU one."""
+    steps = sorted(set(steps))
+    return set(steps[-self.keep:]) | set(self._ranked(steps)[-1:])
+
+  def _ranked(self, steps: list[int]) -> list[int]:
+    """The evaluated ones of `steps`, best last (of equal scores the earliest counts as best)."""
+    return sorted((s for s in steps if self._score(s) is not None),
+                  key=lambda s: (self._score(s), -s))
+
+  def _score(self, step: int) -> float | None:
+    """The mIoU saved with `step` (read once from its record), None if unscored or unreadable."""
+    if step not in self._miou:
+      try:
+        self._miou[step] = self._read_record(step)["miou"]
+      except Exception:  # pylint: disable=broad-except
+        self._miou[step] = None  # an unreadable record is never the best
+    return self._miou[step]
+
+  def _read_record(self, step: int) -> dict[str, Any]:
+    return self._manager.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore())).run
+
+  def _restore_step(self, step: int, abstract_state: Any) -> Restored:
+    """Restores one step into `abstract_state`; raises _Unreadable with the reason."""
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), run=ocp.args.JsonRestore()))
+      record = restored.run
+      saved = record["fingerprint"]
+    except Exception as e:  # any unreadable part makes the whole checkpoint unusable
+      raise _Unreadable(_reason(e)) from e
+    if fingerprint(restored.state) != saved:
+      raise _Unreadable("the restored arrays do not match the fingerprint saved with them "
+                        "(a garbled array file)")
+    return Restored(restored.state, step, record["pipeline"])
+
+  def _first_intact(self, candidates: list[int], abstract_state: Any, what: str
+                    ) -> tuple[Restored, list[int]]:
+    """The first of `candidates` that restores, and those skipped before it."""
+    skipped = []
+    for step in candidates:
+      try:
+        restored = self._restore_step(step, abstract_state)
+      except _Unreadable as e:
+        logging.warning("checkpoint %d in %s is unreadable, skipped: %s", step, self.directory,
+                        e)
+        skipped.append((step, str(e)))
+        continue
+      if skipped:
+        logging.warning("%s checkpoint: step %d (newer unreadable ones skipped: %s)", what,
+                        step, ", ".join(str(s) for s, _ in skipped))
+      return restored, [s for s, _ in skipped]
+    reasons = "; ".join(f"step {s}: {r}" for s, r in skipped)
+    raise errors.WorkdirError(
+        f"no readable checkpoint in {self.directory} ({reasons}); move the workdir away to "
+        "start afresh, or restore its files from a backup")
+
+  def restore_latest(self, abstract_state: Any) -> Restored | None:
+    """The newest intact checkpoint (for resuming), or None if there is none.
 
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (with shardings) shaped like the
-    state; restoring into it keeps optax NamedTuples and places arrays on the mesh.
+    state; restoring into it keeps optax NamedTuples and places arrays on the mesh. Unless read
+    only, skipped newer checkpoints are moved to `<workdir>/checkpoints_unreadable/`.
     """
-    step = self.latest.latest_step()
-    if step is None:
+    steps = self.steps()
+    if not steps:
       return None
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), pipeline=ocp.args.JsonRestore()))
-    return restored.state, restored.pipeline
+    restored, skipped = self._first_intact(steps[::-1], abstract_state, "resuming from")
+    if skipped and not self.read_only:
+      self._set_aside(skipped)
+    return restored
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves the given step folders to `<workdir>/checkpoints_unreadable/` (process 0)."""
+    if jax.process_index() == 0:
+      target_root = os.path.join(self.workdir, UNREADABLE)
+      os.makedirs(target_root, exist_ok=True)
+      for step in steps:
+        target = os.path.join(target_root, str(step))
+        suffix = 1
+        while os.path.exists(target):
+          target = os.path.join(target_root, f"{step}.{suffix}")
+          suffix += 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        logging.warning("moved unreadable checkpoint %d to %s", step, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("seg_jax: unreadable checkpoints set aside")
+    self._manager.reload()
+    for step in steps:
+      self._miou.pop(step, None)
 
   def restore_state(self, abstract_state: Any, which: str = "best") -> tuple[Any, int]:
-    """(state, step) of the "best" or "latest" checkpoint; ValueError if there is none."""
-    if which not in ("best", "latest"):
-      raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-    manager = self.best if which == "best" else self.latest
-    step = manager.best_step() if which == "best" else manager.latest_step()
-    if step is None:
-      raise ValueError(f"no {which!r} checkpoint under {manager.directory}")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
-    return restored.state, step
+    """(state, step) of the "best" (highest val mIoU) or "latest" intact checkpoint.
+
+    Never creates, moves or deletes anything. Raises WorkdirError if there is none.
+    """
+    if which not in WHICH:
+      raise errors.ConfigError(f"eval.checkpoint must be one of {WHICH}, got {which!r}")
+    steps = self._ranked(self.steps()) if which == "best" else self.steps()
+    if not steps:
+      raise errors.WorkdirError(
+          f"no {which!r} checkpoint in {self.directory}: train in this workdir first"
+          + (" (no checkpoint has been evaluated yet; eval.checkpoint='latest' takes the "
+             "newest)" if which == "best" and self.steps() else ""))
+    restored, _ = self._first_intact(steps[::-1], abstract_state, f"{which}")
+    return restored.state, restored.step
+
+  def best_step(self) -> int | None:
+    """The step with the highest saved mIoU, or None if no checkpoint has been evaluated."""
+    ranked = self._ranked(self.steps())
+    return ranked[-1] if ranked else None
+
+  def wait(self) -> None:
+    """Blocks until the last save is committed (its folder renamed from temporary)."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves and releases the managers."""
-    self.latest.close()
-    self.best.close()
+    """Waits for pending saves and releases the manager."""
+    if self._manager is not None:
+      self._manager.close()

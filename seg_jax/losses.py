@@ -10,6 +10,8 @@ Every loss is finite when the mask is empty (it returns 0) and when a class is a
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -47,6 +49,36 @@ def _prepare(logits, labels, mask):
   return logits.astype(jnp.float32), labels, mask
 
 
+def weighted_mean(total: jax.Array, weight: jax.Array) -> jax.Array:
+  """total / weight, and 0 when nothing is weighted (an all-ignored batch)."""
+  return total / jnp.maximum(weight, _EPS)
+
+
+def _pixel_weights(mask, labels, class_weights, num_classes):
+  """Per-pixel weights: the mask, times the class weight of each pixel's label if given."""
+  if class_weights is None:
+    return mask
+  class_weights = jnp.asarray(class_weights, jnp.float32)
+  if class_weights.shape != (num_classes,):
+    raise ValueError(f"class_weights has shape {class_weights.shape}, expected ({num_classes},)")
+  return mask * class_weights[labels]
+
+
+def cross_entropy_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, *,
+                       class_weights: Sequence[float] | jax.Array | None = None,
+                       label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Cross-entropy's additive parts: (sum of w * nll, sum of w) over the mask, w = w[label]."""
+  logits, labels, mask = _prepare(logits, labels, mask)
+  num_classes = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+  nll = -jnp.sum(targets * log_probs, axis=-1)
+  weights = _pixel_weights(mask, labels, class_weights, num_classes)
+  return jnp.sum(weights * nll), jnp.sum(weights)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, *,
                   class_weights: Sequence[float] | jax.Array | None = None,
                   label_smoothing: float = 0.0) -> jax.Array:
@@ -55,37 +87,37 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None =
   With class weights the mean is weighted: sum(w[y] * nll) / sum(w[y]) (as in PyTorch).
   Label smoothing mixes the one-hot target with the uniform distribution over classes.
   """
+  return weighted_mean(*cross_entropy_sums(logits, labels, mask, class_weights=class_weights,
+                                           label_smoothing=label_smoothing))
+
+
+def focal_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, *,
+               gamma: float = 2.0, class_weights: Sequence[float] | jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+  """Focal loss's additive parts: (sum of w * focal term, sum of w) over the mask."""
   logits, labels, mask = _prepare(logits, labels, mask)
-  num_classes = logits.shape[-1]
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  if label_smoothing:
-    targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
-  nll = -jnp.sum(targets * log_probs, axis=-1)
-  weights = mask
-  if class_weights is not None:
-    class_weights = jnp.asarray(class_weights, jnp.float32)
-    if class_weights.shape != (num_classes,):
-      raise ValueError(f"class_weights has shape {class_weights.shape}, expected ({num_classes},)")
-    weights = weights * class_weights[labels]
-  return jnp.sum(weights * nll) / jnp.maximum(jnp.sum(weights), _EPS)
+  log_pt = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  loss = -((1.0 - jnp.exp(log_pt)) ** gamma) * log_pt
+  weights = _pixel_weights(mask, labels, class_weights, logits.shape[-1])
+  return jnp.sum(weights * loss), jnp.sum(weights)
 
 
 def focal(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, *,
           gamma: float = 2.0, class_weights: Sequence[float] | jax.Array | None = None
           ) -> jax.Array:
-  """Focal loss -(1 - p_t)^gamma log p_t averaged over the mask (alpha given as class weights)."""
-  logits, labels, mask = _prepare(logits, labels, mask)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  log_pt = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-  loss = -((1.0 - jnp.exp(log_pt)) ** gamma) * log_pt
-  if class_weights is not None:
-    loss = loss * jnp.asarray(class_weights, jnp.float32)[labels]
-  return jnp.sum(mask * loss) / jnp.maximum(jnp.sum(mask), _EPS)
+  """Focal loss -(1 - p_t)^gamma log p_t averaged over the mask.
+
+  Class weights (alpha) weight the mean as in `cross_entropy`, sum(w[y] * l) / sum(w[y]), so
+  gamma = 0 gives cross-entropy with or without weights.
+  """
+  return weighted_mean(*focal_sums(logits, labels, mask, gamma=gamma,
+                                   class_weights=class_weights))
 
 
-def _soft_counts(logits, labels, mask):
-  """Per-class soft true positives, false positives and false negatives summed over the batch."""
+def soft_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-class soft true positives, false positives and false negatives summed over the mask."""
   logits, labels, mask = _prepare(logits, labels, mask)
   probs = jax.nn.softmax(logits, axis=-1) * mask[..., None]
   targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32) * mask[..., None]
@@ -93,14 +125,16 @@ def _soft_counts(logits, labels, mask):
   tp = jnp.sum(probs * targets, axis=axes)
   fp = jnp.sum(probs, axis=axes) - tp
   fn = jnp.sum(targets, axis=axes) - tp
-  present = jnp.sum(targets, axis=axes) > 0
-  return tp, fp, fn, present
+  return tp, fp, fn
 
 
-def _mean_over_present(scores, present):
-  """1 - mean score over classes present in the labels; 0 when none is present."""
+def tversky_from_counts(tp: jax.Array, fp: jax.Array, fn: jax.Array, *, alpha: float = 0.5,
+                        beta: float = 0.5, smooth: float = 0.0) -> jax.Array:
+  """1 - mean Tversky index over the classes present (tp + fn > 0); 0 when none is."""
+  index = (tp + smooth) / jnp.maximum(tp + alpha * fp + beta * fn + smooth, _EPS)
+  present = (tp + fn) > 0
   count = jnp.sum(present)
-  mean = jnp.sum(jnp.where(present, scores, 0.0)) / jnp.maximum(count, 1)
+  mean = jnp.sum(jnp.where(present, index, 0.0)) / jnp.maximum(count, 1)
   return jnp.where(count > 0, 1.0 - mean, 0.0)
 
 
@@ -111,9 +145,8 @@ def tversky(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
   Per-class counts are summed over the whole batch; classes absent from the labels (in the mask)
   are left out of the mean, so an absent class neither helps nor hurts.
   """
-  tp, fp, fn, present = _soft_counts(logits, labels, mask)
-  index = (tp + smooth) / jnp.maximum(tp + alpha * fp + beta * fn + smooth, _EPS)
-  return _mean_over_present(index, present)
+  return tversky_from_counts(*soft_counts(logits, labels, mask), alpha=alpha, beta=beta,
+                             smooth=smooth)
 
 
 def dice(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, *,
@@ -153,36 +186,54 @@ def class_weights_from_counts(counts: Sequence[int] | np.ndarray, method: str) -
   return np.where(present, weights, 0.0).astype(np.float32)
 
 
-def make_loss(loss_config, class_weights: np.ndarray | None = None) -> LossFn:
-  """Weighted sum of the losses named in `loss_config` as one `(logits, labels, mask)` function.
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A weighted sum of loss terms, each split into additive sums and a reduction of them.
+
+  `loss(logits, labels, mask)` is the loss of one batch. Over many batches (an evaluation
+  split), add up `loss.sums(...)` of every batch and call `loss.reduce` once: that equals the
+  loss of one batch holding every pixel, which a mean of batch losses is not (class-weighted
+  cross-entropy divides by a sum of weights, Dice by per-class sums).
+  """
+
+  terms: tuple[tuple[float, Callable[..., tuple], Callable[..., jax.Array]], ...]
+
+  def sums(self, logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> tuple:
+    """Each term's additive parts for one batch (a pytree of arrays)."""
+    return tuple(sums(logits, labels, mask) for _, sums, _ in self.terms)
+
+  def reduce(self, sums: tuple) -> jax.Array:
+    """The loss from the `sums` of one or many batches added up."""
+    return sum(weight * reduce(*s) for (weight, _, reduce), s in zip(self.terms, sums))
+
+  def __call__(self, logits: jax.Array, labels: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return self.reduce(self.sums(logits, labels, mask))
+
+
+def make_loss(loss_config, class_weights: np.ndarray | None = None) -> Loss:
+  """Weighted sum of the losses named in `loss_config`, callable as `(logits, labels, mask)`.
 
   Args:
     loss_config: the config's `loss` group (`*_weight` fields, `label_smoothing`, `focal_gamma`,
       `tversky_alpha`, `tversky_beta`, `smooth`).
     class_weights: (C,) weights for cross-entropy and focal, or None.
   """
-  terms = []
+  c = loss_config
   cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
-  if loss_config.ce_weight:
-    terms.append((loss_config.ce_weight, lambda lg, lb, m: cross_entropy(
-        lg, lb, m, class_weights=cw, label_smoothing=loss_config.label_smoothing)))
-  if loss_config.focal_weight:
-    terms.append((loss_config.focal_weight, lambda lg, lb, m: focal(
-        lg, lb, m, gamma=loss_config.focal_gamma, class_weights=cw)))
-  if loss_config.dice_weight:
-    terms.append((loss_config.dice_weight,
-                  lambda lg, lb, m: dice(lg, lb, m, smooth=loss_config.smooth)))
-  if loss_config.jaccard_weight:
-    terms.append((loss_config.jaccard_weight,
-                  lambda lg, lb, m: jaccard(lg, lb, m, smooth=loss_config.smooth)))
-  if loss_config.tversky_weight:
-    terms.append((loss_config.tversky_weight, lambda lg, lb, m: tversky(
-        lg, lb, m, alpha=loss_config.tversky_alpha, beta=loss_config.tversky_beta,
-        smooth=loss_config.smooth)))
+  tversky_terms = {"dice_weight": (0.5, 0.5), "jaccard_weight": (1.0, 1.0),
+                   "tversky_weight": (c.tversky_alpha, c.tversky_beta)}
+  terms = []
+  if c.ce_weight:
+    terms.append((c.ce_weight, functools.partial(
+        cross_entropy_sums, class_weights=cw, label_smoothing=c.label_smoothing),
+                  weighted_mean))
+  if c.focal_weight:
+    terms.append((c.focal_weight, functools.partial(
+        focal_sums, gamma=c.focal_gamma, class_weights=cw), weighted_mean))
+  for field, (alpha, beta) in tversky_terms.items():
+    if c[field]:
+      terms.append((c[field], soft_counts, functools.partial(
+          tversky_from_counts, alpha=alpha, beta=beta, smooth=c.smooth)))
   if not terms:
     raise ValueError("loss config has every *_weight at 0: no loss to optimise")
-
-  def loss_fn(logits, labels, mask):
-    return sum(w * fn(logits, labels, mask) for w, fn in terms)
-
-  return loss_fn
+  return Loss(tuple(terms))

@@ -19,17 +19,28 @@ def num_updates(optim_config, num_steps: int) -> int:
   return max(1, num_steps // optim_config.accumulation_steps)
 
 
+def warmup_updates(optim_config, num_steps: int) -> int:
+  """Warmup length in updates: `warmup_steps`, or half the run when the run is not longer.
+
+  A short run (a smoke test with a small `train.num_steps`) keeps a warmup and a decay instead
+  of failing; `Trainer` logs the shortening.
+  """
+  warmup = optim_config.warmup_steps
+  if warmup < 0:
+    raise ValueError(f"optim.warmup_steps must be >= 0, got {warmup}")
+  total = num_updates(optim_config, num_steps)
+  return warmup if warmup < total else total // 2
+
+
 def create_schedule(optim_config, num_steps: int) -> optax.Schedule:
   """Learning rate per optimizer update: linear warmup, then cosine, poly or constant.
 
   `poly` is DeepLab's lr * (1 - t / T) ** power; cosine and poly decay to
-  lr * end_lr_factor at the last update.
+  lr * end_lr_factor at the last update. The warmup lasts `warmup_updates`.
   """
   lr = optim_config.learning_rate
   total = num_updates(optim_config, num_steps)
-  warmup = optim_config.warmup_steps
-  if not 0 <= warmup < total:
-    raise ValueError(f"optim.warmup_steps must be in [0, {total}) updates, got {warmup}")
+  warmup = warmup_updates(optim_config, num_steps)
   decay_steps = total - warmup
   end = lr * optim_config.end_lr_factor
   name = optim_config.schedule

@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import glob
 import inspect
-import json
 import os
 import sys
 import time
@@ -39,15 +38,17 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 import tqdm
 
+from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import data as data_lib
+from seg_jax import errors
 from seg_jax import inference
 from seg_jax import models
 from seg_jax import train
 from seg_jax import viz
+from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import dubai
 
@@ -74,39 +75,18 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS["batch_size"],
                                    "Windows per jitted call.")
 _SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write <stem>_probs.npy.")
 
-CHECKPOINT_FOLDERS = {"best": "best", "latest": "checkpoints"}
 # Modes read as they are or converted by PIL to RGB; alpha ("A", "a") is dropped.
 GREY_MODES = ("1", "L", "LA", "La")
 COLOUR_MODES = ("P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
 EXIT_OK, EXIT_NOTHING_RAN, EXIT_SOME_FAILED = 0, 1, 2
 
 
-class WorkdirError(ValueError):
-  """A workdir that cannot be predicted with (config, dataset info or checkpoint missing/bad)."""
-
-
-def _tuples(value: Any) -> Any:
-  """JSON lists back to the tuples `config.to_dict()` held."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+WorkdirError = errors.WorkdirError
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with, from its config.json (locked)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise WorkdirError(f"{path}: not found; --workdir must be the workdir of a training run "
-                       "(python -m seg_jax.main --workdir=...)")
-  try:
-    with open(path) as f:
-      config = ml_collections.ConfigDict(_tuples(json.load(f)))
-  except (OSError, json.JSONDecodeError) as e:
-    raise WorkdirError(f"{path}: cannot read the config ({e})") from e
-  config.lock()
-  return config
+  return workdir_lib.load_config(workdir)
 
 
 def load_data_info(workdir: str, config: ml_collections.ConfigDict) -> inference.DataInfo:
@@ -130,26 +110,13 @@ def load_data_info(workdir: str, config: ml_collections.ConfigDict) -> inference
 def restore_variables(workdir: str, config: ml_collections.ConfigDict, model,
                       image_size: tuple[int, int], which: str) -> tuple[dict[str, Any], int]:
   """(model variables, step) of the workdir's "best" or "latest" checkpoint, opened read-only."""
-  folder = os.path.join(os.path.abspath(workdir), CHECKPOINT_FOLDERS[which])
-  if not os.path.isdir(folder):
-    raise WorkdirError(f"{folder}: not found, so there is no {which!r} checkpoint "
-                       f"(try --checkpoint={'latest' if which == 'best' else 'best'})")
   abstract_state = jax.eval_shape(
       functools.partial(train.init_state, config, model, tuple(image_size)), jax.random.key(0))
-  options = ocp.CheckpointManagerOptions(
-      read_only=True, create=False,
-      best_fn=(lambda m: m["miou"]) if which == "best" else None, best_mode="max")
-  with ocp.CheckpointManager(folder, options=options, item_names=("state",)) as manager:
-    step = manager.best_step() if which == "best" else manager.latest_step()
-    if step is None:
-      raise WorkdirError(f"{folder}: holds no checkpoint")
-    try:
-      state = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state))).state
-    except Exception as e:  # Orbax raises many types; the message names the checkpoint.
-      raise WorkdirError(f"{folder}/{step}: cannot restore the checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                         ) from e
+  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  try:
+    state, step = ckpt.restore_state(abstract_state, which)
+  finally:
+    ckpt.close()
   return {"params": state.params, "batch_stats": state.batch_stats}, int(step)
 
 
@@ -289,7 +256,7 @@ def run(workdir: str, input_spec: str, output: str, *, checkpoint: str,
                        f"than model {name!r} accepts ({models.min_input_size(name)} pixels)")
     paths = find_images(input_spec)
     os.makedirs(output, exist_ok=True)
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, errors.RunError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_NOTHING_RAN
   logging.info("%s checkpoint (step %d) of %s; %d images", checkpoint, trained.step, workdir,

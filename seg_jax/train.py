@@ -2,18 +2,22 @@
 
 One jitted `train_step(state, batch, rng)` runs on a 1-axis "data" mesh over all devices (batch
 sharded, parameters replicated, state donated); augmentation runs inside it. The loop logs to
-TensorBoard and metrics.jsonl, evaluates with a confusion matrix summed over the whole split,
-checkpoints with Orbax (periodic + best val mIoU), resumes from the workdir, and saves and exits
-on SIGTERM.
+TensorBoard and metrics.jsonl, evaluates with a confusion matrix summed over the whole split, and
+checkpoints with Orbax (`seg_jax.checkpoint`).
+
+A run survives being killed at any point: every output of a step (its log lines, its evaluation
+record) is written before the checkpoint of that step, and a rerun resumes from the newest intact
+checkpoint after dropping what was logged past it, so a resumed run logs each step once and ends
+with the same scores as an uninterrupted one. A rerun of a run whose last checkpoint is saved
+completes whatever is missing (final evaluation, final_metrics.json, confusion matrix).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
-import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,29 +34,31 @@ import optax
 
 from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import data as data_lib
+from seg_jax import errors
 from seg_jax import inference
 from seg_jax import losses
 from seg_jax import metrics as metrics_lib
 from seg_jax import models
 from seg_jax import optim
+from seg_jax import preemption
 from seg_jax import viz
+from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import augment as augment_lib
 from seg_jax.data import palettes
 from seg_jax.data import pipeline as pipeline_lib
+from seg_jax.errors import NonFiniteLossError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CLASS_WEIGHTINGS = ("none", "inverse", "median", "given")
+SPLITS = ("val", "test")
+FINAL_METRICS = "final_metrics.json"
 
 
 class TrainState(train_state.TrainState):
   """Parameters, optimizer state and step, plus BatchNorm statistics."""
 
   batch_stats: Any = None
-
-
-class NonFiniteLossError(RuntimeError):
-  """Raised when the training loss or gradient norm becomes NaN or Inf."""
 
 
 def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -64,7 +70,7 @@ def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
 def dtype_from_name(name: str) -> Any:
   """JAX dtype for a config dtype string."""
   if name not in DTYPES:
-    raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}")
+    raise errors.ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {name!r}")
   return DTYPES[name]
 
 
@@ -75,44 +81,68 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   Returns:
     The number of classes.
   Raises:
-    ValueError: unknown or non-segmentation model, num_classes not matching the dataset's
-      palette, images smaller than the model's minimum, a batch not divisible by the devices.
+    ConfigError: unknown or non-segmentation model, num_classes not matching the dataset's
+      palette, images smaller than the model's minimum, a batch not divisible by the devices,
+      an unknown eval split.
+    DataError: an empty train split or an empty split to evaluate.
   """
   name = config.model.name
   if name not in models.available():
-    raise ValueError(f"model.name must be one of {models.available()}, got {name!r}")
+    raise errors.ConfigError(f"model.name must be one of {models.available()}, got {name!r}")
   if not models.is_segmentation(name):
-    raise ValueError(f"model.name {name!r} is a classifier, not a segmentation model")
+    raise errors.ConfigError(f"model.name {name!r} is a classifier, not a segmentation model")
   num_classes = len(dataset.class_names)
   palette_size = len(palettes.palette_colors(dataset.palette))
   if palette_size != num_classes:
-    raise ValueError(f"dataset {config.data.name!r} has {num_classes} class names but "
-                     f"{palette_size} palette colours")
+    raise errors.ConfigError(f"dataset {config.data.name!r} has {num_classes} class names but "
+                             f"{palette_size} palette colours")
   if config.model.num_classes not in (0, num_classes):
-    raise ValueError(
+    raise errors.ConfigError(
         f"model.num_classes={config.model.num_classes} but dataset {config.data.name!r} has "
         f"{num_classes} classes {tuple(dataset.class_names)} (0 means: take the dataset's)")
   min_size = models.min_input_size(name)
   if min(dataset.image_size) < min_size:
-    raise ValueError(f"images are {tuple(dataset.image_size)} but model {name!r} needs at "
-                     f"least {min_size}x{min_size} (data.image_size / data.patch_size)")
+    raise errors.ConfigError(
+        f"images are {tuple(dataset.image_size)} but model {name!r} needs at least "
+        f"{min_size}x{min_size} (data.image_size / data.patch_size)")
   for field in ("train.global_batch_size", "eval.global_batch_size"):
     group, key = field.split(".")
     batch = config[group][key]
     if batch < 1 or batch % num_devices:
-      raise ValueError(f"{field}={batch} must be a positive multiple of the device count "
-                       f"{num_devices}")
+      raise errors.ConfigError(f"{field}={batch} must be a positive multiple of the device "
+                               f"count {num_devices}")
   dtype_from_name(config.model.dtype)
   dtype_from_name(config.model.param_dtype)
+  for field in ("train.num_steps", "train.log_every", "train.eval_every",
+                "train.checkpoint_every"):
+    group, key = field.split(".")
+    if config[group][key] < 1:
+      raise errors.ConfigError(f"{field} must be >= 1, got {config[group][key]}")
+  split = config.eval.split
+  if split not in SPLITS:
+    raise errors.ConfigError(f"eval.split must be one of {SPLITS}, got {split!r}")
+  where = f" (data.root {config.data.root!r})" if config.data.root else ""
+  needed = {split: "evaluation"}
+  if config.train.mode == "train":
+    needed["train"] = "training"
+  for part, needed_by in needed.items():
+    if len(getattr(dataset, part)) == 0:
+      raise errors.DataError(
+          f"the {part!r} split of dataset {config.data.name!r}{where} is empty, so {needed_by} "
+          f"has nothing to read; give it examples (data.split, data.num_{part} or more files) "
+          "or evaluate another split (eval.split)")
   return num_classes
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """The configured model from the registry."""
-  return models.create(config.model.name, num_classes=num_classes,
-                       dtype=dtype_from_name(config.model.dtype),
-                       param_dtype=dtype_from_name(config.model.param_dtype),
-                       **config.model.kwargs.to_dict())
+  try:
+    return models.create(config.model.name, num_classes=num_classes,
+                         dtype=dtype_from_name(config.model.dtype),
+                         param_dtype=dtype_from_name(config.model.param_dtype),
+                         **config.model.kwargs.to_dict())
+  except TypeError as e:  # a keyword the model does not take
+    raise errors.ConfigError(f"model.kwargs of {config.model.name!r}: {e}") from e
 
 
 def class_pixel_counts(source, num_classes: int) -> np.ndarray:
@@ -128,14 +158,15 @@ def class_weights(loss_config, dataset: data_lib.Dataset, num_classes: int) -> n
   """Class weights for the loss, or None: given, or from class frequencies of the train split."""
   mode = loss_config.class_weighting
   if mode not in CLASS_WEIGHTINGS:
-    raise ValueError(f"loss.class_weighting must be one of {CLASS_WEIGHTINGS}, got {mode!r}")
+    raise errors.ConfigError(
+        f"loss.class_weighting must be one of {CLASS_WEIGHTINGS}, got {mode!r}")
   if mode == "none":
     return None
   if mode == "given":
     weights = np.asarray(loss_config.class_weights, np.float32)
     if weights.shape != (num_classes,):
-      raise ValueError(f"loss.class_weights has {weights.size} entries, expected one per class "
-                       f"({num_classes})")
+      raise errors.ConfigError(f"loss.class_weights has {weights.size} entries, expected one "
+                               f"per class ({num_classes})")
     return weights
   weights = losses.class_weights_from_counts(class_pixel_counts(dataset.train, num_classes), mode)
   logging.info("class weights (%s frequency): %s", mode, np.round(weights, 3).tolist())
@@ -191,10 +222,11 @@ def make_train_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
   return train_step
 
 
-def make_eval_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
-  """Pure `eval_step(state, batch) -> (confusion matrix, loss sum, predictions)`.
+def make_eval_step(config, loss_fn: losses.Loss, num_classes: int, mean, std) -> Callable:
+  """Pure `eval_step(state, batch) -> (confusion matrix, loss sums, predictions)`.
 
-  The loss sum is the batch's mean loss times its counted pixels (the confusion matrix's sum).
+  The loss sums are the batch's `loss_fn.sums`: added up over a split and reduced once, they
+  give the split's exact loss.
   """
   dtype = dtype_from_name(config.model.dtype)
   ignore_index = config.data.ignore_index
@@ -208,9 +240,14 @@ def make_eval_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
     cm = metrics_lib.ConfusionMatrix.from_model_output(
         labels=labels, preds=preds, num_classes=num_classes, ignore_index=ignore_index,
         mask=mask)
-    return cm, loss_fn(logits, labels, mask) * jnp.sum(mask), preds
+    return cm, loss_fn.sums(logits, labels, mask), preds
 
   return eval_step
+
+
+def _seed_key(seed: int, index: int) -> jax.Array:
+  """Key number `index` derived from the config's seed (0: initialisation, 1: train steps)."""
+  return jax.random.fold_in(jax.random.key(seed), index)
 
 
 class Trainer:
@@ -222,6 +259,9 @@ class Trainer:
     """Builds everything up to (not including) compilation; guards run first.
 
     `dataset` defaults to `get_dataset(config.data)`; `devices` (default: all) form the mesh.
+    Raises:
+      DataError: the dataset cannot be read or lacks a split the run needs.
+      ConfigError: a config field that cannot work with this model, data or devices.
     """
     self.config = config
     if config.train.compilation_cache_dir:
@@ -229,32 +269,56 @@ class Trainer:
     self.mesh = create_mesh(devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
-    self.dataset = data_lib.get_dataset(config.data) if dataset is None else dataset
+    if dataset is None:
+      try:
+        dataset = data_lib.get_dataset(config.data)
+      except (ValueError, OSError) as e:
+        raise errors.DataError(str(e)) from e
+    self.dataset = dataset
     for path, reason in self.dataset.skipped:
       logging.warning("skipped %s: %s", path, reason)
+    try:
+      self._build(config)
+    except errors.RunError:
+      raise
+    except (ValueError, TypeError) as e:  # raised by optim, losses or a model from the config
+      raise errors.ConfigError(str(e)) from e
+
+  def _build(self, config: ml_collections.ConfigDict) -> None:
     self.num_classes = check_setup(config, self.dataset, self.mesh.size)
     self.model = build_model(config, self.num_classes)
     self.schedule = optim.create_schedule(config.optim, config.train.num_steps)
+    warmup = optim.warmup_updates(config.optim, config.train.num_steps)
+    if warmup != config.optim.warmup_steps:
+      logging.warning("optim.warmup_steps=%d is not shorter than the run (%d updates): warming "
+                      "up over %d updates instead", config.optim.warmup_steps,
+                      optim.num_updates(config.optim, config.train.num_steps), warmup)
     mean = jnp.asarray(self.dataset.mean, jnp.float32)
     std = jnp.asarray(self.dataset.std, jnp.float32)
-    loss_fn = losses.make_loss(config.loss,
-                               class_weights(config.loss, self.dataset, self.num_classes))
-    self.root_rng = jax.random.key(config.seed)
+    self.loss_fn = losses.make_loss(config.loss,
+                                    class_weights(config.loss, self.dataset, self.num_classes))
     init_fn = functools.partial(init_state, config, self.model, tuple(self.dataset.image_size))
-    self._init = jax.jit(init_fn, out_shardings=self.replicated)
-    self.abstract_state = self._init.eval_shape(self.root_rng)
+    # Keys are made inside jitted functions, so every process holds the same replicated value.
+    self._init = jax.jit(lambda: init_fn(_seed_key(config.seed, 0)),
+                         out_shardings=self.replicated)
+    self._step_key = jax.jit(lambda: _seed_key(config.seed, 1), out_shardings=self.replicated)
+    self.abstract_state = self._init.eval_shape()
     self.train_step = jax.jit(
-        make_train_step(config, loss_fn, self.num_classes, mean, std),
+        make_train_step(config, self.loss_fn, self.num_classes, mean, std),
         in_shardings=(self.replicated, self.data_sharding, self.replicated),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(
-        make_eval_step(config, loss_fn, self.num_classes, mean, std),
+        make_eval_step(config, self.loss_fn, self.num_classes, mean, std),
         in_shardings=(self.replicated, self.data_sharding),
         out_shardings=(self.replicated, self.replicated, self.data_sharding))
 
   def initial_state(self) -> TrainState:
-    """Freshly initialised state (parameters from the root key)."""
-    return self._init(jax.random.fold_in(self.root_rng, 0))
+    """Freshly initialised state (parameters from the config's seed)."""
+    return self._init()
+
+  def step_key(self) -> jax.Array:
+    """The key every train step folds its step number into."""
+    return self._step_key()
 
   def train_pipeline(self) -> Iterator[dict[str, jax.Array]]:
     """Endless, shuffled, sharded training batches (state saved with checkpoints)."""
@@ -265,29 +329,30 @@ class Trainer:
 
   def evaluate(self, state: TrainState, split: str | None = None
                ) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray]]:
-    """Scores over a whole split, its confusion matrix and image | truth | prediction panels."""
+    """Scores over a whole split, its confusion matrix and image | truth | prediction panels.
+
+    The loss is the configured loss of the whole split at once (`losses.Loss.reduce` of the
+    summed batch sums), not a mean of batch losses.
+    """
     split = self.config.eval.split if split is None else split
-    if split not in ("val", "test"):
-      raise ValueError(f"eval.split must be 'val' or 'test', got {split!r}")
     source = getattr(self.dataset, split)
-    if len(source) == 0:
-      raise ValueError(f"the {split!r} split of dataset {self.config.data.name!r} is empty")
     batches = pipeline_lib.InputPipeline(
         source, global_batch_size=self.config.eval.global_batch_size,
         sharding=self.data_sharding, seed=self.config.seed, shuffle=False, num_epochs=1,
         drop_remainder=False)
     cms, loss_sums, panels = [], [], []
     for batch in batches:  # per-batch results stay on the device until the split is done
-      cm, loss_sum, preds = self.eval_step(state, batch)
+      cm, sums, preds = self.eval_step(state, batch)
       cms.append(cm)
-      loss_sums.append(loss_sum)
+      loss_sums.append(sums)
       if len(panels) < self.config.eval.num_images and jax.process_index() == 0:
         panels.extend(self._panels(batch, preds, self.config.eval.num_images - len(panels)))
     cms, loss_sums = jax.device_get((cms, loss_sums))
     total = functools.reduce(metrics_lib.ConfusionMatrix.merge, cms,
                              metrics_lib.ConfusionMatrix.empty(self.num_classes))
     result = total.compute()
-    result["loss"] = sum(float(x) for x in loss_sums) / max(int(total.matrix.sum()), 1)
+    summed = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *loss_sums)
+    result["loss"] = float(self.loss_fn.reduce(summed))
     return result, total.matrix, panels
 
   def _panels(self, batch, preds, limit: int) -> list[np.ndarray]:
@@ -314,30 +379,6 @@ def _record(step: int, split: str, result: dict[str, Any], class_names) -> dict[
   return record
 
 
-class _SigtermFlag:
-  """Remembers a SIGTERM (preemption notice) until the loop can save and exit."""
-
-  def __init__(self):
-    self.received = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: preemption is then left to the caller
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and exiting after this step")
-    self.received = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def _format_duration(seconds: float) -> str:
   """'1h02m03s' / '2m03s' / '4s'."""
   seconds = int(round(seconds))
@@ -346,128 +387,277 @@ def _format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def _check_finite(pending: list[tuple[int, dict]], last_good: int | None, workdir: str) -> None:
-  """Raises NonFiniteLossError naming the first step whose loss or gradient norm is not finite."""
-  for step, m in pending:
-    if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-      where = (f"last good checkpoint: step {last_good} in {workdir}" if last_good is not None
-               else "no checkpoint was saved")
-      raise NonFiniteLossError(
-          f"training stopped: loss {m['loss']} / gradient norm {m['grad_norm']} at step {step} "
-          f"is not finite; {where}. Lower optim.learning_rate or enable optim.grad_clip_norm.")
+class _StepMetrics:
+  """Per-step train metrics still on the device, checked for NaN/Inf a fixed lag behind.
+
+  Each step's metrics start an asynchronous copy to the host, and after step N the metrics of
+  step N - `lag` are checked: the host waits only for a step that finished while later ones
+  keep the device busy, so the check costs no device time. A non-finite loss stops the run
+  `lag` steps after it happened (on every process at the same step), naming that step.
+  """
+
+  def __init__(self, describe_stop: Callable[[int, int, dict[str, float]], str], lag: int = 2):
+    self._describe_stop = describe_stop
+    self._lag = lag
+    self._unchecked: collections.deque = collections.deque()
+    self._checked: list[tuple[int, dict[str, float]]] = []
+    self._step = 0
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    """Queues the metrics of `step` and checks those of step - lag."""
+    for value in metrics.values():
+      value.copy_to_host_async()
+    self._unchecked.append((step, metrics))
+    self._step = step
+    while len(self._unchecked) > self._lag:
+      self._check_oldest()
+
+  def _check_oldest(self) -> None:
+    step, metrics = self._unchecked.popleft()
+    values = {k: float(v) for k, v in metrics.items()}
+    if not all(np.isfinite(v) for v in values.values()):
+      raise NonFiniteLossError(self._describe_stop(self._step, step, values))
+    self._checked.append((step, values))
+
+  def drain(self) -> list[tuple[int, dict[str, float]]]:
+    """Checks every queued step and returns (step, metrics) of all steps since the last drain."""
+    while self._unchecked:
+      self._check_oldest()
+    out, self._checked = self._checked, []
+    return out
+
+
+def _non_finite_message(config: ml_collections.ConfigDict, workdir: str,
+                        last_checkpoint: Callable[[], int | None]
+                        ) -> Callable[[int, int, dict[str, float]], str]:
+  """Builds the message of a NaN/Inf stop: where it happened, what was kept, what to change."""
+  o = config.optim
+
+  def describe(now: int, step: int, values: dict[str, float]) -> str:
+    saved = last_checkpoint()
+    kept = (f"the last checkpoint is step {saved} in {workdir}" if saved is not None
+            else "no checkpoint was saved")
+    if o.grad_clip_norm:
+      advice = (f"lower optim.learning_rate (now {o.learning_rate:g}) or optim.grad_clip_norm "
+                f"(now {o.grad_clip_norm:g}), lengthen optim.warmup_steps (now "
+                f"{o.warmup_steps}), or check the data")
+    else:
+      advice = (f"lower optim.learning_rate (now {o.learning_rate:g}) or enable "
+                "optim.grad_clip_norm (e.g. 1.0)")
+    return (f"training stopped at step {now}: loss {values['loss']} / gradient norm "
+            f"{values['grad_norm']} at step {step} is not finite; {kept}. To fix: {advice}")
+
+  return describe
+
+
+class _RunLog:
+  """What a run writes as it goes: console lines, TensorBoard, metrics.jsonl."""
+
+  def __init__(self, trainer: Trainer, workdir: str):
+    self.trainer = trainer
+    self.config = trainer.config
+    self.workdir = workdir
+    self.writer = writers.MetricWriter(workdir)
+    self._time, self._step = time.time(), 0
+
+  def restart_clock(self, step: int) -> None:
+    """Images/s and ETA count from here (after a resume or an evaluation)."""
+    self._time, self._step = time.time(), step
+
+  def train(self, step: int, logged: list[tuple[int, dict[str, float]]]) -> None:
+    """Console line and TensorBoard scalars of the steps since the last train log."""
+    c = self.config.train
+    rate = (step - self._step) / max(time.time() - self._time, 1e-9)
+    loss = float(np.mean([m["loss"] for _, m in logged]))
+    lr = float(self.trainer.schedule(optim.num_updates(self.config.optim, step) - 1))
+    self.writer.scalars(step, {"train/loss": loss, "train/lr": lr,
+                               "train/grad_norm": logged[-1][1]["grad_norm"],
+                               "train/images_per_second": rate * c.global_batch_size})
+    self.writer.flush()  # TensorBoard shows the run as it goes
+    logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  ETA %s", step, c.num_steps, loss,
+                 lr, rate * c.global_batch_size,
+                 _format_duration((c.num_steps - step) / max(rate, 1e-9)))
+    self.restart_clock(step)
+
+  def evaluation(self, step: int, result: dict[str, Any], panels: list[np.ndarray]) -> None:
+    """metrics.jsonl record, TensorBoard scores and panels, and a console line."""
+    split = self.config.eval.split
+    names = self.trainer.dataset.class_names
+    self.writer.jsonl(_record(step, split, result, names))
+    self.writer.scalars(step, {f"{split}/{k}": v for k, v in result.items() if np.ndim(v) == 0})
+    self.writer.scalars(step, {f"{split}/iou/{n}": v for n, v in zip(names, result["iou"])})
+    self.writer.images(step, {f"{split}/prediction_{i}": p for i, p in enumerate(panels)})
+    self.writer.flush()
+    logging.info("eval %s at step %d: mIoU %.4f  pixel acc %.4f  loss %.4f", split, step,
+                 result["miou"], result["pixel_accuracy"], result["loss"])
+
+  def has_evaluation(self, step: int) -> bool:
+    """Whether metrics.jsonl already holds the evaluation of `step`."""
+    path = os.path.join(self.workdir, writers.METRICS_FILE)
+    if not os.path.exists(path):
+      return False
+    with open(path) as f:
+      return any(json.loads(line)["step"] == step for line in f)
+
+  def close(self) -> None:
+    self.writer.close()
+
+
+def _write_result(directory: str, name: str, record: dict[str, Any], cm: np.ndarray,
+                  trainer: Trainer, png: str) -> None:
+  """Writes `record` as <directory>/<name> and the confusion matrix as <directory>/<png>."""
+  writers.write_json(os.path.join(directory, name), record)
+  viz.save_confusion_matrix(
+      cm, trainer.dataset.class_names, os.path.join(directory, png),
+      title=f"{trainer.config.model.name} {record['split']} step {record['step']}")
+
+
+def _finish(trainer: Trainer, state: TrainState, step: int, workdir: str,
+            evaluation: tuple[dict[str, Any], np.ndarray] | None, log: _RunLog
+            ) -> dict[str, Any]:
+  """Writes final_metrics.json and confusion_matrix.png of the run's last step.
+
+  `evaluation` is the last step's (scores, confusion matrix) if this process just computed it;
+  otherwise (a rerun of a run killed after its last checkpoint) the state is evaluated again,
+  and its record is added to metrics.jsonl if the killed run did not write it.
+  """
+  if evaluation is None:
+    result, cm, panels = trainer.evaluate(state)
+    if not log.has_evaluation(step):
+      log.evaluation(step, result, panels)
+  else:
+    result, cm = evaluation
+  final = _record(step, trainer.config.eval.split, result, trainer.dataset.class_names)
+  if jax.process_index() == 0:
+    _write_result(workdir, FINAL_METRICS, final, cm, trainer, "confusion_matrix.png")
+  return final
+
+
+def _finished_record(workdir: str, step: int) -> dict[str, Any] | None:
+  """final_metrics.json of a run finished at `step`, or None if it is missing or stale."""
+  try:
+    with open(os.path.join(workdir, FINAL_METRICS)) as f:
+      final = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return final if final.get("step") == step else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: data_lib.Dataset | None = None) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns final scores.
 
-  Writes TensorBoard events, metrics.jsonl, config.json, dataset.json, checkpoints/, best/,
-  confusion_matrix.png and final_metrics.json into `workdir`. On SIGTERM it saves a checkpoint
-  and returns {"preempted": True, "step": step}.
+  Writes TensorBoard events, metrics.jsonl, config.json, dataset.json, checkpoints/,
+  confusion_matrix.png and final_metrics.json into `workdir`. On a preemption notice it saves a checkpoint and returns
+  {"preempted": True, "step": step}.
+  Raises:
+    RunError: the config, data or workdir cannot give this run (before anything is compiled
+      or written), or the loss became NaN/Inf.
   """
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.check_config(config, workdir)
   trainer = Trainer(config, dataset)
   c = config.train
-  is_main = jax.process_index() == 0
-  if is_main:
-    writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    inference.save_data_info(workdir, trainer.dataset)
   ckpt = checkpoint_lib.Checkpointer(workdir, c.keep_checkpoints)
-  pipeline = trainer.train_pipeline()
-  restored = ckpt.restore_latest(trainer.abstract_state)
-  if restored is None:
-    state = trainer.initial_state()
-    last_good = None
-  else:
-    state, pipeline_state = restored
-    pipeline.set_state(pipeline_state)
-    last_good = int(state.step)
-    logging.info("resumed from step %d in %s", last_good, workdir)
-  step = int(state.step)
-  final_path = os.path.join(workdir, "final_metrics.json")
-  if step >= c.num_steps and os.path.exists(final_path):
-    ckpt.close()
-    logging.info("%s already holds a finished run of %d steps", workdir, step)
-    with open(final_path) as f:
-      return json.load(f)
-  writer = writers.MetricWriter(workdir)
-  if step == 0:
-    logging.info("model %s: %d parameters", config.model.name,
-                 models.count_params({"params": state.params}))
-  step_rng = jax.device_put(jax.random.fold_in(trainer.root_rng, 1), trainer.replicated)
-  pending: list[tuple[int, Any]] = []
-  result: dict[str, Any] = {}
-  cm = None
-  t_log, step_log = time.time(), step
   try:
-    with _SigtermFlag() as sigterm:
-      while step < c.num_steps:
-        batch = next(pipeline)
-        state, step_metrics = trainer.train_step(state, batch, step_rng)
-        step += 1
-        pending.append((step, step_metrics))
-        last = step == c.num_steps
-        eval_now = step % c.eval_every == 0 or last
-        save_now = step % c.checkpoint_every == 0 or last or sigterm.received
-        if step % c.log_every == 0 or last or eval_now or save_now:
-          pending = jax.device_get(pending)
-          _check_finite(pending, last_good, workdir)
-          if step % c.log_every == 0 or last:
-            elapsed = time.time() - t_log
-            rate = (step - step_log) / max(elapsed, 1e-9)
-            loss = float(np.mean([m["loss"] for _, m in pending]))
-            lr = float(trainer.schedule(optim.num_updates(config.optim, step) - 1))
-            writer.scalars(step, {"train/loss": loss, "train/lr": lr,
-                                  "train/grad_norm": float(pending[-1][1]["grad_norm"]),
-                                  "train/images_per_second": rate * c.global_batch_size})
-            logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  ETA %s", step, c.num_steps,
-                         loss, lr, rate * c.global_batch_size,
-                         _format_duration((c.num_steps - step) / max(rate, 1e-9)))
-            t_log, step_log = time.time(), step
-            pending = []
-        if eval_now:
-          result, cm, panels = trainer.evaluate(state)
-          split = config.eval.split
-          writer.jsonl(_record(step, split, result, trainer.dataset.class_names))
-          writer.scalars(step, {f"{split}/{k}": v for k, v in result.items() if np.ndim(v) == 0})
-          writer.scalars(step, {f"{split}/iou/{n}": v
-                                for n, v in zip(trainer.dataset.class_names, result["iou"])})
-          writer.images(step, {f"{split}/prediction_{i}": p for i, p in enumerate(panels)})
-          writer.flush()
-          logging.info("eval %s at step %d: mIoU %.4f  pixel acc %.4f  loss %.4f", split, step,
-                       result["miou"], result["pixel_accuracy"], result["loss"])
-          ckpt.save_best(step, state, result["miou"])
-          t_log, step_log = time.time(), step  # img/s and ETA leave the evaluation out
-        if save_now:
-          ckpt.save(step, state, pipeline.get_state())
-          last_good = step
-        if sigterm.received and not last:
-          logging.warning("preempted: checkpoint saved at step %d in %s", step, workdir)
-          return {"preempted": True, "step": step}
+    restored = ckpt.restore_latest(trainer.abstract_state)
+    step = 0 if restored is None else restored.step
+    if step > c.num_steps:
+      raise errors.WorkdirError(
+          f"{workdir} holds a run trained to step {step}, past train.num_steps={c.num_steps}; "
+          f"pass --config.train.num_steps={step} or more, or use a new --workdir")
+    if restored is not None:
+      logging.info("resumed from step %d in %s", step, workdir)
+    done = _finished_record(workdir, step) if step == c.num_steps else None
+    if done is not None:
+      logging.info("%s already holds a finished run of %d steps", workdir, step)
+      return done
+    if jax.process_index() == 0:
+      writers.discard_after(workdir, step)
+    if step < c.num_steps:
+      if jax.process_index() == 0:
+        workdir_lib.save_config(config, workdir)
+        inference.save_data_info(workdir, trainer.dataset)
+      return _train(trainer, ckpt, restored, workdir)
+    log = _RunLog(trainer, workdir)  # killed after its last checkpoint: complete the outputs
+    try:
+      return _finish(trainer, restored.state, step, workdir, None, log)
+    finally:
+      log.close()
   finally:
     ckpt.close()
-    writer.close()
-  if not is_main or cm is None:
-    return result
-  final = _record(step, config.eval.split, result, trainer.dataset.class_names)
-  writers.write_json(final_path, final)
-  viz.save_confusion_matrix(cm, trainer.dataset.class_names,
-                            os.path.join(workdir, "confusion_matrix.png"),
-                            title=f"{config.model.name} {config.eval.split} step {step}")
-  return final
+
+
+def _train(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer,
+           restored: checkpoint_lib.Restored | None, workdir: str) -> dict[str, Any]:
+  """The training loop from `restored` (or a fresh state) to `train.num_steps`."""
+  config = trainer.config
+  c = config.train
+  pipeline = trainer.train_pipeline()
+  if restored is None:
+    state, step = trainer.initial_state(), 0
+    logging.info("model %s: %d parameters", config.model.name,
+                 models.count_params({"params": state.params}))
+  else:
+    state, step = restored.state, restored.step
+    pipeline.set_state(restored.pipeline)
+  saved = [step] if restored is not None else []
+  pending = _StepMetrics(_non_finite_message(config, workdir,
+                                             lambda: saved[-1] if saved else None))
+  step_key = trainer.step_key()
+  log = _RunLog(trainer, workdir)
+  log.restart_clock(step)
+  evaluation = None
+  try:
+    with preemption.PreemptionWatch() as preempt:
+      while step < c.num_steps:
+        state, step_metrics = trainer.train_step(state, next(pipeline), step_key)
+        step += 1
+        pending.add(step, step_metrics)
+        last = step == c.num_steps
+        eval_now = step % c.eval_every == 0 or last
+        preempted = preempt.reached(step)
+        save_now = step % c.checkpoint_every == 0 or eval_now or preempted
+        if step % c.log_every == 0 or last:
+          log.train(step, pending.drain())
+        elif save_now:
+          pending.drain()  # nothing non-finite may be saved
+        if eval_now:
+          result, cm, panels = trainer.evaluate(state)
+          log.evaluation(step, result, panels)
+          evaluation = (result, cm)
+        if save_now:
+          log.writer.flush()  # everything logged up to a checkpoint is on disk before it
+          ckpt.save(step, state, pipeline.get_state(),
+                    miou=evaluation[0]["miou"] if eval_now else None)
+          saved.append(step)
+          log.restart_clock(step)  # img/s and ETA leave evaluations and saves out
+        if preempted and not last:
+          ckpt.wait()
+          logging.warning("preempted: checkpoint saved at step %d in %s", step, workdir)
+          return {"preempted": True, "step": step}
+    ckpt.wait()  # final outputs only once the last checkpoint is committed
+    return _finish(trainer, state, step, workdir, evaluation, log)
+  finally:
+    log.close()
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         dataset: data_lib.Dataset | None = None) -> dict[str, Any]:
   """Evaluates the "best" or "latest" checkpoint in `workdir` on `config.eval.split`.
 
-  Writes eval_<split>.json, eval_<split>_table.txt and confusion_matrix_<split>.png into
-  `workdir` and logs the per-class table.
+  Reads the workdir only (it may be read-only): writes eval_<split>.json,
+  eval_<split>_table.txt and confusion_matrix_<split>.png into `config.eval.output_dir`
+  ("" = the workdir) and logs the per-class table.
   """
+  if not workdir_lib.check_config(config, workdir):
+    logging.warning("%s holds no config.json; evaluating with the given config", workdir)
   trainer = Trainer(config, dataset)
-  ckpt = checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints)
-  state, step = ckpt.restore_state(trainer.abstract_state, config.eval.checkpoint)
-  ckpt.close()
+  output_dir = config.eval.output_dir or workdir
+  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  try:
+    state, step = ckpt.restore_state(trainer.abstract_state, config.eval.checkpoint)
+  finally:
+    ckpt.close()
   split = config.eval.split
   result, cm, _ = trainer.evaluate(state, split)
   record = _record(step, split, result, trainer.dataset.class_names)
@@ -475,12 +665,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   table = metrics_lib.format_table(result, trainer.dataset.class_names)
   logging.info("%s checkpoint (step %d) on %s:\n%s", config.eval.checkpoint, step, split, table)
   if jax.process_index() == 0:
-    writers.write_json(os.path.join(workdir, f"eval_{split}.json"), record)
-    with open(os.path.join(workdir, f"eval_{split}_table.txt"), "w") as f:
+    os.makedirs(output_dir, exist_ok=True)
+    _write_result(output_dir, f"eval_{split}.json", record, cm, trainer,
+                  f"confusion_matrix_{split}.png")
+    with open(os.path.join(output_dir, f"eval_{split}_table.txt"), "w") as f:
       f.write(table + "\n")
-    viz.save_confusion_matrix(cm, trainer.dataset.class_names,
-                              os.path.join(workdir, f"confusion_matrix_{split}.png"),
-                              title=f"{config.model.name} {split} step {step}")
   return record
 
 
@@ -490,4 +679,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return train_and_evaluate(config, workdir)
   if config.train.mode == "eval":
     return evaluate_checkpoint(config, workdir)
-  raise ValueError(f"train.mode must be 'train' or 'eval', got {config.train.mode!r}")
+  raise errors.ConfigError(f"train.mode must be 'train' or 'eval', got {config.train.mode!r}")

@@ -1,15 +1,25 @@
-"""Run outputs: TensorBoard events (tensorboardX, no TensorFlow), metrics.jsonl and JSON files."""
+"""Run outputs: TensorBoard event files (tensorboardX protos, no TensorFlow), metrics.jsonl, JSON."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import socket
+import struct
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from tensorboardX import summary as tb_summary
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
+
+METRICS_FILE = "metrics.jsonl"
+EVENT_FILES = "events.out.tfevents.*"
 
 
 def to_jsonable(value: Any) -> Any:
@@ -40,20 +50,29 @@ def write_json(path: str, obj: Any) -> None:
 
 
 class MetricWriter:
-  """Writes scalars and images to TensorBoard and evaluation records to metrics.jsonl.
+  """Writes scalars and images to a TensorBoard event file and evaluation records to metrics.jsonl.
 
+  Events are written by this process (no background queue), so after `flush()` everything
+  logged so far is in the files: a checkpoint saved after a flush never runs ahead of the logs.
   Only process 0 writes, so a multi-host run leaves one set of files.
   """
 
   def __init__(self, workdir: str):
-    """Opens the event file and metrics.jsonl (appending, so a resumed run continues them)."""
+    """Opens a new event file (one per process start) in `workdir`."""
     self.workdir = workdir
     self.enabled = jax.process_index() == 0
-    self._tb = None
+    self._events = None
     if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+      name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+      self._events = open(os.path.join(workdir, name), "ab")
+      self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _write(self, event: event_pb2.Event) -> None:
+    self._events.write(_record_bytes(event.SerializeToString()))
+
+  def _summary(self, step: int, summary) -> None:
+    self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
   def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     """One TensorBoard scalar per entry (non-finite values are skipped)."""
@@ -62,32 +81,96 @@ class MetricWriter:
     for name, value in scalars.items():
       value = float(value)
       if math.isfinite(value):
-        self._tb.add_scalar(name, value, step)
+        self._summary(step, tb_summary.scalar(name, value))
 
   def images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """One TensorBoard image per entry, each uint8 (H, W, 3)."""
     if not self.enabled:
       return
     for name, image in images.items():
-      self._tb.add_image(name, np.asarray(image), step, dataformats="HWC")
+      self._summary(step, tb_summary.image(name, np.asarray(image), dataformats="HWC"))
 
   def jsonl(self, record: Mapping[str, Any]) -> None:
     """Appends one JSON object (one line) to metrics.jsonl in the workdir."""
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+    with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
       f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
 
   def flush(self) -> None:
-    """Flushes pending TensorBoard events."""
-    if self._tb is not None:
-      self._tb.flush()
+    """Hands every event written so far to the operating system."""
+    if self._events is not None:
+      self._events.flush()
 
   def close(self) -> None:
     """Flushes and closes the event file."""
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+    if self._events is not None:
+      self._events.close()
+      self._events = None
+
+
+def read_events(path: str) -> list[event_pb2.Event]:
+  """The events of a TensorBoard event file, up to a record cut short (a killed writer)."""
+  with open(path, "rb") as f:
+    data = f.read()
+  events, i = [], 0
+  while i + 12 <= len(data):  # TFRecord: length, its crc, payload, payload crc
+    n = struct.unpack("<Q", data[i:i + 8])[0]
+    if i + 12 + n + 4 > len(data):
+      break
+    events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + n]))
+    i += 12 + n + 4
+  return events
+
+
+def _record_bytes(payload: bytes) -> bytes:
+  """One TFRecord: length, masked CRC of the length, payload, masked CRC of the payload."""
+  header = struct.pack("<Q", len(payload))
+  return (header + struct.pack("<I", masked_crc32c(header)) + payload +
+          struct.pack("<I", masked_crc32c(payload)))
+
+
+def _write_events(path: str, events: list[event_pb2.Event]) -> None:
+  """Writes `events` as a TensorBoard event file, atomically."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.writelines(_record_bytes(e.SerializeToString()) for e in events)
+  os.replace(tmp, path)
+
+
+def discard_after(workdir: str, step: int) -> None:
+  """Drops the metrics.jsonl records and TensorBoard events of steps after `step`.
+
+  A run killed after its last checkpoint logged steps it will replay when resumed from that
+  checkpoint; dropping them first keeps each step logged once. A line or event cut short by the
+  kill goes too.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if record["step"] <= step:
+        kept.append(line)
+    if kept != lines:
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(line + "\n" for line in kept)
+      os.replace(tmp, path)
+  for path in glob.glob(os.path.join(workdir, EVENT_FILES)):
+    if path.endswith(".tmp"):  # a rewrite cut short by a kill; the original is intact
+      os.remove(path)
+      continue
+    events = read_events(path)
+    kept = [e for e in events if e.step <= step]
+    if len(kept) != len(events) or os.path.getsize(path) != sum(
+        16 + e.ByteSize() for e in events):
+      _write_events(path, kept)
 
 
 class _LibraryInfoFilter:

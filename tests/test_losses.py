@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -133,6 +134,36 @@ class LossesTest(parameterized.TestCase):
                                [3.0, 1.0, 0.0, 0.5], rtol=1e-6)
     with self.assertRaisesRegex(ValueError, "method"):
       losses.class_weights_from_counts(counts, "sqrt")
+
+  def test_focal_with_class_weights_is_a_weighted_mean_like_cross_entropy(self):
+    logits, labels, mask = _example(8)
+    weights = np.array([0.5, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(
+        float(losses.focal(logits, labels, mask, gamma=0.0, class_weights=weights)),
+        float(losses.cross_entropy(logits, labels, mask, class_weights=weights)), rtol=1e-6)
+    probs = _np_softmax(logits.astype(np.float64))
+    lab = np.where(mask, labels, 0)
+    pt = np.take_along_axis(probs, lab[..., None], -1)[..., 0]
+    w = weights[lab] * mask
+    expected = (w * -(1 - pt) ** 2 * np.log(pt)).sum() / w.sum()
+    np.testing.assert_allclose(
+        float(losses.focal(logits, labels, mask, gamma=2.0, class_weights=weights)), expected,
+        rtol=1e-5)
+
+  def test_summed_batch_sums_give_the_loss_of_all_pixels(self):
+    logits, labels, mask = _example(9, shape=(5, 4, 6))
+    cfg = ml_collections.ConfigDict(dict(
+        ce_weight=1.0, dice_weight=0.5, jaccard_weight=0.25, focal_weight=0.5,
+        tversky_weight=0.5, label_smoothing=0.1, focal_gamma=2.0, tversky_alpha=0.3,
+        tversky_beta=0.7, smooth=1.0))
+    loss = losses.make_loss(cfg, np.array([0.5, 1.0, 2.0, 3.0], np.float32))
+    batches = [slice(0, 2), slice(2, 4), slice(4, 5)]
+    sums = [loss.sums(logits[b], labels[b], mask[b]) for b in batches]
+    total = jax.tree.map(lambda *xs: sum(xs), *sums)
+    np.testing.assert_allclose(float(loss.reduce(total)), float(loss(logits, labels, mask)),
+                               rtol=1e-5)
+    mean_of_batches = np.mean([float(loss(logits[b], labels[b], mask[b])) for b in batches])
+    self.assertGreater(abs(mean_of_batches - float(loss(logits, labels, mask))), 1e-3)
 
   def test_make_loss_weighted_sum(self):
     logits, labels, mask = _example(6)

@@ -4,7 +4,6 @@ import glob
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -17,74 +16,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tensorboardX.proto import event_pb2
 
 from seg_jax import data as data_lib
+from seg_jax import errors
 from seg_jax import losses
 from seg_jax import models
 from seg_jax import optim
 from seg_jax import train
 from seg_jax import viz
+from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-# Smallest widths of each registered segmentation model; every registered one must be listed.
-TINY_KWARGS = {
-    "unet": dict(depth=2, base_width=4),
-    "asym_unet": dict(widths=(4, 8, 8), encoder_blocks=(1, 1, 1), decoder_widths=(8, 4),
-                      decoder_blocks=(1, 1), aspp_features=8, se_reduction=2),
-    "deeplabv3": dict(backbone="resnet50", aspp_features=8,
-                      backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)}),
-    "deeplabv3plus": dict(backbone="xception", aspp_features=8, low_level_features=4,
-                          decoder_features=8,
-                          backbone_kwargs={"width_divisor": 32, "middle_repeats": 1}),
-    "fcn32s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
-    "fcn16s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
-    "fcn8s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
-    "fcn_resnet50": dict(head_features=8,
-                         backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)}),
-}
-
-_DATASET = None
+from tests.train_testing import REPO, TINY_KWARGS, default_config, tiny_config, tiny_dataset  # pylint: disable=g-multiple-import
 
 
 def setUpModule():
   # Each Trainer jits fresh closures; the persistent cache lets identical steps skip XLA.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp())
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def tiny_dataset() -> data_lib.Dataset:
-  """8 train / 3 val / 2 test synthetic scenes of 32x32 (built once per test process)."""
-  global _DATASET
-  if _DATASET is None:
-    _DATASET = data_lib.get_dataset(tiny_config().data)
-  return _DATASET
-
-
-def tiny_config(model: str = "asym_unet", **overrides) -> ml_collections.ConfigDict:
-  """The default config shrunk to 32x32 images, batch 2 and a few steps."""
-  config = default_config.get_config()
-  config.model.name = model
-  config.model.kwargs = ml_collections.ConfigDict(TINY_KWARGS[model])
-  config.data.image_size = (32, 32)
-  config.data.num_train, config.data.num_val, config.data.num_test = 8, 3, 2
-  config.train.num_steps = 4
-  config.train.global_batch_size = 2
-  config.train.log_every = 1
-  config.train.eval_every = 2
-  config.train.checkpoint_every = 2
-  config.eval.global_batch_size = 2
-  config.eval.num_images = 2
-  config.optim.warmup_steps = 0
-  for key, value in overrides.items():
-    group, field = key.split(".")
-    config[group][field] = value
-  config.lock()
-  return config
 
 
 class ModelsTrainTest(parameterized.TestCase):
@@ -162,6 +111,27 @@ class GuardsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "dtype.*'float8'"):
       train.check_setup(tiny_config(**{"model.dtype": "float8"}), tiny_dataset(), 1)
 
+  @parameterized.parameters("train", "eval")
+  def test_empty_eval_split_is_refused_before_compiling(self, mode):
+    dataset = tiny_dataset()
+    empty = data_lib.ArraySource(np.zeros((0, 32, 32, 3), np.uint8),
+                                 np.zeros((0, 32, 32), np.uint8))
+    no_val = data_lib.Dataset(**{**dataset.__dict__, "val": empty})
+    with mock.patch.object(jax, "jit") as jit:
+      with self.assertRaisesRegex(errors.DataError, "the 'val' split .* is empty"):
+        train.Trainer(tiny_config(**{"train.mode": mode}), no_val)
+      jit.assert_not_called()
+    train.check_setup(tiny_config(**{"train.mode": "eval", "eval.split": "test"}), no_val, 1)
+
+  def test_smoke_test_length_runs_on_the_default_config(self):
+    config = default_config.get_config()
+    config.train.num_steps = 10
+    config.lock()
+    with self.assertLogs(level="WARNING") as logs:
+      trainer = train.Trainer(config)
+    self.assertTrue(any("warming up over 5 updates" in line for line in logs.output))
+    self.assertAlmostEqual(float(trainer.schedule(5)), config.optim.learning_rate, places=7)
+
   def test_guards_run_before_compiling(self):
     with mock.patch.object(jax, "jit") as jit:
       with self.assertRaises(ValueError):
@@ -189,22 +159,31 @@ class GuardsTest(parameterized.TestCase):
 
 def _event_tags(workdir):
   """Tags of every value in the workdir's TensorBoard event files."""
-  tags = set()
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
-    with open(path, "rb") as f:
-      data = f.read()
-    i = 0
-    while i < len(data):  # TFRecord framing: length, length crc, payload, payload crc
-      n = struct.unpack("<Q", data[i:i + 8])[0]
-      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
-      tags |= {v.tag for v in event.summary.value}
-      i += 12 + n + 4
-  return tags
+  return {v.tag for path in glob.glob(os.path.join(workdir, writers.EVENT_FILES))
+          for event in writers.read_events(path) for v in event.summary.value}
 
 
 def _read_jsonl(path):
   with open(path) as f:
     return [json.loads(line) for line in f]
+
+
+def _snapshot(directory):
+  """(path, size, mtime) of everything under `directory`: any write shows up as a difference."""
+  out = set()
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      info = os.stat(path)
+      out.add((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
+  return out
+
+
+def _nan_config(**overrides):
+  """A config whose SGD step at learning rate 1e30 makes the loss non-finite at step 2."""
+  return tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 1e30,
+                        "optim.schedule": "constant", "optim.warmup_steps": 0,
+                        "optim.momentum": 0.0, "optim.grad_clip_norm": 0.0, **overrides})
 
 
 class LoopTest(absltest.TestCase):
@@ -257,43 +236,142 @@ class LoopTest(absltest.TestCase):
     resumed = train.train_and_evaluate(config, interrupted, dataset)
     self.assertEqual(resumed, final)
 
-    eval_config = tiny_config(**{"train.mode": "eval"})
-    record = train.run(eval_config, straight)
+    # Eval-only reads the run folder only (it may be read-only) and writes elsewhere.
+    before = _snapshot(straight)
+    output_dir = os.path.join(tempfile.mkdtemp(), "eval")
+    record = train.run(tiny_config(**{"train.mode": "eval", "eval.output_dir": output_dir}),
+                       straight)
+    self.assertEqual(_snapshot(straight), before)
     best = max(records, key=lambda r: r["miou"])
     self.assertEqual(record["step"], best["step"])
     self.assertAlmostEqual(record["miou"], best["miou"], places=6)
     for name in ("eval_val.json", "eval_val_table.txt", "confusion_matrix_val.png"):
-      self.assertTrue(os.path.exists(os.path.join(straight, name)), name)
+      self.assertTrue(os.path.exists(os.path.join(output_dir, name)), name)
+    test_record = train.run(tiny_config(**{"train.mode": "eval", "eval.split": "test",
+                                           "eval.checkpoint": "latest"}), straight)
+    self.assertEqual((test_record["split"], test_record["step"]), ("test", 4))
+    self.assertTrue(os.path.exists(os.path.join(straight, "eval_test.json")))
 
-  def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(self):
-    config = tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 1e30,
-                            "optim.schedule": "constant", "optim.warmup_steps": 0,
-                            "optim.grad_clip_norm": 0.0, "optim.momentum": 0.0,
-                            "train.checkpoint_every": 1})
+    # A rerun with another learning rate is refused, and config.json stays as it was.
+    before = _snapshot(straight)
+    with self.assertRaisesRegex(
+        errors.WorkdirError, r"another config .*optim.learning_rate: 0.003 -> 0.01"):
+      train.train_and_evaluate(tiny_config(**{"optim.learning_rate": 0.01}), straight, dataset)
+    self.assertEqual(_snapshot(straight), before)
+
+  def test_larger_num_steps_extends_a_finished_run(self):
+    constant = {"optim.schedule": "constant"}  # the same schedule whatever num_steps is
+    straight = train.train_and_evaluate(tiny_config(**constant), tempfile.mkdtemp(),
+                                        tiny_dataset())
     workdir = tempfile.mkdtemp()
-    with self.assertRaisesRegex(train.NonFiniteLossError,
-                                r"at step 2 is not finite; last good checkpoint: step 1"):
-      train.train_and_evaluate(config, workdir, tiny_dataset())
+    train.train_and_evaluate(tiny_config(**constant, **{"train.num_steps": 2}), workdir,
+                             tiny_dataset())
+    extended = train.train_and_evaluate(tiny_config(**constant), workdir, tiny_dataset())
+    self.assertEqual(extended, straight)
+    self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
+                     [2, 4])
+    self.assertEqual(workdir_lib.load_config(workdir).train.num_steps, 4)
+    with self.assertRaisesRegex(errors.WorkdirError, "trained to step 4, past "
+                                "train.num_steps=2; pass --config.train.num_steps=4 or more"):
+      train.train_and_evaluate(tiny_config(**constant, **{"train.num_steps": 2}), workdir,
+                               tiny_dataset())
+
+  def test_resume_skips_a_corrupt_latest_checkpoint(self):
+    dataset = tiny_dataset()
+    config = tiny_config()
+    workdir = tempfile.mkdtemp()
+    final = train.train_and_evaluate(config, workdir, dataset)
+    arrays = [p for p in glob.glob(os.path.join(workdir, "checkpoints", "4", "state", "**", "d",
+                                                "*"), recursive=True)]
+    largest = max(arrays, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+      f.truncate(os.path.getsize(largest) // 2)
+    os.remove(os.path.join(workdir, "final_metrics.json"))
+    with self.assertLogs(level="WARNING") as logs:
+      resumed = train.train_and_evaluate(config, workdir, dataset)
+    self.assertTrue(any("checkpoint 4" in line and "unreadable" in line for line in logs.output))
+    self.assertEqual(resumed, final)
+    self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
+                     [2, 4])
+    self.assertTrue(os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "4")))
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, "checkpoints"))), ["2", "4"])
+
+  def test_non_finite_loss_stops_two_steps_later_and_keeps_last_good_checkpoint(self):
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(
+        train.NonFiniteLossError, r"stopped at step 2: .* at step 2 is not finite; the last "
+        r"checkpoint is step 1 .*enable optim.grad_clip_norm"):  # a save checks all before it
+      train.train_and_evaluate(_nan_config(**{"train.checkpoint_every": 1}), workdir,
+                               tiny_dataset())
     self.assertEqual(sorted(os.listdir(os.path.join(workdir, "checkpoints"))), ["1"])
+    # Between logs and saves the check runs two steps behind, without waiting on the device.
+    config = _nan_config(**{"train.num_steps": 40, "train.log_every": 40,
+                            "train.eval_every": 40, "train.checkpoint_every": 40})
+    with self.assertRaisesRegex(train.NonFiniteLossError,
+                                r"stopped at step 4: .* at step 2 is not finite; no checkpoint"):
+      train.train_and_evaluate(config, tempfile.mkdtemp(), tiny_dataset())
+
+  def test_non_finite_advice_fits_the_clipping_setting(self):
+    values = {"loss": float("nan"), "grad_norm": float("inf")}
+    for clip, expected, unexpected in ((1.0, "optim.grad_clip_norm (now 1)", "enable"),
+                                       (0.0, "enable optim.grad_clip_norm", "now 0")):
+      describe = train._non_finite_message(_nan_config(**{"optim.grad_clip_norm": clip}),
+                                           "/runs/x", lambda: 7)
+      message = describe(9, 7, values)
+      self.assertIn("stopped at step 9: loss nan / gradient norm inf at step 7", message)
+      self.assertIn("the last checkpoint is step 7 in /runs/x", message)
+      self.assertIn(expected, message)
+      self.assertNotIn(unexpected, message)
 
   def test_eval_mode_without_checkpoint(self):
-    with self.assertRaisesRegex(ValueError, "no 'best' checkpoint"):
-      train.run(tiny_config(**{"train.mode": "eval"}), tempfile.mkdtemp())
+    workdir = tempfile.mkdtemp()
+    with self.assertRaisesRegex(errors.WorkdirError, "no 'best' checkpoint"):
+      train.run(tiny_config(**{"train.mode": "eval"}), workdir)
+    self.assertEqual(os.listdir(workdir), [])
 
   def test_unknown_mode(self):
-    with self.assertRaisesRegex(ValueError, "train.mode"):
+    with self.assertRaisesRegex(errors.ConfigError, "train.mode"):
       train.run(tiny_config(**{"train.mode": "predict"}), tempfile.mkdtemp())
+
+  def test_eval_loss_is_the_loss_of_the_whole_split(self):
+    weights = (0.5, 1.0, 2.0, 3.0, 1.5, 0.25)
+    trainer = train.Trainer(tiny_config(**{"loss.class_weighting": "given",
+                                           "loss.class_weights": weights,
+                                           "loss.dice_weight": 0.5}), tiny_dataset())
+    state = trainer.initial_state()
+    result, _, _ = trainer.evaluate(state)  # 3 images in batches of 2: the last one padded
+    val = trainer.dataset.val
+    images = np.stack([val[i]["image"] for i in range(len(val))]).astype(np.float32)
+    labels = np.stack([val[i]["label"] for i in range(len(val))]).astype(np.int64)
+    normalised = (images - trainer.dataset.mean) / trainer.dataset.std
+    logits = np.asarray(state.apply_fn({"params": state.params,
+                                        "batch_stats": state.batch_stats},
+                                       jnp.asarray(normalised), train=False), np.float64)
+    mask = labels < 6
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    lab = np.where(mask, labels, 0)
+    nll = -np.take_along_axis(logp, lab[..., None], -1)[..., 0]
+    w = np.asarray(weights)[lab] * mask
+    ce = (w * nll).sum() / w.sum()
+    probs = np.exp(logp)[mask]
+    onehot = np.eye(6)[lab[mask]]
+    tp = (probs * onehot).sum(0)
+    fp = probs.sum(0) - tp
+    fn = onehot.sum(0) - tp
+    present = onehot.sum(0) > 0
+    dice = 1 - np.mean((2 * tp / (2 * tp + fp + fn))[present])
+    np.testing.assert_allclose(result["loss"], ce + 0.5 * dice, rtol=2e-5)
 
 
 _FOUR_DEVICE_SCRIPT = """
 import json, sys
 import jax
-sys.path.insert(0, {tests!r})
-import test_train
+from tests import train_testing
 from seg_jax import train
-dataset = test_train.tiny_dataset()
-config = test_train.tiny_config(**{{"train.global_batch_size": 4, "eval.global_batch_size": 4}})
-losses = {{}}
+dataset = train_testing.tiny_dataset()
+config = train_testing.tiny_config(**{"train.global_batch_size": 4, "eval.global_batch_size": 4})
+losses = {}
 for n in (1, 4):
   trainer = train.Trainer(config, dataset, devices=jax.devices()[:n])
   state = trainer.initial_state()
@@ -313,7 +391,7 @@ class ShardingTest(absltest.TestCase):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    script = _FOUR_DEVICE_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    script = _FOUR_DEVICE_SCRIPT
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
     self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
@@ -333,6 +411,27 @@ class VizWritersTest(absltest.TestCase):
     self.assertEqual(panel[0, 0, 0], 255)
     np.testing.assert_array_equal(panel[:, 4:], [[[10, 20, 30], [40, 50, 60]],
                                                  [[0, 0, 0], [40, 50, 60]]])
+
+  def test_discard_after_drops_later_steps_and_cut_records(self):
+    workdir = tempfile.mkdtemp()
+    writer = writers.MetricWriter(workdir)
+    for step in (1, 2, 3, 4):
+      writer.scalars(step, {"train/loss": step / 10})
+      writer.jsonl({"step": step, "split": "val"})
+    writer.images(2, {"val/prediction_0": np.zeros((2, 3, 3), np.uint8)})
+    writer.close()
+    [events_file] = glob.glob(os.path.join(workdir, writers.EVENT_FILES))
+    with open(events_file, "ab") as f:
+      f.write(b"\x20\x00\x00")  # a record cut short by a kill
+    with open(os.path.join(workdir, writers.METRICS_FILE), "a") as f:
+      f.write('{"step": 5, "spl')
+    writers.discard_after(workdir, 2)
+    self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
+                     [1, 2])
+    values = [(v.tag, e.step) for e in writers.read_events(events_file) for v in e.summary.value]
+    self.assertEqual(values, [("train/loss", 1), ("train/loss", 2), ("val/prediction_0", 2)])
+    self.assertEqual(os.path.getsize(events_file),
+                     sum(16 + e.ByteSize() for e in writers.read_events(events_file)))
 
   def test_pngs_and_json(self):
     workdir = tempfile.mkdtemp()
@@ -378,8 +477,15 @@ class OptimTest(parameterized.TestCase):
   def test_bad_schedule_and_warmup(self):
     with self.assertRaisesRegex(ValueError, "schedule"):
       optim.create_schedule(_optim_config(schedule="step"), 100)
-    with self.assertRaisesRegex(ValueError, "warmup_steps"):
-      optim.create_schedule(_optim_config(warmup_steps=100), 100)
+    with self.assertRaisesRegex(ValueError, "warmup_steps must be >= 0"):
+      optim.create_schedule(_optim_config(warmup_steps=-1), 100)
+
+  def test_warmup_longer_than_the_run_is_shortened_to_half(self):
+    config = _optim_config(learning_rate=1.0, warmup_steps=100, end_lr_factor=0.0)
+    self.assertEqual(optim.warmup_updates(config, 10), 5)
+    schedule = optim.create_schedule(config, 10)
+    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.0, 1.0, 0.0],
+                               atol=1e-6)
 
   def test_weight_decay_mask(self):
     params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.ones(4)},

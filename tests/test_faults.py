@@ -1,0 +1,217 @@
+"""Fault injection: `python -m seg_jax.main` killed at chosen points and rerun ends exactly like an
+uninterrupted run, logs each step once and leaves no temporary folder behind.
+
+Each test runs the real command in subprocesses on the tiny config of tests/train_testing.py
+(32x32 images, batch 2, 6 steps, evaluated and checkpointed after every step) with the
+persistent compilation cache, so a run takes a few seconds once compiled.
+"""
+
+import collections
+import concurrent.futures
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+import pytest
+
+from seg_jax import errors
+from seg_jax import writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+CACHE = os.path.join(REPO, ".jax_cache")
+# Evaluated (hence checkpointed) every step, periodic checkpoints every 4: the layout in which
+# the former separate best-checkpoint folder replayed into a step it had already saved.
+OVERRIDES = ("--config.train.num_steps=6", "--config.train.eval_every=1",
+             "--config.train.checkpoint_every=4", "--config.train.keep_checkpoints=2",
+             f"--config.train.compilation_cache_dir={CACHE}")
+
+
+def _start(workdir, *flags, kill_at=None):
+  """Starts the command (under tests/fault_points.py if `kill_at` is (point, step))."""
+  args = ([sys.executable, os.path.join(TESTS, "fault_points.py"), kill_at[0],
+           str(kill_at[1])] if kill_at else [sys.executable, "-m", "seg_jax.main"])
+  args += [f"--config={os.path.join(TESTS, 'train_testing.py')}", f"--workdir={workdir}",
+           *OVERRIDES, *flags]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+             JAX_PLATFORMS="cpu")
+  return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc, signal_after_log=None, target=None, timeout=240):
+  """Reads the stderr of `proc` to its end; returns (exit code, stderr).
+
+  signal_after_log: (signal, step): sent to `target` (default `proc`) once `proc` logs
+  "step N/".
+  """
+  lines = []
+  try:
+    for line in proc.stderr:
+      lines.append(line)
+      if signal_after_log and f"step {signal_after_log[1]}/" in line:
+        (target or proc).send_signal(signal_after_log[0])
+        signal_after_log = None
+    proc.wait(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return proc.returncode, "".join(lines)
+
+
+def run_main(workdir, *flags, kill_at=None, signal_after_log=None):
+  """Runs the command; returns (exit code, stderr). See `_start` and `_finish`."""
+  return _finish(_start(workdir, *flags, kill_at=kill_at), signal_after_log)
+
+
+def run_two_processes(workdir, port, signal_after_log=None):
+  """Runs the command as 2 processes x 1 CPU device; returns [(exit code, stderr)] of each.
+
+  signal_after_log: (signal, step) sent to process 1 only, once process 0 logs "step N/".
+  """
+  procs = [_start(workdir, "--distributed", f"--coordinator_address=localhost:{port}",
+                  "--num_processes=2", f"--process_id={i}") for i in range(2)]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    first = pool.submit(_finish, procs[0], signal_after_log, procs[1])
+    second = pool.submit(_finish, procs[1])
+    return [first.result(), second.result()]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _read_jsonl(workdir):
+  with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f]
+
+
+def _event_steps(workdir):
+  """Counter of (tag, step) over every TensorBoard event file of the workdir."""
+  counts = collections.Counter()
+  for path in glob.glob(os.path.join(workdir, writers.EVENT_FILES)):
+    for event in writers.read_events(path):
+      counts.update((v.tag, event.step) for v in event.summary.value)
+  return counts
+
+
+def _flat_numbers(record, prefix=""):
+  out = {}
+  for key, value in record.items():
+    if isinstance(value, dict):
+      out.update(_flat_numbers(value, f"{prefix}{key}."))
+    elif isinstance(value, (int, float)) or value is None:
+      out[prefix + key] = np.nan if value is None else value
+  return out
+
+
+class FaultInjectionTest(absltest.TestCase):
+  """Each test compares its workdir with one uninterrupted run of the same command."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.straight = tempfile.mkdtemp()
+    code, err = run_main(cls.straight)
+    assert code == 0, err[-3000:]
+    with open(os.path.join(cls.straight, "final_metrics.json")) as f:
+      cls.final = json.load(f)
+    cls.steps = [r["step"] for r in _read_jsonl(cls.straight)]
+    cls.events = _event_steps(cls.straight)
+
+  def new_workdir(self):
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    return workdir
+
+  def rerun_to_the_end(self, workdir):
+    """Reruns the plain command; it must finish like the uninterrupted run. Returns stderr."""
+    code, err = run_main(workdir)
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertSameAsUninterrupted(workdir)
+    return err
+
+  def assertSameAsUninterrupted(self, workdir):
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+      final = json.load(f)
+    self.assertEqual(final["step"], self.final["step"])
+    expected, got = _flat_numbers(self.final), _flat_numbers(final)
+    self.assertEqual(sorted(got), sorted(expected))
+    np.testing.assert_allclose([got[k] for k in sorted(got)],
+                               [expected[k] for k in sorted(expected)], atol=1e-6, rtol=0)
+    self.assertEqual([r["step"] for r in _read_jsonl(workdir)], self.steps)
+    events = _event_steps(workdir)
+    self.assertEqual(set(events), set(self.events))
+    self.assertEqual(max(events.values()), 1, "a TensorBoard value was logged twice")
+    self.assertEqual(glob.glob(os.path.join(workdir, "**", "*orbax-checkpoint-tmp*"),
+                               recursive=True), [])
+    self.assertTrue(os.path.exists(os.path.join(workdir, "confusion_matrix.png")))
+
+  @pytest.mark.slow
+  def test_sigterm_exits_preempted_then_kill_after_a_logged_step(self):
+    workdir = self.new_workdir()
+    code, err = run_main(workdir, signal_after_log=(signal.SIGTERM, 1))
+    self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+    self.assertIn("preempted: checkpoint saved at step", err)
+    code, _ = run_main(workdir, signal_after_log=(signal.SIGKILL, 4))
+    self.assertEqual(code, -signal.SIGKILL)
+    self.rerun_to_the_end(workdir)
+
+  @pytest.mark.slow
+  def test_kill_during_evaluation_then_in_a_temporary_checkpoint(self):
+    workdir = self.new_workdir()
+    code, _ = run_main(workdir, kill_at=("evaluation", 3))
+    self.assertEqual(code, -signal.SIGKILL)
+    self.assertFalse(os.path.exists(os.path.join(workdir, "checkpoints", "3")))
+    code, _ = run_main(workdir, kill_at=("temporary", 5))
+    self.assertEqual(code, -signal.SIGKILL)
+    self.assertNotEmpty(glob.glob(os.path.join(workdir, "checkpoints", "5.orbax-checkpoint-tmp*")))
+    self.assertIn("resumed from step 4", self.rerun_to_the_end(workdir))
+
+  @pytest.mark.slow
+  def test_kill_after_last_checkpoint_and_deleted_final_metrics(self):
+    workdir = self.new_workdir()
+    code, _ = run_main(workdir, kill_at=("checkpoint", 6))
+    self.assertEqual(code, -signal.SIGKILL)
+    self.assertFalse(os.path.exists(os.path.join(workdir, "final_metrics.json")))
+    self.rerun_to_the_end(workdir)
+    os.remove(os.path.join(workdir, "final_metrics.json"))
+    self.rerun_to_the_end(workdir)
+
+  @pytest.mark.slow
+  def test_two_processes_save_the_same_step_when_one_gets_sigterm(self):
+    workdir = self.new_workdir()
+    results = run_two_processes(workdir, _free_port(), signal_after_log=(signal.SIGTERM, 1))
+    steps = []
+    for code, err in results:
+      self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+      steps += re.findall(r"preempted: checkpoint saved at step (\d+)", err)
+    self.assertLen(steps, 2)
+    self.assertEqual(steps[0], steps[1])
+    saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    self.assertEqual(max(saved), int(steps[0]))
+    self.assertLess(max(saved), 6)
+    results = run_two_processes(workdir, _free_port())
+    for code, err in results:
+      self.assertEqual(code, 0, err[-3000:])
+      self.assertIn(f"resumed from step {steps[0]}", err)
+    self.assertSameAsUninterrupted(workdir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.straight, ignore_errors=True)
+    super().tearDownClass()
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,73 @@
+"""Tests of seg_jax.workdir: the stored config, loading it back and refusing a changed one."""
+
+import os
+import tempfile
+
+from absl.testing import absltest
+
+from seg_jax import errors
+from seg_jax import workdir as workdir_lib
+from tests.train_testing import tiny_config
+
+
+class WorkdirTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = tempfile.mkdtemp()
+    self.config = tiny_config("deeplabv3")
+    workdir_lib.save_config(self.config, self.workdir)
+
+  def test_load_config_restores_tuples_and_locks(self):
+    loaded = workdir_lib.load_config(self.workdir)
+    self.assertEqual(loaded.to_dict(), self.config.to_dict())
+    self.assertEqual(loaded.data.image_size, (32, 32))
+    self.assertEqual(loaded.model.kwargs.backbone_kwargs.stage_sizes, (1, 1, 1, 1))
+    with self.assertRaises(AttributeError):
+      loaded.train.num_step = 3
+
+  def test_load_config_errors_name_the_file(self):
+    with self.assertRaisesRegex(errors.WorkdirError, "config.json does not exist"):
+      workdir_lib.load_config(tempfile.mkdtemp())
+    with open(workdir_lib.config_path(self.workdir), "w") as f:
+      f.write("{")
+    with self.assertRaisesRegex(errors.WorkdirError, "config.json is unreadable"):
+      workdir_lib.load_config(self.workdir)
+
+  def test_allowed_fields_may_change(self):
+    self.assertTrue(workdir_lib.check_config(self.config, self.workdir))
+    self.assertFalse(workdir_lib.check_config(self.config, tempfile.mkdtemp()))
+    changed = tiny_config("deeplabv3", **{
+        "train.num_steps": 40, "train.log_every": 7, "train.eval_every": 9,
+        "train.checkpoint_every": 3, "train.keep_checkpoints": 5,
+        "train.compilation_cache_dir": "/tmp/cache", "eval.num_images": 0,
+        "eval.global_batch_size": 4, "data.keep_on_device": True})
+    workdir_lib.check_config(changed, self.workdir)
+    evaluation = tiny_config("deeplabv3", **{"train.mode": "eval", "eval.split": "test",
+                                             "eval.output_dir": "/tmp/out",
+                                             "data.root": "/data/moved"})
+    workdir_lib.check_config(evaluation, self.workdir)
+
+  def test_other_changes_are_refused_with_every_difference(self):
+    other = tiny_config("unet", **{"optim.learning_rate": 0.01, "eval.split": "test"})
+    with self.assertRaises(errors.WorkdirError) as caught:
+      workdir_lib.check_config(other, self.workdir)
+    message = str(caught.exception)
+    for part in ("model.name: 'deeplabv3' -> 'unet'", "optim.learning_rate: 0.003 -> 0.01",
+                 "eval.split: 'val' -> 'test'", "model.kwargs.depth: '<absent>' -> 2",
+                 "model.kwargs.backbone: 'resnet50' -> '<absent>'", "use a new --workdir"):
+      self.assertIn(part, message)
+    self.assertNotIn("\n", message)
+
+  def test_differences_compare_tuples_as_stored(self):
+    stored = {"data": {"image_size": [32, 32]}, "seed": 0}
+    diff = {k: (old, new) for k, old, new in workdir_lib.differences(stored, tiny_config())}
+    self.assertNotIn("data.image_size", diff)
+    self.assertNotIn("seed", diff)
+    self.assertEqual(diff["model.name"], ("<absent>", "asym_unet"))
+    allowed = workdir_lib.differences(stored, tiny_config(), allowed=tuple(diff))
+    self.assertEqual(allowed, [])
+
+
+if __name__ == "__main__":
+  absltest.main()

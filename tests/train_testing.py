@@ -1,0 +1,75 @@
+"""Tiny trainer configs and data shared by the trainer tests; also a config file for main.
+
+  python -m seg_jax.main --config=tests/train_testing.py --workdir=DIR [--config.x=y]
+"""
+
+import os
+import sys
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Smallest widths of each registered segmentation model; every registered one must be listed.
+TINY_KWARGS = {
+    "unet": dict(depth=2, base_width=4),
+    "asym_unet": dict(widths=(4, 8, 8), encoder_blocks=(1, 1, 1), decoder_widths=(8, 4),
+                      decoder_blocks=(1, 1), aspp_features=8, se_reduction=2),
+    "deeplabv3": dict(backbone="resnet50", aspp_features=8,
+                      backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)}),
+    "deeplabv3plus": dict(backbone="xception", aspp_features=8, low_level_features=4,
+                          decoder_features=8,
+                          backbone_kwargs={"width_divisor": 32, "middle_repeats": 1}),
+    "fcn32s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
+    "fcn16s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
+    "fcn8s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
+    "fcn_resnet50": dict(head_features=8,
+                         backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)}),
+}
+
+_DATASET = None
+
+
+def tiny_config(model: str = "asym_unet", **overrides) -> ml_collections.ConfigDict:
+  """The default config shrunk to 32x32 images, batch 2 and a few steps, locked.
+
+  `overrides` are "group.field" (or "group.sub.field") names with their values.
+  """
+  config = default_config.get_config()
+  config.model.name = model
+  config.model.kwargs = ml_collections.ConfigDict(TINY_KWARGS[model])
+  config.data.image_size = (32, 32)
+  config.data.num_train, config.data.num_val, config.data.num_test = 8, 3, 2
+  config.train.num_steps = 4
+  config.train.global_batch_size = 2
+  config.train.log_every = 1
+  config.train.eval_every = 2
+  config.train.checkpoint_every = 2
+  config.eval.global_batch_size = 2
+  config.eval.num_images = 2
+  config.optim.warmup_steps = 0
+  for key, value in overrides.items():
+    *groups, field = key.split(".")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[field] = value
+  config.lock()
+  return config
+
+
+def tiny_dataset():
+  """8 train / 3 val / 2 test synthetic scenes of 32x32 (built once per test process)."""
+  global _DATASET
+  if _DATASET is None:
+    from seg_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+    _DATASET = data_lib.get_dataset(tiny_config().data)
+  return _DATASET
+
+
+def get_config(model: str = "asym_unet") -> ml_collections.ConfigDict:
+  """`tiny_config(model)` as a config file for `python -m seg_jax.main`."""
+  return tiny_config(model)
