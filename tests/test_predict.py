@@ -116,7 +116,7 @@ class PredictCommandTest(parameterized.TestCase):
   def test_missing_config_is_named(self):
     code, err = _run(tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp())
     self.assertEqual(code, predict.EXIT_NOTHING_RAN)
-    self.assertIn("config.json: not found", err)
+    self.assertIn("config.json does not exist", err)
 
   def test_missing_checkpoint_is_named(self):
     workdir = tempfile.mkdtemp()
@@ -124,7 +124,7 @@ class PredictCommandTest(parameterized.TestCase):
       shutil.copy(os.path.join(trained_workdir(), name), workdir)
     code, err = _run(workdir, tempfile.mkdtemp(), tempfile.mkdtemp())
     self.assertEqual(code, predict.EXIT_NOTHING_RAN)
-    self.assertIn(f"{os.path.join(workdir, 'best')}: not found", err)
+    self.assertIn(f"no 'best' checkpoint in {os.path.join(workdir, 'checkpoints')}", err)
 
   def test_window_below_the_model_minimum_is_refused(self):
     inputs = tempfile.mkdtemp()
