@@ -107,11 +107,11 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The configured model from the registry."""
+  """The configured model from the registry, with ``model.ablation`` applied by the registry."""
   return models.create(config.model.name, num_classes=num_classes,
                        dtype=dtype_from_name(config.model.dtype),
                        param_dtype=dtype_from_name(config.model.param_dtype),
-                       **config.model.kwargs.to_dict())
+                       ablation=config.model.ablation, **config.model.kwargs.to_dict())
 
 
 def class_pixel_counts(source, num_classes: int) -> np.ndarray:

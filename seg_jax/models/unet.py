@@ -178,7 +178,7 @@ class UNetDecoder(nn.Module):
       if skip.shape[1:3] != (2 * x.shape[1], 2 * x.shape[2]):
         raise ValueError(
             f"the unet decoder needs every skip at twice the size of the features below it; "
-            f"backbone strides are {strides} (a dilated backbone repeats a stride)")
+            f"the backbone has features at strides {strides}")
       x = Upsample2x(width, self.upsample, **kw, name=f"up{i}")(x)
       if self.skip_se:
         skip = layers.SqueezeExcitation(reduction=self.se_reduction, **kw, name=f"skip_se{i}")(skip)
