@@ -10,6 +10,7 @@ from absl.testing import absltest
 import jax
 import keras
 import numpy as np
+import pytest
 
 from seg_jax import models
 from seg_jax import weights
@@ -40,45 +41,44 @@ def random_keras_xception():
   return model
 
 
+@pytest.mark.slow
 class XceptionParityTest(absltest.TestCase):
+  """Builds Keras' Xception once (about 15 s of CPU on its own, most of this test's time).
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.keras_model = random_keras_xception()
-    cls.x = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
-    adds = [layer for layer in cls.keras_model.layers if isinstance(layer, keras.layers.Add)]
-    outputs = {stage: (adds[at] if isinstance(at, int) else cls.keras_model.get_layer(at)).output
+  One test, so that pytest-xdist never builds the Keras model on two workers.
+  """
+
+  def test_import_matches_keras_output_for_output(self):
+    keras_model = random_keras_xception()
+    x = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    adds = [layer for layer in keras_model.layers if isinstance(layer, keras.layers.Add)]
+    outputs = {stage: (adds[at] if isinstance(at, int) else keras_model.get_layer(at)).output
                for stage, (at, _) in STAGES.items()}
-    probe = keras.Model(cls.keras_model.input, {**outputs, "logits": cls.keras_model.output})
-    cls.expected = {k: np.asarray(v) for k, v in probe(cls.x, training=False).items()}
+    probe = keras.Model(keras_model.input, {**outputs, "logits": keras_model.output})
+    expected = {k: np.asarray(v) for k, v in probe(x, training=False).items()}
 
-  def forward(self, variables):
+    variables = weights.from_keras("xception", keras_model)
     model = models.create("xception", num_classes=1000)
     logits, state = jax.jit(lambda v, x: model.apply(
-        v, x, train=False, capture_intermediates=lambda m, _: True))(variables, self.x)
-    return logits, state["intermediates"]
-
-  def test_logits_and_stages_match_keras(self):
-    variables = weights.from_keras("xception", self.keras_model)
-    logits, intermediates = self.forward(variables)
-    scale = np.abs(self.expected["logits"]).max()
-    np.testing.assert_allclose(logits, self.expected["logits"], rtol=1e-4, atol=1e-4 * scale)
+        v, x, train=False, capture_intermediates=lambda m, _: True))(variables, x)
+    np.testing.assert_allclose(logits, expected["logits"], rtol=1e-4,
+                               atol=1e-4 * np.abs(expected["logits"]).max())
     for stage, (_, module) in STAGES.items():
-      ours = np.asarray(intermediates[module]["__call__"][0])
-      np.testing.assert_allclose(ours, self.expected[stage], rtol=1e-4,
-                                 atol=1e-4 * np.abs(self.expected[stage]).max(), err_msg=stage)
+      ours = np.asarray(state["intermediates"][module]["__call__"][0])
+      np.testing.assert_allclose(ours, expected[stage], rtol=1e-4,
+                                 atol=1e-4 * np.abs(expected[stage]).max(), err_msg=stage)
 
-  def test_files_give_the_same_variables(self):
-    from_model = weights.from_keras("xception", self.keras_model)
     with tempfile.TemporaryDirectory() as folder:
       h5 = os.path.join(folder, "xception.weights.h5")
-      self.keras_model.save_weights(h5)
+      keras_model.save_weights(h5)
       whole = os.path.join(folder, "xception.keras")
-      self.keras_model.save(whole)
+      keras_model.save(whole)
       for path in (h5, whole):
-        loaded = weights.from_keras("xception", path)
-        jax.tree.map(np.testing.assert_array_equal, loaded, from_model)
+        jax.tree.map(np.testing.assert_array_equal, weights.from_keras("xception", path),
+                     variables)
+
+
+class KerasLayoutTest(absltest.TestCase):
 
   def test_another_architecture_is_rejected(self):
     other = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
@@ -87,17 +87,19 @@ class XceptionParityTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"missing \[.*layers/separable_conv2d/vars/0"):
       weights.from_keras("xception", other)
     with self.assertRaisesRegex(ValueError, "Keras layout is known for"):
-      weights.from_keras("resnet50", self.keras_model)
+      weights.from_keras("resnet50", other)
     with self.assertRaisesRegex(ValueError, ".keras or .weights.h5"):
       weights.from_keras("xception", "xception.h5")
 
   def test_names_follow_keras_layer_order(self):
-    # The k-th Keras layer of a class is the k-th seg_jax module of that kind.
+    # The k-th Keras layer of a class is the k-th seg_jax module of that kind in model order.
     names = keras_layout.h5_names("xception")
     self.assertEqual(names["params/block1_conv1/conv/kernel"], "layers/conv2d/vars/0")
     self.assertEqual(names["params/block2/skip/conv/kernel"], "layers/conv2d_2/vars/0")
     self.assertEqual(names["batch_stats/block2/skip/norm/bn/var"],
                      "layers/batch_normalization_4/vars/3")
+    self.assertEqual(names["params/block14/sepconv2/pointwise/kernel"],
+                     "layers/separable_conv2d_33/vars/1")
     self.assertLen(names, 236)  # Every var of the Keras model.
 
 
