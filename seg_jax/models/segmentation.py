@@ -106,7 +106,9 @@ def merge_settings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict
   merged = {**base, **override}
   for part in PARTS:
     key = f"{part}_kwargs"
-    renamed = part in override and override[part] != base.get(part, override[part])
+    # A part missing from base is SegmentationModel's default one.
+    renamed = part in override and override[part] != base.get(
+        part, getattr(SegmentationModel, part))
     inherited = {} if renamed else dict(base.get(key, {}))
     if key in base or key in override:
       merged[key] = {**inherited, **dict(override.get(key, {}))}

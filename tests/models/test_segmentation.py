@@ -99,6 +99,16 @@ class CompositionTest(parameterized.TestCase):
     self.assertEqual(out.shape, (2, 65, 97, 3))
     self.assertEqual(variables["params"].keys() - {"neck", "decoder", "head"}, {"backbone"})
 
+  @parameterized.parameters(*segmentation.BACKBONES)
+  def test_every_backbone_feeds_aspp_and_the_v3plus_decoder(self, backbone):
+    tiny = {"unet_encoder": dict(widths=(4, 8, 8)), "vgg16": TINY_VGG,
+            "xception65": TINY_XCEPTION65, "resnet101": dict(TINY_RESNET)}
+    model = models.create("deeplabv3plus", num_classes=3, backbone=backbone,
+                          backbone_kwargs=tiny.get(backbone, dict(width=4)),
+                          neck_kwargs=dict(features=8), decoder_kwargs=dict(features=8))
+    params = abstract_init(model)["params"]
+    self.assertEqual(sorted(params), ["backbone", "decoder", "head", "neck"])
+
   def test_combination_runs(self):
     model = models.create("asym_unet", num_classes=3, backbone="resnet18",
                           backbone_kwargs=dict(width=4), neck_kwargs=dict(features=8))
@@ -121,6 +131,9 @@ class CompositionTest(parameterized.TestCase):
     self.assertEqual(merged["backbone_kwargs"], dict(width=4))
     self.assertEqual(merged["neck_kwargs"], {})
     self.assertEqual(segmentation.merge_settings(base, dict(backbone="unet_encoder")), base)
+    # A part the base leaves out is the default one ("conv" head).
+    merged = segmentation.merge_settings(dict(head_kwargs=dict(features=8)), dict(head="none"))
+    self.assertEqual(merged["head_kwargs"], {})
 
   def test_create_merges_into_the_preset(self):
     fields = models.settings("asym_unet", backbone_kwargs=dict(se=False))

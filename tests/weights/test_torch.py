@@ -174,6 +174,14 @@ class ForwardParityTest(parameterized.TestCase):
     assert_close(intermediates["layer1"]["__call__"][0], torch_nhwc(layer1), "layer1")
     assert_close(intermediates["layer4"]["__call__"][0], torch_nhwc(layer4), "layer4")
 
+  def test_pth_file(self):
+    reference = randomise_batch_norm(torchvision.models.resnet18(num_classes=10))
+    with tempfile.TemporaryDirectory() as folder:
+      path = os.path.join(folder, "resnet18.pth")
+      torch.save(reference.state_dict(), path)
+      assert_trees_equal(weights.from_torch("resnet18", path),
+                         weights.from_torch("resnet18", reference.state_dict()))
+
   def test_vgg16(self):
     reference = torchvision.models.vgg16(num_classes=10).eval()
     _, expected, logits, _ = self.run_both("vgg16", reference, 32, 10)
