@@ -32,7 +32,6 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet101": resnet.ResNet101,
     "vgg16": vgg.VGG16,
     "xception": xception.Xception,
-    "xception65": xception.AlignedXception,
     "mlp": classifiers.MLP,
     "simple_cnn": classifiers.SimpleCNN,
 }

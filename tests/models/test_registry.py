@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax import models
+from seg_jax.models import asym_unet
 from tests.models.testing import (
     DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET, TINY_VGG, TINY_XCEPTION65, host_init)
 
@@ -38,15 +39,14 @@ TINY = {
     "resnet101": dict(width=4, stage_sizes=(1, 1, 2, 1)),
     "vgg16": dict(widths=(4, 4, 8, 8, 8), hidden=16),
     "xception": dict(width_divisor=16, middle_repeats=1),
-    "xception65": dict(TINY_XCEPTION65),
     "mlp": dict(hidden=(16,), dropout=0.5),
     "simple_cnn": dict(widths=(4, 8, 8)),
 }
 
 SEGMENTATION = ("unet", "asym_unet", "deeplabv3", "deeplabv3plus", "deeplabv3plus_xception",
                 "deeplabv3_resnet50", "fcn32s", "fcn16s", "fcn8s", "fcn_resnet50")
-REQUIRED = SEGMENTATION + ("xception", "xception65", "googlenet", "resnet18", "resnet34",
-                           "resnet50", "resnet101", "vgg16", "mlp", "simple_cnn")
+REQUIRED = SEGMENTATION + ("xception", "googlenet", "resnet18", "resnet34", "resnet50",
+                           "resnet101", "vgg16", "mlp", "simple_cnn")
 
 NUM_CLASSES = 3
 
@@ -78,6 +78,18 @@ class RegistryTest(parameterized.TestCase):
       self.assertGreaterEqual(models.min_input_size(name), 1)
     self.assertEqual(models.min_input_size("unet"), 32)
     self.assertEqual(models.min_input_size("resnet50"), 32)
+
+  def test_kind_is_a_field_of_the_model_class(self):
+    for name in models.available():
+      model = models.create(name, num_classes=NUM_CLASSES, **TINY[name])
+      self.assertEqual(models.is_segmentation(name), type(model).task == "segmentation", name)
+      self.assertEqual(models.min_input_size(name), type(model).min_input_size, name)
+
+  def test_ablations(self):
+    self.assertEqual(models.ablations("asym_unet"), sorted(asym_unet.ABLATIONS))
+    self.assertEqual(models.ablations("unet"), [])
+    with self.assertRaisesRegex(ValueError, "unet2"):
+      models.ablations("unet2")
 
   def test_unknown_name_raises(self):
     with self.assertRaisesRegex(ValueError, "unet2"):
