@@ -12,7 +12,7 @@ output stride sets them too, as DeepLab's own flags do.
   conv-BN-ReLU layers of 256 channels; the head classifies at stride 4.
 
 ``deeplabv3plus_xception`` is DeepLab's reference V3+: Xception-65 (whose stride-4 tap is the
-256-channel second unit of entry block 2), with depthwise-separable ASPP and decoder convs
+256-channel second separable unit of entry block 2), with depthwise-separable ASPP and decoder convs
 (BatchNorm + ReLU after the depthwise and after the pointwise part). ``deeplabv3_resnet50`` is
 torchvision's ``deeplabv3_resnet50`` without its auxiliary head (output stride 8, ASPP dropout
 0.5, a 3x3 conv-BN-ReLU before the classifier), so ``seg_jax.weights.from_torch`` imports it.

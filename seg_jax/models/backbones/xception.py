@@ -40,8 +40,9 @@ Feature stages (``num_classes=None``), stride and channels:
   ============  ========  =======================  ========
 
 Xception's ``low_level`` is block 2's output (128 channels). AlignedXception's ``low_level`` is
-the tap of DeepLab's V3+ decoder: the second unit of entry block 2 (after its pointwise BN,
-256 channels, stride 4, before the block strides), listed after ``entry_block1``. Channels shrink
+the tap of DeepLab's V3+ decoder: entry block 2's second separable unit, after its pointwise BN
+(DeepLab's ``entry_flow/block2/unit_1/xception_module/separable_conv2_pointwise``; 256
+channels, stride 4, before the block strides), listed after ``entry_block1``. Channels shrink
 by ``width_divisor`` (test models). Xception's two "valid" stem convs leave
 ``(size - 3) // 2 - 1`` pixels, which each later stride halves rounding up; AlignedXception pads
 so the size at stride ``s`` is ``ceil(size / s)``.
