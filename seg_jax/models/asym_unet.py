@@ -11,8 +11,9 @@ Design (defaults in brackets):
   at full resolution, so capacity is moved to where it is cheap and where it forms semantics.
 * Squeeze-and-Excitation [on, reduction 16, in the encoder stages]. Aerial tiles differ
   strongly in global appearance (desert, dense city, coast, haze, season); a gate computed from
-  the whole tile re-weights the channels per image at under 1% extra parameters. ``se_where``
-  also allows it on the skips (recalibrating what the decoder copies) and in the decoder.
+  the whole tile re-weights the channels per image at under 1% extra parameters. The decoder's
+  ``skip_se`` and ``se`` also place it on the skips (recalibrating what the decoder copies) and
+  in the decoder stages.
 * ASPP at the bottleneck [on, rates 2-4-6 and image pooling, 256 channels]. Objects span a wide
   range of sizes from a car park to a lake; parallel atrous branches see several context sizes
   without further downsampling, which would lose thin roads, and the pooling branch adds
