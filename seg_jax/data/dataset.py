@@ -214,19 +214,27 @@ def _generator_version() -> str:
 
 
 def _read_cached(folder: str, shape: tuple[int, ...]) -> Optional[ArraySource]:
-  """The arrays cached in `folder` if they are there and whole (memory-mapped), else None."""
+  """The arrays cached in `folder` if they are there and whole (memory-mapped), else None.
+
+  A folder whose arrays cannot be read, or are not of `shape`, is removed (with a warning).
+  """
   try:
     images = np.load(os.path.join(folder, "images.npy"), mmap_mode="r")
     labels = np.load(os.path.join(folder, "labels.npy"), mmap_mode="r")
   except FileNotFoundError:
+    if os.path.isdir(folder):  # a folder without its arrays is unreadable too
+      logging.warning("generating %s again: its arrays are missing", folder)
+      shutil.rmtree(folder, ignore_errors=True)
     return None
   except (OSError, ValueError) as e:  # truncated or garbled files
     logging.warning("generating %s again: its cached scenes are unreadable (%s)", folder, e)
+    shutil.rmtree(folder, ignore_errors=True)
     return None
   if images.shape != shape or labels.shape != shape[:3] or not (
       images.dtype == labels.dtype == np.uint8):
     logging.warning("generating %s again: it holds %s %s / %s %s, not %s uint8", folder,
                     images.dtype, images.shape, labels.dtype, labels.shape, shape)
+    shutil.rmtree(folder, ignore_errors=True)
     return None
   return ArraySource(images, labels)
 
@@ -238,7 +246,6 @@ def _write_cached(folder: str, images: np.ndarray, labels: np.ndarray) -> None:
   os.makedirs(tmp)
   np.save(os.path.join(tmp, "images.npy"), images)
   np.save(os.path.join(tmp, "labels.npy"), labels)
-  shutil.rmtree(folder, ignore_errors=True)  # unreadable arrays being replaced
   try:
     os.rename(tmp, folder)
   except OSError:  # another process wrote the same scenes first
