@@ -15,7 +15,15 @@ and changes only what it must. Override any field from the command line, e.g.
 `--config.train.num_steps=100`; a misspelled field fails before anything runs.
 """
 
+import os
+
 import ml_collections
+
+
+def cache_folder(name: str) -> str:
+  """A per-user cache folder of seg_jax ($XDG_CACHE_HOME or ~/.cache); safe to delete."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+  return os.path.join(root, "seg_jax", name)
 
 
 def get_augment_config() -> ml_collections.ConfigDict:
@@ -91,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.num_val = 64
   d.num_test = 32
   d.seed = 0  # Seed of the synthetic scenes and of split assignment.
+  # Folder where generated synthetic splits are kept, so that a later run reads them instead
+  # of generating them again ("" = generate them on every run).
+  d.cache_dir = cache_folder("data")
   d.ignore_index = 255  # Label value that no loss or metric counts.
   # Bad files (unreadable, unsupported type, unpaired, mismatched size, too many unknown
   # colours, no labelled pixel): "error" names the first one; "skip" leaves each out, logs it
@@ -155,7 +166,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Latest checkpoints kept, besides the best-mIoU one. Checkpoints are also saved at every
   # evaluation (so the best is restorable) and on preemption.
   t.keep_checkpoints = 2
-  t.compilation_cache_dir = ""  # Persistent XLA compilation cache folder ("" = off).
+  # Persistent XLA compilation cache folder ("" = off): a relaunch of a config loads its
+  # compiled steps from here instead of compiling them again (seg_jax/compilation.py).
+  t.compilation_cache_dir = cache_folder("jax")
 
   config.eval = e = ml_collections.ConfigDict()
   e.split = "val"  # Split evaluated during training and by mode = "eval": "val" or "test".

@@ -1,7 +1,7 @@
 r"""python -m seg_jax.main --config=configs/gpu_asym_unet.py --workdir=/tmp/seg_gpu_asym_unet
 
 configs/asym_unet.py sized for one 80 GB GPU (H100 class): bfloat16 compute, batch 64 at
-144x256, 20k steps, persistent compilation cache. Not run yet: no measured result.
+144x256, 20k steps. Not run yet: no measured result.
 """
 
 from seg_jax import config_files
@@ -18,5 +18,4 @@ def get_config():
   config.optim.learning_rate = 2e-3
   config.train.global_batch_size = 64
   config.eval.global_batch_size = 64
-  config.train.compilation_cache_dir = "/tmp/jax_cache"
   return config

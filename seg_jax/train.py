@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from seg_jax import checkpoint as checkpoint_lib
+from seg_jax import compilation
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import inference
@@ -53,6 +54,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 CLASS_WEIGHTINGS = ("none", "inverse", "median", "given")
 SPLITS = ("val", "test")
 FINAL_METRICS = "final_metrics.json"
+# Initialisation runs once, so it is compiled for compile time: at LLVM's default level (3) the
+# per-parameter random-number kernels of `model.init` took longer to compile than the train
+# step; level 1 compiles them several times faster and gives the same bits (tests/test_train.py).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 class TrainState(train_state.TrainState):
@@ -265,8 +270,7 @@ class Trainer:
       ConfigError: a config field that cannot work with this model, data or devices.
     """
     self.config = config
-    if config.train.compilation_cache_dir:
-      jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
+    compilation.use_persistent_cache(config.train.compilation_cache_dir)
     self.mesh = create_mesh(devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
@@ -298,10 +302,14 @@ class Trainer:
     std = jnp.asarray(self.dataset.std, jnp.float32)
     self.loss_fn = losses.make_loss(config.loss,
                                     class_weights(config.loss, self.dataset, self.num_classes))
-    init_fn = functools.partial(init_state, config, self.model, tuple(self.dataset.image_size))
-    # Keys are made inside jitted functions, so every process holds the same replicated value.
-    self._init = jax.jit(lambda: init_fn(_seed_key(config.seed, 0)),
-                         out_shardings=self.replicated)
+    image_size = tuple(self.dataset.image_size)
+
+    def init():
+      # Keys are made inside jitted functions, so every process holds the same replicated value.
+      return init_state(config, self.model, image_size, _seed_key(config.seed, 0))
+
+    self._init = jax.jit(init, out_shardings=self.replicated,
+                         compiler_options=INIT_COMPILER_OPTIONS)
     self._step_key = jax.jit(lambda: _seed_key(config.seed, 1), out_shardings=self.replicated)
     self.abstract_state = self._init.eval_shape()
     self.train_step = jax.jit(

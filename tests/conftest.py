@@ -1,12 +1,18 @@
-"""Test-wide settings: a persistent compilation cache shared by all test processes."""
+"""Test-wide settings: seg_jax's per-user caches (compiled programs, generated data) in .cache/.
+
+Every test process, and every command a test starts, uses the repository's .cache/ as
+$XDG_CACHE_HOME, so tests share compiled programs but leave the user's own caches alone.
+"""
 
 import os
 
-import jax
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["XDG_CACHE_HOME"] = os.path.join(REPO, ".cache")
 
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+from seg_jax import compilation  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+compilation.use_persistent_cache(default.get_config().train.compilation_cache_dir)
 
 
 def pytest_configure(config):

@@ -28,12 +28,10 @@ from seg_jax import writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
-CACHE = os.path.join(REPO, ".jax_cache")
 # Evaluated (hence checkpointed) every step, periodic checkpoints every 4: the layout in which
 # the former separate best-checkpoint folder replayed into a step it had already saved.
 OVERRIDES = ("--config.train.num_steps=6", "--config.train.eval_every=1",
-             "--config.train.checkpoint_every=4", "--config.train.keep_checkpoints=2",
-             f"--config.train.compilation_cache_dir={CACHE}")
+             "--config.train.checkpoint_every=4", "--config.train.keep_checkpoints=2")
 
 
 def _start(workdir, *flags, kill_at=None):

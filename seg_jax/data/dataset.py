@@ -7,8 +7,10 @@ the functions here read the group they are given and hold no defaults of their o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
+import shutil
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -205,21 +207,89 @@ def synthetic_source(split: str, count: int, *, seed: int, image_size) -> synthe
                                    image_size=image_size)
 
 
-def synthetic_mean_std(seed: int, image_size) -> tuple[np.ndarray, np.ndarray]:
-  """Mean/std of the first synthetic train scenes for `seed` and `image_size`."""
-  return preprocess.mean_std(
-      synthetic.generate(seed, i, image_size)[0] for i in range(SYNTHETIC_STATS_SCENES))
+def _generator_version() -> str:
+  """Hash of the scene generator's source: cached scenes of an older generator are not reused."""
+  with open(synthetic.__file__, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def _read_cached(folder: str, shape: tuple[int, ...]) -> Optional[ArraySource]:
+  """The arrays cached in `folder` if they are there and whole (memory-mapped), else None.
+
+  A folder whose arrays cannot be read, or are not of `shape`, is removed (with a warning).
+  """
+  try:
+    images = np.load(os.path.join(folder, "images.npy"), mmap_mode="r")
+    labels = np.load(os.path.join(folder, "labels.npy"), mmap_mode="r")
+  except FileNotFoundError:
+    if os.path.isdir(folder):  # a folder without its arrays is unreadable too
+      logging.warning("generating %s again: its arrays are missing", folder)
+      shutil.rmtree(folder, ignore_errors=True)
+    return None
+  except (OSError, ValueError) as e:  # truncated or garbled files
+    logging.warning("generating %s again: its cached scenes are unreadable (%s)", folder, e)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
+  if images.shape != shape or labels.shape != shape[:3] or not (
+      images.dtype == labels.dtype == np.uint8):
+    logging.warning("generating %s again: it holds %s %s / %s %s, not %s uint8", folder,
+                    images.dtype, images.shape, labels.dtype, labels.shape, shape)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
+  return ArraySource(images, labels)
+
+
+def _write_cached(folder: str, images: np.ndarray, labels: np.ndarray) -> None:
+  """Writes the arrays into `folder` atomically (a partly written folder is never seen)."""
+  tmp = f"{folder}.tmp{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  np.save(os.path.join(tmp, "images.npy"), images)
+  np.save(os.path.join(tmp, "labels.npy"), labels)
+  try:
+    os.rename(tmp, folder)
+  except OSError:  # another process wrote the same scenes first
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def synthetic_arrays(split: str, count: int, *, seed: int, image_size,
+                     cache_dir: str) -> ArraySource:
+  """The first `count` synthetic scenes of `split` in memory, generated once per `cache_dir`.
+
+  Scenes are written to a folder of `cache_dir` named by split, seed, size, count and the
+  generator's source hash, and later runs read them from there instead of generating them
+  again; with `cache_dir=""` they are generated on every call.
+  """
+  h, w = int(image_size[0]), int(image_size[1])
+  folder = None
+  if cache_dir:
+    name = f"{split}_seed{seed}_{h}x{w}_n{count}_{_generator_version()}"
+    folder = os.path.join(os.path.expanduser(cache_dir), "synthetic_aerial", name)
+    cached = _read_cached(folder, (count, h, w, 3))
+    if cached is not None:
+      return cached
+  logging.info("generating %d synthetic %s scenes of %dx%d%s", count, split, h, w,
+               f" into {folder}" if folder else "")
+  images, labels = synthetic.generate_split(count, seed=seed, offset=SYNTHETIC_OFFSETS[split],
+                                            image_size=(h, w))
+  if folder:
+    _write_cached(folder, images, labels)
+  return ArraySource(images, labels)
 
 
 def _synthetic_dataset(c) -> Dataset:
   size = (int(c.image_size[0]), int(c.image_size[1]))
-  counts = {"train": c.num_train, "val": c.num_val, "test": c.num_test}
-  sources = {s: synthetic_source(s, counts[s], seed=c.seed, image_size=size)
-             for s in splits.SPLITS}
-  mean, std = synthetic_mean_std(c.seed, size)
+  # The statistics come from the first train scenes, so at least those are generated.
+  counts = {"train": max(c.num_train, SYNTHETIC_STATS_SCENES), "val": c.num_val,
+            "test": c.num_test}
+  arrays = {s: synthetic_arrays(s, counts[s], seed=c.seed, image_size=size,
+                                cache_dir=c.cache_dir) for s in splits.SPLITS}
+  mean, std = preprocess.mean_std(arrays["train"].images[:SYNTHETIC_STATS_SCENES])
+  train = arrays["train"]
+  arrays["train"] = ArraySource(train.images[:c.num_train], train.labels[:c.num_train])
   palette = dataclasses.replace(synthetic.PALETTE,
                                 ignore_color=palettes.parse_ignore_color(c.ignore_color))
-  return Dataset(**sources, class_names=palette.names, palette=palette,
+  return Dataset(**arrays, class_names=palette.names, palette=palette,
                  ignore_index=c.ignore_index, image_size=size, mean=mean, std=std)
 
 
@@ -251,7 +321,8 @@ def _tfds_dataset(c) -> Dataset:
 def get_dataset(config) -> Dataset:
   """Builds the dataset a `data` config group describes (its fields: configs/default.py).
 
-  Synthetic scenes are generated when read; a folder (`dubai_aerial`) is read, decoded and
+  Synthetic scenes are generated into memory once (and kept in `data.cache_dir` for later
+  runs); a folder (`dubai_aerial`) is read, decoded and
   preprocessed into memory; a prepared TFDS dataset (`tfds:...`) is read from its
   array_record files. The size, split and palette of a TFDS dataset were fixed when it was
   prepared (`python -m seg_jax.data.prepare`), so those fields are not read for it.

@@ -275,6 +275,17 @@ def generate(seed: int, index: int, size: tuple[int, int] = (144, 256)):
   return np.clip(img + 0.5, 0, 255).astype(np.uint8), label
 
 
+def generate_split(count: int, *, seed: int, offset: int = 0,
+                   image_size: tuple[int, int] = (144, 256)) -> tuple[np.ndarray, np.ndarray]:
+  """Scenes `[offset, offset + count)` stacked: images uint8 (N, H, W, 3), labels uint8 (N, H, W)."""
+  h, w = int(image_size[0]), int(image_size[1])
+  images = np.empty((count, h, w, 3), np.uint8)
+  labels = np.empty((count, h, w), np.uint8)
+  for i in range(count):
+    images[i], labels[i] = generate(seed, offset + i, (h, w))
+  return images, labels
+
+
 class SyntheticSource:
   """Random-access source of synthetic scenes `[offset, offset + length)` for `seed`."""
 

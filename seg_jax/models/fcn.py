@@ -11,7 +11,7 @@ The decoder outputs logits, so these presets have no head. The final upsampling 
 size is bilinear interpolation, which is what the paper's fixed (not learned) last deconvolution
 computes. Inputs are padded to a multiple of 32 instead of the paper's 100-pixel padding with
 crops, so every stride lines up exactly. fc6 runs through ``conv_same_on_small_map``, which
-sidesteps a slow XLA:CPU path on pool5 maps under 7 pixels.
+sidesteps a slow XLA:CPU path on pool5 maps under 7 pixels (on the CPU only).
 
 ``fcn_resnet50`` is ``torchvision.models.segmentation.fcn_resnet50`` without the auxiliary head:
 ResNet-50 at output stride 8 (dilated layer3/layer4) and a head of a 3x3 conv to 512 channels,
@@ -49,14 +49,15 @@ def conv_same_on_small_map(conv: layers.Conv, x: jax.Array) -> jax.Array:
 
   XLA:CPU runs a convolution whose input is smaller than its kernel far slower than one whose
   input is not (fc6's 7x7 kernel on the pool5 map of a 144x256 image, which is 5x8). Zero rows
-  and columns added at the bottom/right are what "same" padding reads there anyway, so padding
-  the input up to the kernel size (read from ``conv.kernel_size``) and cropping the output
-  changes nothing.
+  and columns added at the bottom/right are what "same" padding reads there anyway, so on the
+  CPU the input is padded up to the kernel size (read from ``conv.kernel_size``) and the output
+  cropped, which changes nothing. Other backends run the plain convolution: there the padded one
+  would only compute the extra output rows and columns, and the barriers keep XLA from fusing.
   """
   kernel_h, kernel_w = conv.kernel_size
   h, w = x.shape[1:3]
   pad_h, pad_w = max(kernel_h - h, 0), max(kernel_w - w, 0)
-  if pad_h == 0 and pad_w == 0:
+  if (pad_h == 0 and pad_w == 0) or jax.default_backend() != "cpu":
     return conv(x)
   x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
   # The barriers keep XLA from folding the pad (and, in the backward pass, the crop's

@@ -7,17 +7,23 @@ children of a classifier. FLOPs come from XLA's cost analysis of the compiled,
 jitted eval-mode forward pass at batch 1 (``jax.jit(f).lower(...).compile().cost_analysis()``):
 a multiply-add counts as 2 FLOPs and taps that fall in a convolution's zero padding are not
 counted. Shapes are traced abstractly, so no parameters are allocated.
+
+`matmul_flops` counts the convolutions and matrix products of any function (a whole train step
+included) from its jaxpr instead, the same on every backend: the figure a model FLOPs
+utilisation is computed from.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 from absl import app, flags
 
 from seg_jax import models
@@ -49,6 +55,43 @@ def forward_flops(model: nn.Module, variables: Any, input_shape: Sequence[int]) 
   if isinstance(cost, (list, tuple)):  # Older jax returns one dict per device.
     cost = cost[0]
   return float(cost["flops"])
+
+
+def _eqn_flops(eqn) -> float:
+  """2 x multiply-adds of a convolution or matrix product, else 0."""
+  out = eqn.outvars[0].aval
+  if eqn.primitive.name == "conv_general_dilated":
+    rhs = eqn.invars[1].aval
+    out_features = rhs.shape[eqn.params["dimension_numbers"].rhs_spec[0]]
+    return 2.0 * math.prod(out.shape) * math.prod(rhs.shape) / out_features
+  if eqn.primitive.name == "dot_general":
+    (contracting, _), _ = eqn.params["dimension_numbers"]
+    lhs = eqn.invars[0].aval
+    return 2.0 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contracting)
+  return 0.0
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  """Convolution and matrix-product FLOPs of a jaxpr, inner jaxprs included."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    total += _eqn_flops(eqn)
+    inner = [_jaxpr_flops(sub) for sub in jax_core.jaxprs_in_params(eqn.params)]
+    if eqn.primitive.name == "cond":
+      total += max(inner, default=0.0)  # one branch runs
+    else:
+      total += sum(inner) * eqn.params.get("length", 1)  # a scan runs its body `length` times
+  return total
+
+
+def matmul_flops(fn: Callable[..., Any], *args: Any) -> float:
+  """FLOPs of the convolutions and matrix products of ``fn(*args)`` (multiply-add = 2).
+
+  Counted from the jaxpr, so taps in a convolution's zero padding count as in the usual
+  analytic formula, nothing is compiled, and ``args`` may be ``jax.ShapeDtypeStruct``s. A
+  ``while`` loop's body counts once; of a ``cond``, the costliest branch.
+  """
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def params_per_stage(variables: Any) -> dict[str, int]:

@@ -4,14 +4,17 @@ import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import numpy as np
 from PIL import Image
 
 from seg_jax import data
 from seg_jax.data import dubai
+from seg_jax.data import pipeline
 from seg_jax.data import preprocess
 from tests.data import fixtures
 
@@ -40,6 +43,25 @@ class DubaiReaderTest(parameterized.TestCase):
       np.testing.assert_array_equal(image, written[pair.name][0])
       np.testing.assert_array_equal(label, written[pair.name][1])
     self.assertEqual(Image.open(pairs[2].mask_path).mode, "P")
+
+  def test_each_file_is_decoded_once_however_many_epochs_are_read(self):
+    fixtures.make_tile_layout(self.root)
+    opened = []
+    real_open = Image.open
+
+    def counting_open(path, *args, **kwargs):
+      opened.append(path)
+      return real_open(path, *args, **kwargs)
+
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    with mock.patch.object(Image, "open", side_effect=counting_open):
+      ds = data.get_dataset(_config(self.root, split="image", seed=1))
+      batches = pipeline.InputPipeline(
+          ds.train, global_batch_size=1, num_epochs=3, seed=0,
+          sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+      self.assertLen(list(batches), 3 * len(ds.train))
+    self.assertLen(opened, 12)  # 6 images and 6 masks, each once
+    self.assertLen(set(opened), 12)
 
   def test_flat_layout_and_image_split(self):
     written = fixtures.make_flat_layout(self.root, n=8)

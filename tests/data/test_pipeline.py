@@ -94,7 +94,8 @@ class PipelineTest(parameterized.TestCase):
       other_seed.set_state(state)
 
   def test_synthetic_source(self):
-    ds = data.get_dataset(fixtures.data_config(image_size=(16, 24), num_train=4))
+    ds = data.get_dataset(fixtures.data_config(image_size=(16, 24), num_train=4, num_val=1,
+                                               num_test=1))
     p = pipeline.InputPipeline(ds.train, global_batch_size=2, sharding=_sharding(), seed=0,
                                shuffle=False, num_epochs=1)
     b = next(p)

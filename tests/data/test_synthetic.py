@@ -1,4 +1,8 @@
-"""Tests of the synthetic aerial scenes."""
+"""Tests of the synthetic aerial scenes and of their cache on disk."""
+
+import os
+import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -63,7 +67,8 @@ class SyntheticTest(parameterized.TestCase):
       ds.train[3]  # pylint: disable=pointless-statement
 
   def test_mean_std_match_numpy_on_train_scenes(self):
-    ds = data.get_dataset(fixtures.data_config(image_size=(24, 32)))
+    ds = data.get_dataset(fixtures.data_config(image_size=(24, 32), num_train=4, num_val=1,
+                                               num_test=1))
     px = np.concatenate([synthetic.generate(0, i, (24, 32))[0].reshape(-1, 3)
                          for i in range(data.dataset.SYNTHETIC_STATS_SCENES)]).astype(np.float64)
     np.testing.assert_allclose(ds.mean, px.mean(0), rtol=1e-5)
@@ -72,6 +77,63 @@ class SyntheticTest(parameterized.TestCase):
   def test_bad_size(self):
     with self.assertRaisesRegex(ValueError, "size"):
       synthetic.generate(0, 0, (4, 100))
+
+
+class SyntheticCacheTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.cache = tempfile.mkdtemp()
+    self.config = fixtures.data_config(image_size=(16, 24), num_train=3, num_val=2, num_test=1,
+                                       cache_dir=self.cache)
+
+  def _folders(self):
+    return sorted(os.listdir(os.path.join(self.cache, "synthetic_aerial")))
+
+  def test_generated_once_then_read_from_the_cache(self):
+    first = data.get_dataset(self.config)
+    self.assertLen(self._folders(), 3)  # one per split
+    with mock.patch.object(synthetic, "generate") as generate:
+      again = data.get_dataset(self.config)
+    generate.assert_not_called()
+    for split in ("train", "val", "test"):
+      source, cached = getattr(first, split), getattr(again, split)
+      self.assertLen(cached, len(source))
+      for i in range(len(source)):
+        image, label = synthetic.generate(0, data.dataset.SYNTHETIC_OFFSETS[split] + i, (16, 24))
+        np.testing.assert_array_equal(cached[i]["image"], image)
+        np.testing.assert_array_equal(cached[i]["label"], label)
+    np.testing.assert_array_equal(first.mean, again.mean)
+    np.testing.assert_array_equal(first.std, again.std)
+
+  def test_other_seed_size_or_generator_is_generated_afresh(self):
+    data.get_dataset(self.config)
+    self.config.seed = 1
+    data.get_dataset(self.config)
+    self.config.image_size = (24, 16)
+    data.get_dataset(self.config)
+    with mock.patch.object(data.dataset, "_generator_version", return_value="changed"):
+      data.get_dataset(self.config)
+    self.assertLen(self._folders(), 12)
+
+  def test_unreadable_cache_is_generated_again(self):
+    first = data.get_dataset(self.config)
+    val = [f for f in self._folders() if f.startswith("val_")][0]
+    path = os.path.join(self.cache, "synthetic_aerial", val, "images.npy")
+    with open(path, "r+b") as f:
+      f.truncate(100)
+    with self.assertLogs(level="WARNING") as logs:
+      again = data.get_dataset(self.config)
+    self.assertIn(val, "\n".join(logs.output))
+    np.testing.assert_array_equal(again.val[1]["image"], first.val[1]["image"])
+    self.assertGreater(os.path.getsize(path), 100)  # written whole again
+
+  def test_empty_cache_dir_keeps_nothing_on_disk(self):
+    self.config.cache_dir = ""
+    ds = data.get_dataset(self.config)
+    self.assertFalse(os.path.exists(os.path.join(self.cache, "synthetic_aerial")))
+    np.testing.assert_array_equal(ds.test[0]["label"], synthetic.generate(
+        0, data.dataset.SYNTHETIC_OFFSETS["test"], (16, 24))[1])
 
 
 if __name__ == "__main__":

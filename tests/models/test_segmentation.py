@@ -1,6 +1,7 @@
 """Segmentation models: pinned sizes, the composition, padding, skip fusion, strides, options."""
 
 import functools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -409,6 +410,17 @@ class FCNTest(parameterized.TestCase):
     bound = conv.bind(variables)
     np.testing.assert_allclose(fcn.conv_same_on_small_map(bound, x), bound(x), rtol=1e-5,
                                atol=1e-6)
+
+  @parameterized.parameters(("cpu", 2), ("gpu", 0), ("tpu", 0))
+  def test_small_map_padding_and_barriers_only_on_cpu(self, backend, barriers):
+    conv = layers.Conv(4, (7, 7))
+    x = jnp.ones((1, 5, 8, 3))
+    bound = conv.bind(conv.init(KEY, x))
+    with mock.patch.object(jax, "default_backend", return_value=backend):
+      jaxpr = jax.make_jaxpr(lambda x: fcn.conv_same_on_small_map(bound, x))(x)
+    names = [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+    self.assertEqual(names.count("optimization_barrier"), barriers)
+    self.assertEqual(jaxpr.out_avals[0].shape, (1, 5, 8, 4))
 
 
 class DtypeTest(absltest.TestCase):

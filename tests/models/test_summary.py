@@ -1,4 +1,4 @@
-"""Tests of the `python -m seg_jax.models.summary` command."""
+"""Tests of `seg_jax.models.summary`: the command and the FLOP count of a function."""
 
 import json
 import os
@@ -6,6 +6,11 @@ import subprocess
 import sys
 
 from absl.testing import absltest
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seg_jax.models import summary
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 # The proposal at its smallest widths, so the forward pass compiles in a moment.
@@ -25,6 +30,33 @@ class SummaryCommandTest(absltest.TestCase):
     lines = run.stdout.splitlines()
     self.assertEqual(lines[0], "asym_unet at 1x32x32x3")
     self.assertIn(["total", "2,054"], [line.split() for line in lines])
+
+
+class MatmulFlopsTest(absltest.TestCase):
+
+  def test_convolution_and_its_kernel_gradient(self):
+    x = jnp.ones((2, 8, 8, 3))
+    conv = nn.Conv(4, (3, 3))
+    variables = jax.eval_shape(conv.init, jax.random.key(0), x)
+    forward = 2 * (2 * 8 * 8 * 4) * (3 * 3 * 3)  # 2 x outputs x taps per output
+    self.assertEqual(summary.matmul_flops(lambda v: conv.apply(v, x), variables), forward)
+    # The kernel gradient is one more convolution of the same size (no gradient of x).
+    self.assertEqual(summary.matmul_flops(jax.grad(lambda v: conv.apply(v, x).sum()),
+                                          variables), 2 * forward)
+
+  def test_grouped_convolution_dense_layer_and_scan(self):
+    x = jnp.ones((1, 4, 4, 8))
+    grouped = nn.Conv(8, (3, 3), feature_group_count=8)  # depthwise
+    v = jax.eval_shape(grouped.init, jax.random.key(0), x)
+    self.assertEqual(summary.matmul_flops(lambda v: grouped.apply(v, x), v),
+                     2 * (4 * 4 * 8) * 9)
+    a, b = jnp.ones((5, 6)), jnp.ones((6, 7))
+    self.assertEqual(summary.matmul_flops(jnp.dot, a, b), 2 * 5 * 7 * 6)
+
+    def body(carry, _):
+      return carry @ jnp.ones((6, 6)), None
+    self.assertEqual(summary.matmul_flops(lambda a: jax.lax.scan(body, a, None, length=3), a),
+                     3 * 2 * 5 * 6 * 6)
 
 
 if __name__ == "__main__":

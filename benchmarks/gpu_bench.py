@@ -1,0 +1,245 @@
+r"""seg_jax's real train step on one GPU, the figures `benchmarks/gpu_vs_torch.sh` sets beside PyTorch.
+
+  python benchmarks/gpu_bench.py --out=DIR            # appends JSON lines to DIR/seg_jax.jsonl
+  python benchmarks/gpu_bench.py --out=DIR --report   # table of DIR/seg_jax.jsonl + DIR/torch.jsonl
+  python benchmarks/gpu_bench.py --out=DIR --toy      # tiny models, a few steps: a CPU dry run
+
+Each model is built through the registry and trained by `train.Trainer.train_step` (augmentation,
+loss, AdamW; bfloat16 compute) on random uint8 batches held on the device
+(`data.keep_on_device`). Per model it records: time from building the Trainer to the end of the
+first step and the compile time of the train step, once into an empty persistent compilation
+cache ("cold") and once more with a second Trainer over that cache ("cached"); images/s of the
+bare step; model TFLOP/s from the convolutions and matrix products of the step's jaxpr
+(`seg_jax.models.summary.matmul_flops`; XLA's GPU cost analysis is not used) and the share of the
+card's dense bf16 peak (MFU). For the proposal it also times the training loop as
+`seg_jax.main` runs it against the bare step (benchmarks/loop_bench.py), with the logging,
+evaluation and checkpoint intervals of configs/gpu_asym_unet.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+
+import loop_bench  # benchmarks/loop_bench.py, beside this file
+from seg_jax import compilation
+from seg_jax import config_files
+from seg_jax import data as data_lib
+from seg_jax import models
+from seg_jax import train
+from seg_jax.data import palettes
+from seg_jax.models import summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OUT = flags.DEFINE_string("out", None, "Folder of the JSON lines.", required=True)
+_TOY = flags.DEFINE_bool("toy", False, "Tiny models and images, a few steps (CPU dry run).")
+_REPORT = flags.DEFINE_bool("report", False, "Only print the table of the JSON lines in --out.")
+_MODELS = flags.DEFINE_list("models", ["unet", "deeplabv3_resnet50", "asym_unet"],
+                            "Which models (keys of MODELS) to time.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed bare steps per model (after 3 warm-up steps).")
+_LOOP_STEPS = flags.DEFINE_integer(
+    "loop_steps", 0, "Steps of the proposal's loop and bare-step blocks (0: its eval_every).")
+
+# The models of the comparison: registry name and fields, batch and (H, W), the PyTorch model
+# of ../shared/bench/torch_anchor.py with the same layers (None: no PyTorch twin).
+MODELS = {
+    "unet": dict(name="unet", kwargs=dict(depth=4, base_width=64), batch=64, size=(144, 256),
+                 torch="unet"),
+    # torchvision's deeplabv3_resnet50: output stride 8, ASPP rates 12/24/36, a 3x3 head conv.
+    "deeplabv3_resnet50": dict(
+        name="deeplabv3", kwargs=dict(backbone="resnet50", output_stride=8,
+                                      aspp_rates=(12, 24, 36), head_conv=True),
+        batch=16, size=(512, 512), torch="deeplabv3_resnet50"),
+    "asym_unet": dict(name="asym_unet", kwargs=None, batch=64, size=(144, 256), torch=None),
+}
+TOY_MODELS = {
+    "unet": dict(MODELS["unet"], kwargs=dict(depth=2, base_width=4), batch=2, size=(32, 64)),
+    "deeplabv3_resnet50": dict(
+        MODELS["deeplabv3_resnet50"], batch=2, size=(64, 64),
+        kwargs=dict(MODELS["deeplabv3_resnet50"]["kwargs"], aspp_features=8,
+                    backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)})),
+    "asym_unet": dict(MODELS["asym_unet"], batch=2, size=(32, 64), kwargs=dict(
+        widths=(4, 8, 8), encoder_blocks=(1, 1, 1), decoder_widths=(8, 4), decoder_blocks=(1, 1),
+        aspp_features=8, se_reduction=2)),
+}
+# Dense bfloat16 peak TFLOP/s by device kind (vendor data sheets), for MFU.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))
+# The proposal's GPU config: widths, intervals, batch.
+GPU_CONFIG = os.path.join(REPO, "configs", "gpu_asym_unet.py")
+
+
+def peak_tflops(device: jax.Device) -> float | None:
+  """Dense bf16 peak of `device` if it is a GPU listed in PEAK_TFLOPS."""
+  for kind, tflops in PEAK_TFLOPS:
+    if kind in device.device_kind:
+      return tflops
+  return None
+
+
+def random_dataset(size: tuple[int, int], num_train: int, num_val: int) -> data_lib.Dataset:
+  """Uniform-noise images and random labels over the six Dubai classes, in memory."""
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    return data_lib.ArraySource(rng.integers(0, 256, (n, *size, 3), np.uint8),
+                                rng.integers(0, 6, (n, *size), np.uint8))
+
+  return data_lib.Dataset(
+      train=split(num_train), val=split(num_val), test=split(1),
+      class_names=palettes.DUBAI_AERIAL.names, palette=palettes.DUBAI_AERIAL, ignore_index=255,
+      image_size=size, mean=np.full(3, 127.5, np.float32), std=np.full(3, 73.9, np.float32))
+
+
+def model_config(spec: dict, cache: str) -> ml_collections.ConfigDict:
+  """configs/gpu_asym_unet.py (bf16, AdamW, data on the device) with the model of `spec`."""
+  config = config_files.load_module(GPU_CONFIG).get_config()
+  config.model.name = spec["name"]
+  if spec["kwargs"] is not None:
+    config.model.kwargs = ml_collections.ConfigDict(spec["kwargs"])
+  config.data.image_size = spec["size"]
+  config.train.global_batch_size = config.eval.global_batch_size = spec["batch"]
+  config.train.compilation_cache_dir = cache
+  config.optim.name = "adamw"
+  return config
+
+
+def first_step(config, dataset) -> tuple[train.Trainer, dict, float, compilation.CompileLog]:
+  """Builds a Trainer and runs one step; returns it, the state, batch, seconds and compiles."""
+  start = time.perf_counter()
+  with compilation.CompileLog() as log:
+    trainer = train.Trainer(config, dataset)
+    state = trainer.initial_state()
+    batch = next(trainer.train_pipeline())
+    key = trainer.step_key()
+    state, metrics = trainer.train_step(state, batch, key)
+    jax.block_until_ready(metrics)
+  return trainer, {"state": state, "batch": batch, "key": key}, time.perf_counter() - start, log
+
+
+def bench_model(key: str, spec: dict) -> dict:
+  """The figures of one model (see the module docstring)."""
+  config = model_config(spec, tempfile.mkdtemp())
+  config.lock()
+  batch_size = spec["batch"]
+  dataset = random_dataset(spec["size"], 2 * batch_size, batch_size)
+  record = {"framework": "seg_jax", "model": key, "batch": batch_size,
+            "height": spec["size"][0], "width": spec["size"][1], "torch_model": spec["torch"],
+            "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+  for attempt in ("cold", "cached"):
+    trainer, args, seconds, log = first_step(config, dataset)
+    record[f"first_step_{attempt}_s"] = round(seconds, 2)
+    record[f"compile_{attempt}_s"] = round(log.seconds["jit(train_step)"], 2)
+    record[f"cache_hits_{attempt}"] = sum(log.cache_hits.values())
+  record["params"] = models.count_params({"params": args["state"].params})
+  flops = summary.matmul_flops(trainer.train_step, args["state"], args["batch"], args["key"])
+  state = args["state"]
+  for _ in range(3):
+    state, metrics = trainer.train_step(state, args["batch"], args["key"])
+  jax.block_until_ready((state, metrics))
+  start = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, metrics = trainer.train_step(state, args["batch"], args["key"])
+  jax.block_until_ready((state, metrics))
+  step_s = (time.perf_counter() - start) / _STEPS.value
+  record.update(step_ms=round(step_s * 1e3, 2), images_per_s=round(batch_size / step_s, 1),
+                model_tflops_per_s=round(flops / step_s / 1e12, 1),
+                gflops_per_step=round(flops / 1e9, 1))
+  peak = peak_tflops(jax.devices()[0])
+  if peak:
+    record["mfu"] = round(flops / step_s / 1e12 / peak, 3)
+  return record
+
+
+def bench_loop(spec: dict) -> dict:
+  """The proposal's training loop against its bare step, one block each, at the config's intervals."""
+  config = model_config(spec, tempfile.mkdtemp())
+  steps = _LOOP_STEPS.value or (4 if _TOY.value else config.train.eval_every)
+  config.train.num_steps = steps
+  if _TOY.value:
+    config.train.log_every, config.train.eval_every, config.train.checkpoint_every = 2, 4, 4
+  config.lock()
+  batch_size = spec["batch"]
+  trainer = train.Trainer(config, random_dataset(spec["size"], 16 * batch_size, 4 * batch_size))
+  root = tempfile.mkdtemp()
+  timers = {"evaluate": loop_bench.Timer(), "checkpoint save": loop_bench.Timer()}
+  loop_bench.loop(trainer, root, timers)  # compiles the loop's functions
+  bare = loop_bench.bare_steps(trainer, steps)
+  full = loop_bench.loop(trainer, root, timers)
+  c = config.train
+  return {"framework": "seg_jax", "model": "asym_unet_loop", "batch": batch_size,
+          "steps": steps, "log_every": c.log_every, "eval_every": c.eval_every,
+          "checkpoint_every": c.checkpoint_every, "bare_images_per_s":
+          round(steps * batch_size / bare, 1), "loop_images_per_s":
+          round(steps * batch_size / full, 1), "loop_over_bare": round(bare / full, 3),
+          "device": jax.devices()[0].device_kind}
+
+
+def _read(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def report(out: str) -> None:
+  """Prints the table of seg_jax.jsonl against torch.jsonl."""
+  ours = _read(os.path.join(out, "seg_jax.jsonl"))
+  torch = {(r["model"], r["framework"]): r for r in _read(os.path.join(out, "torch.jsonl"))}
+  print("| model | batch x HxW | PyTorch eager img/s | torch.compile img/s | seg_jax img/s | "
+        "seg_jax / eager | seg_jax TFLOP/s (MFU) | PyTorch eager TFLOP/s | first step cold / "
+        "cached (s) | train-step compile cold / cached (s) |")
+  print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+  for r in ours:
+    if "images_per_s" not in r:
+      continue
+    eager = torch.get((r["torch_model"], "torch"), {})
+    compiled = torch.get((r["torch_model"], "torch+compile"), {})
+    ratio = (f"{r['images_per_s'] / eager['images_per_s']:.2f}x" if eager else "-")
+    mfu = f" ({r['mfu']:.0%})" if "mfu" in r else ""
+    print(f"| {r['model']} | {r['batch']} x {r['height']}x{r['width']} | "
+          f"{eager.get('images_per_s', '-')} | {compiled.get('images_per_s', '-')} | "
+          f"{r['images_per_s']} | {ratio} | {r['model_tflops_per_s']}{mfu} | "
+          f"{eager.get('model_tflops_per_s', '-')} | {r['first_step_cold_s']} / "
+          f"{r['first_step_cached_s']} | {r['compile_cold_s']} / {r['compile_cached_s']} |")
+  for r in ours:
+    if "loop_over_bare" in r:
+      print(f"\nasym_unet loop vs bare step ({r['steps']} steps per block, batch {r['batch']}, "
+            f"log/eval/checkpoint every {r['log_every']}/{r['eval_every']}/"
+            f"{r['checkpoint_every']}): bare {r['bare_images_per_s']} img/s, loop "
+            f"{r['loop_images_per_s']} img/s, loop/bare {r['loop_over_bare']}")
+  devices = {r["device"] for r in ours} | {r["device"] for r in torch.values()}
+  print(f"\ndevices: {sorted(devices)}; jax {sorted({r.get('jax') for r in ours} - {None})}, "
+        f"torch {sorted({r['torch'] for r in torch.values()})}")
+
+
+def main(argv):
+  del argv
+  out = _OUT.value
+  if _REPORT.value:
+    report(out)
+    return
+  os.makedirs(out, exist_ok=True)
+  table = TOY_MODELS if _TOY.value else MODELS
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
+  for key in _MODELS.value:
+    records = [bench_model(key, table[key])]
+    if key == "asym_unet":
+      records.append(bench_loop(table[key]))
+    for record in records:
+      with open(os.path.join(out, "seg_jax.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+      print(json.dumps(record), flush=True)
+    gc.collect()
+    jax.clear_caches()
+
+if __name__ == "__main__":
+  app.run(main)
