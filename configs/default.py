@@ -146,6 +146,10 @@ def get_config() -> ml_collections.ConfigDict:
   # evaluation (so the best is restorable) and on preemption.
   t.keep_checkpoints = 2
   t.compilation_cache_dir = ""  # Persistent XLA compilation cache folder ("" = off).
+  # Independent replicas trained in one jitted step (vmap over a leading replica axis), with
+  # seeds seed, seed + 1, ...; replica k writes <workdir>/seed<seed + k> exactly as a run of
+  # that seed alone (train.num_replicas = 1) would. 1 = one run, written to the workdir itself.
+  t.num_replicas = 1
 
   config.eval = e = ml_collections.ConfigDict()
   e.split = "val"  # Split evaluated during training and by mode = "eval": "val" or "test".

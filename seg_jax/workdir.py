@@ -75,6 +75,31 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   writers.write_json(config_path(workdir), config.to_dict())
 
 
+def replica_workdir(workdir: str, seed: int) -> str:
+  """The run folder of seed `seed` among replicas trained together into `workdir`."""
+  return os.path.join(workdir, f"seed{seed}")
+
+
+def replica_runs(config: ml_collections.ConfigDict, workdir: str
+                 ) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """(config, run folder) of every run that `config` trains into `workdir`.
+
+  One run (`train.num_replicas` = 1): the config itself and `workdir`. Replica k of several:
+  the config with seed `config.seed + k` and `train.num_replicas` = 1, in
+  `<workdir>/seed<seed + k>`, i.e. exactly the config and folder of that seed trained alone.
+  """
+  if config.train.num_replicas == 1:
+    return [(config, workdir)]
+  runs = []
+  for k in range(config.train.num_replicas):
+    replica = config.copy_and_resolve_references()
+    replica.seed = config.seed + k
+    replica.train.num_replicas = 1
+    replica.lock()
+    runs.append((replica, replica_workdir(workdir, replica.seed)))
+  return runs
+
+
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   out = {}
   for key, value in tree.items():
