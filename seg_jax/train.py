@@ -52,6 +52,7 @@ from seg_jax.errors import NonFiniteLossError
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CLASS_WEIGHTINGS = ("none", "inverse", "median", "given")
 SPLITS = ("val", "test")
+REPLICA_MODES = ("auto", "vmap", "unroll")
 FINAL_METRICS = "final_metrics.json"
 
 
@@ -118,6 +119,9 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
     group, key = field.split(".")
     if config[group][key] < 1:
       raise errors.ConfigError(f"{field} must be >= 1, got {config[group][key]}")
+  if config.train.replica_mode not in REPLICA_MODES:
+    raise errors.ConfigError(f"train.replica_mode must be one of {REPLICA_MODES}, got "
+                             f"{config.train.replica_mode!r}")
   if config.train.mode == "eval" and config.train.num_replicas != 1:
     raise errors.ConfigError(
         f"train.mode='eval' evaluates one run folder, but train.num_replicas="
@@ -255,18 +259,46 @@ def _seed_key(seed: int, index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), index)
 
 
-def make_replicas_train_step(train_step: Callable, batch_sharding: NamedSharding) -> Callable:
+def over_replicas(fn: Callable, mode: str, in_axes: tuple[int | None, ...]) -> Callable:
+  """`fn` applied to each slice of a leading replica axis of the arguments whose `in_axes` is 0
+  (the others are shared), results stacked on that axis.
+
+  mode "vmap": one batched computation (`jax.vmap`); "unroll": one copy of `fn` per replica in
+  the same program, each computing exactly what `fn` computes for that replica alone. (Not
+  `jax.lax.map`: XLA's CPU backend runs convolutions inside a loop body tens of times slower.)
+  """
+  if mode == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def unrolled(*args):
+    size = next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
+    return stack_trees([fn(*(jax.tree.map(lambda x: x[k], a) if axis == 0 else a
+                             for a, axis in zip(args, in_axes))) for k in range(size)])
+
+  return unrolled
+
+
+def stack_trees(trees: list[Any]) -> Any:
+  """The leaves of equally shaped pytrees stacked on a new leading axis, in the first's structure
+  (static fields, such as a TrainState's optimizer, are taken from the first)."""
+  leaves = [jax.tree.leaves(tree) for tree in trees]
+  return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                            [jnp.stack(xs) for xs in zip(*leaves)])
+
+
+def make_replicas_train_step(train_step: Callable, batch_sharding: NamedSharding,
+                             mode: str) -> Callable:
   """`train_step` over a leading replica axis of the state, the keys and the metrics.
 
   The returned step takes one batch per replica (a tuple) and stacks them inside the jitted
-  program; `vmap` gives every replica its own parameters, BatchNorm statistics, optimizer state,
-  key and metrics, so replica k computes what `train_step` computes for it alone.
+  program; every replica has its own parameters, BatchNorm statistics, optimizer state, key and
+  metrics, so replica k computes what `train_step` computes for it alone (`over_replicas`).
   """
 
   def replicas_step(state: TrainState, batches, rngs):
     batch = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return jax.vmap(train_step)(state, batch, rngs)
+    return over_replicas(train_step, mode, (0, 0, 0))(state, batch, rngs)
 
   return replicas_step
 
@@ -325,11 +357,14 @@ class Trainer:
     self.batched = len(self.seeds) > 1
     # Keys are made inside jitted functions, so every process holds the same replicated value.
     if self.batched:  # a leading replica axis on the state, the keys and the metrics
+      mode = config.train.replica_mode
+      if mode == "auto":
+        mode = "unroll" if self.mesh.devices.flat[0].platform == "cpu" else "vmap"
       keys = lambda index: jnp.stack([_seed_key(seed, index) for seed in self.seeds])
-      init_fn = jax.vmap(init_fn)
+      init_fn = over_replicas(init_fn, mode, (0,))
       train_step = make_replicas_train_step(
-          train_step, NamedSharding(self.mesh, P(None, "data")))
-      eval_step = jax.vmap(eval_step, in_axes=(0, None))
+          train_step, NamedSharding(self.mesh, P(None, "data")), mode)
+      eval_step = over_replicas(eval_step, mode, (0, None))
       preds_sharding = NamedSharding(self.mesh, P(None, "data"))
     else:
       keys = lambda index: _seed_key(config.seed, index)
@@ -343,8 +378,7 @@ class Trainer:
         out_shardings=self.replicated).eval_shape()
     self._take = jax.jit(lambda state, k: jax.tree.map(lambda x: x[k], state),
                          out_shardings=self.replicated)
-    self._stack = jax.jit(lambda states: jax.tree.map(lambda *xs: jnp.stack(xs), *states),
-                          out_shardings=self.replicated)
+    self._stack = jax.jit(stack_trees, out_shardings=self.replicated)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)

@@ -20,11 +20,12 @@ from seg_jax import writers
 CONFIG_FILE = "config.json"
 
 # Fields a training rerun may change: logging, evaluation cadence, checkpoint retention,
-# compilation and eval-only settings. None of them changes a training step, so a resumed run
-# still matches an uninterrupted one. train.num_steps extends (or shortens) the schedule.
+# compilation (also how replicas are computed) and eval-only settings. None of them changes what
+# a training step computes, so a resumed run still matches an uninterrupted one. train.num_steps extends (or shortens) the schedule.
 RESUMABLE_FIELDS = (
     "train.mode", "train.num_steps", "train.log_every", "train.eval_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.compilation_cache_dir",
+    "train.replica_mode",
     "eval.global_batch_size", "eval.num_images", "eval.checkpoint", "eval.output_dir",
     "data.keep_on_device",
 )
