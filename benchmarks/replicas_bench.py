@@ -4,8 +4,9 @@ r"""Images/s of S replicas trained in one jitted step (`train.num_replicas=S`), 
   python benchmarks/replicas_bench.py --replicas=1,2 --steps=2 \
       --config=configs/dubai.py --config.train.global_batch_size=4
 
-For each S it builds the trainer of the config with `train.num_replicas=S` (replica k: seed k, its
-own data order, augmentation and batch), runs one step (compilation included), then times
+For each S and replica mode (`train.replica_mode`: vmap or unroll) it builds the trainer of the
+config with `train.num_replicas=S` (replica k: seed k, its own data order, augmentation and
+batch), runs one step (compilation included), then times
 `--steps` further steps of the real jitted train step fed by the replicas' input pipelines and
 prints seconds per step and images/s (S x batch images per step). S replicas are worth it where
 their images/s beat those of S = 1, i.e. runs one after the other.
@@ -29,13 +30,17 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                            "dubai.py"), "Config file of the model and data to time.")
 _REPLICAS = flags.DEFINE_list("replicas", ["1", "4", "8"], "Values of S to time.")
+_MODES = flags.DEFINE_list("modes", ["unroll", "vmap"],
+                           "train.replica_mode values to time for each S > 1.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per S (after one untimed step).")
 
 
-def time_replicas(config, num_replicas: int, steps: int, dataset) -> dict[str, float]:
+def time_replicas(config, num_replicas: int, mode: str, steps: int, dataset
+                  ) -> dict[str, float]:
   """Compile time, seconds per step and images/s of `num_replicas` replicas of `config`."""
   config = config.copy_and_resolve_references()
   config.train.num_replicas = num_replicas
+  config.train.replica_mode = mode
   trainer = train.Trainer(config, dataset)
   pipelines = [trainer.train_pipeline(seed) for seed in trainer.seeds]
   state, key = trainer.initial_state(), trainer.step_key()
@@ -63,12 +68,14 @@ def main(argv):
         f"{tuple(dataset.image_size)} per replica; load average {os.getloadavg()[0]:.1f}")
   base = None
   for num_replicas in (int(s) for s in _REPLICAS.value):
-    r = time_replicas(config, num_replicas, _STEPS.value, dataset)
-    base = base or r["images_per_s"]
-    print(f"S={num_replicas:<3d} first step {r['first_step_s']:7.1f} s  step "
-          f"{r['step_s']:7.2f} s  {r['images_per_s']:7.2f} images/s  "
-          f"({r['images_per_s'] / base:.2f}x S={_REPLICAS.value[0]})  load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+    for mode in _MODES.value if num_replicas > 1 else ["-"]:
+      r = time_replicas(config, num_replicas, "auto" if mode == "-" else mode, _STEPS.value,
+                        dataset)
+      base = base or r["images_per_s"]
+      print(f"S={num_replicas:<3d} {mode:6s} first step {r['first_step_s']:7.1f} s  step "
+            f"{r['step_s']:7.2f} s  {r['images_per_s']:7.2f} images/s  "
+            f"({r['images_per_s'] / base:.2f}x S={_REPLICAS.value[0]})  load average "
+            f"{os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

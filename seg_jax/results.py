@@ -159,7 +159,7 @@ def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size:
   main = []
   for row in rows:
     params = "-" if math.isnan(row["params"]) else f"{int(row['params']):,}"
-    gflops = "-" if math.isnan(row["gflops"]) else f"{row['gflops']:.2f}"
+    gflops = "-" if math.isnan(row["gflops"]) else f"{row['gflops']:.3g}"
     main.append([row["setting"], row["n"], *(_cell(row, s) for s, _ in MAIN_SCORES), params,
                  gflops, _duration(row.get("train_seconds_mean", math.nan))])
   size = "x".join(str(s) for s in image_size) if image_size else "the config's size"
