@@ -27,6 +27,12 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "hypothesis>=6.100"],
+        # Keras 3 runs on JAX (set KERAS_BACKEND=jax): seg_jax.weights.from_keras reads its files
+        # with h5py; the tests compare against keras.applications models.
+        "keras": ["keras>=3.8", "h5py>=3.10"],
+        # torchvision weights and parity tests; the PyPI torch wheel is large (CUDA libraries).
+        "torch": ["torch>=2.4", "torchvision>=0.19", "safetensors>=0.4", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "keras>=3.8", "h5py>=3.10",
+                 "safetensors>=0.4", "hypothesis>=6.100"],
     },
 )

@@ -123,8 +123,9 @@ def bench_model(name: str) -> dict[str, Any]:
 
 def compare_unets(base_width: int) -> dict[str, Any]:
   """Interleaved step times of seg_jax's ``unet`` and ``PlainUNet`` at ``base_width``."""
+  widths = tuple(base_width * 2**i for i in range(5))
   built = {"seg_jax": models.create("unet", num_classes=_NUM_CLASSES.value,
-                                    base_width=base_width),
+                                    backbone_kwargs={"widths": widths}),
            "flax": PlainUNet(num_classes=_NUM_CLASSES.value, base_width=base_width)}
   calls, counts = {}, {}
   for key, model in built.items():

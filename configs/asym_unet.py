@@ -15,15 +15,9 @@ default = config_files.sibling(__file__, "default")
 def get_config():
   """asym_unet at its default widths on synthetic_aerial 144x256."""
   config = default.get_config()
-  config.model.kwargs = ml_collections.ConfigDict(dict(
-      widths=(32, 64, 128, 256, 512),
-      encoder_blocks=(2, 2, 3, 3, 3),
-      decoder_widths=(128, 64, 32, 32),
-      decoder_blocks=(1, 1, 1, 1),
-      aspp_features=256,
-      aspp_rates=(2, 4, 6),
-      se_reduction=16,
-  ))
+  config.model.kwargs = ml_collections.ConfigDict(default.asym_unet_kwargs(
+      widths=(32, 64, 128, 256, 512), blocks=(2, 2, 3, 3, 3), decoder_widths=(128, 64, 32, 32),
+      aspp_features=256, se_reduction=16))
   config.data.image_size = (144, 256)
   config.data.num_train = 2048
   config.data.num_val = 256

@@ -36,6 +36,18 @@ def get_augment_config() -> ml_collections.ConfigDict:
   return a
 
 
+def asym_unet_kwargs(*, widths, blocks, decoder_widths, aspp_features, se_reduction,
+                     aspp_rates=(2, 4, 6)) -> dict:
+  """model.kwargs of asym_unet: every switch of its ablations, one conv per decoder stage."""
+  return dict(
+      backbone_kwargs=dict(widths=widths, blocks=blocks, se=True, se_reduction=se_reduction),
+      neck="aspp",
+      neck_kwargs=dict(features=aspp_features, rates=aspp_rates),
+      decoder_kwargs=dict(widths=decoder_widths, blocks=1, se=False, skip_se=False,
+                          se_reduction=se_reduction),
+  )
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Default config: asym_unet on synthetic_aerial, small enough for a 2-core CPU."""
   config = ml_collections.ConfigDict()
@@ -43,19 +55,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = m = ml_collections.ConfigDict()
   m.name = "asym_unet"  # A name from seg_jax.models.available() that is a segmentation model.
+  # A name from seg_jax.models.ablations(name), laid over kwargs ("" = none), e.g. "asym_se".
+  m.ablation = ""
   m.num_classes = 0  # 0 = number of classes of the dataset; otherwise must equal it.
   m.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params and logits stay float32).
   m.param_dtype = "float32"  # Parameter dtype.
-  # Keyword arguments of the model constructor (seg_jax.models.create(name, **kwargs)).
-  m.kwargs = ml_collections.ConfigDict(dict(
-      widths=(8, 16, 32, 64),
-      encoder_blocks=(1, 1, 2, 2),
-      decoder_widths=(32, 16, 8),
-      decoder_blocks=(1, 1, 1),
-      aspp_features=32,
-      aspp_rates=(2, 4, 6),
-      se_reduction=4,
-  ))
+  # Settings merged into the model's preset (seg_jax.models.create(name, **kwargs)): part names
+  # and each part's kwargs. Every ablation switch of asym_unet is listed, so
+  # --config.model.kwargs.backbone_kwargs.se=False or --config.model.kwargs.neck=none works.
+  m.kwargs = ml_collections.ConfigDict(asym_unet_kwargs(
+      widths=(8, 16, 32, 64), blocks=(1, 1, 2, 2), decoder_widths=(32, 16, 8), aspp_features=32,
+      se_reduction=4))
 
   config.data = d = ml_collections.ConfigDict()
   # "synthetic_aerial" (generated scenes), "dubai_aerial" (a folder in the Dubai layout:

@@ -19,16 +19,10 @@ default = config_files.sibling(__file__, "default")
 
 # Widths small enough that a 2-core CPU run of train.num_steps stays within about 10 minutes.
 ARCHITECTURES = {
-    "asym_unet": dict(
-        widths=(16, 32, 64, 128),
-        encoder_blocks=(1, 2, 2, 2),
-        decoder_widths=(64, 32, 16),
-        decoder_blocks=(1, 1, 1),
-        aspp_features=64,
-        aspp_rates=(2, 4, 6),
-        se_reduction=8,
-    ),
-    "unet": dict(depth=3, base_width=16),
+    "asym_unet": default.asym_unet_kwargs(
+        widths=(16, 32, 64, 128), blocks=(1, 2, 2, 2), decoder_widths=(64, 32, 16),
+        aspp_features=64, se_reduction=8),
+    "unet": dict(backbone_kwargs=dict(widths=(16, 32, 64, 128))),
 }
 
 

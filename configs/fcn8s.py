@@ -16,7 +16,8 @@ def get_config():
   """fcn8s + VGG-16 on synthetic_aerial 144x256 with SGD."""
   config = asym_unet.get_config()
   config.model.name = "fcn8s"
-  config.model.kwargs = ml_collections.ConfigDict(dict(fc_features=4096, dropout_rate=0.5))
+  config.model.kwargs = ml_collections.ConfigDict(dict(
+      neck_kwargs=dict(features=4096, dropout_rate=0.5)))
   config.optim.name = "sgd"
   config.optim.learning_rate = 1e-3
   config.optim.schedule = "constant"

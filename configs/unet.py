@@ -16,5 +16,6 @@ def get_config():
   """unet (paper widths) on synthetic_aerial 144x256, schedule of configs/asym_unet.py."""
   config = asym_unet.get_config()
   config.model.name = "unet"
-  config.model.kwargs = ml_collections.ConfigDict(dict(depth=4, base_width=64))
+  config.model.kwargs = ml_collections.ConfigDict(dict(
+      backbone_kwargs=dict(widths=(64, 128, 256, 512, 1024))))
   return config

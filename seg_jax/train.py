@@ -144,14 +144,15 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The configured model from the registry."""
+  """The configured model from the registry, with ``model.ablation`` applied by the registry."""
   try:
     return models.create(config.model.name, num_classes=num_classes,
                          dtype=dtype_from_name(config.model.dtype),
                          param_dtype=dtype_from_name(config.model.param_dtype),
-                         **config.model.kwargs.to_dict())
-  except TypeError as e:  # a keyword the model does not take
-    raise errors.ConfigError(f"model.kwargs of {config.model.name!r}: {e}") from e
+                         ablation=config.model.ablation, **config.model.kwargs.to_dict())
+  except ValueError as e:  # a keyword or ablation the model does not take
+    raise errors.ConfigError(f"model.kwargs / model.ablation of {config.model.name!r}: {e}"
+                             ) from e
 
 
 def class_pixel_counts(source, num_classes: int) -> np.ndarray:

@@ -11,5 +11,5 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 def pytest_configure(config):
   config.addinivalue_line(
-      "markers", "slow: a test that runs real training subprocesses (over ~10 s); still part "
-      "of the suite, deselect with -m 'not slow' while iterating")
+      "markers", "slow: over ~10 s on 2 cores (training subprocesses, reference models), each "
+      "saying why; still part of the suite, deselect with -m 'not slow' while iterating")

@@ -7,15 +7,18 @@ import sys
 import tempfile
 import textwrap
 
+from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 
 from seg_jax import data as data_lib
 from seg_jax import models
 from seg_jax import optim
 from seg_jax import train
+from seg_jax.models import asym_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -52,6 +55,23 @@ def _keys(config, prefix=""):
     if hasattr(value, "items"):
       out |= _keys(value, f"{prefix}{key}.")
   return out
+
+
+def parse(*args):
+  """The config main.py would get from ``args`` (its config flag, in a flag set of our own)."""
+  argv = ["main", *args]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def param_tree(config):
+  """Parameter shapes of the model ``config`` builds, at 6 classes and 64x64."""
+  model = train.build_model(config, num_classes=6)
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                        jnp.zeros((1, 64, 64, 3)))["params"]
 
 
 class ConfigsTest(parameterized.TestCase):
@@ -146,6 +166,31 @@ class ConfigsTest(parameterized.TestCase):
     self.assertNotEqual(proc.returncode, 0)
     self.assertIn('Did you mean "num_steps" instead of "num_step"?', proc.stderr)
     self.assertFalse(os.path.exists(workdir))  # nothing ran: the workdir is made by training
+
+  @parameterized.parameters(*asym_unet.ABLATIONS)
+  def test_every_ablation_from_the_command_line(self, ablation):
+    config = parse(f"--config={REPO}/configs/dubai.py:asym_unet",
+                   f"--config.model.ablation={ablation}")
+    params = param_tree(config)
+    switches = asym_unet.ABLATIONS[ablation]
+    self.assertEqual("neck" in params, switches["neck"] == "aspp")
+    self.assertEqual("se" in params["backbone"]["stage1"], switches["backbone_kwargs"]["se"])
+
+  @parameterized.parameters(
+      ("backbone_kwargs.se=False", lambda p: "se" not in p["backbone"]["stage1"]),
+      ("neck=none", lambda p: "neck" not in p),
+      ("decoder_kwargs.skip_se=True", lambda p: "skip_se0" in p["decoder"]),
+      ("decoder_kwargs.se=True", lambda p: "se" in p["decoder"]["stage0"]),
+  )
+  def test_every_switch_from_the_command_line(self, override, holds):
+    for name in ("default", "asym_unet", "dubai"):
+      config = parse(f"--config={REPO}/configs/{name}.py", f"--config.model.kwargs.{override}")
+      self.assertTrue(holds(param_tree(config)), name)
+
+  def test_unknown_ablation_fails_when_the_model_is_built(self):
+    config = parse(f"--config={REPO}/configs/default.py", "--config.model.ablation=no_se")
+    with self.assertRaisesRegex(ValueError, "ablation of model 'asym_unet' must be one of"):
+      train.build_model(config, num_classes=6)
 
   def test_dubai_rejects_unknown_architecture(self):
     with self.assertRaisesRegex(ValueError, "arch.*'segformer'"):

@@ -93,12 +93,13 @@ class EncoderLayersTest(absltest.TestCase):
 
   def _model(self, **kwargs):
     from seg_jax import models  # pylint: disable=g-import-not-at-top
-    return models.create("asym_unet", num_classes=2, widths=(8, 16, 32), encoder_blocks=(1, 2, 3),
-                         decoder_widths=(16, 8), decoder_blocks=(1, 1), **kwargs)
+    return models.create("asym_unet", num_classes=2,
+                         backbone_kwargs={"widths": (8, 16, 32), "blocks": (1, 2, 3)},
+                         decoder_kwargs={"widths": (16, 8)}, **kwargs)
 
   def test_stages_and_aspp_branches(self):
     run = importlib.import_module("experiments.pooling_and_arithmetic.run")
-    stages, branches = run.encoder_layers(self._model(aspp_rates=(2, 5)))
+    stages, branches = run.encoder_layers(self._model(neck_kwargs={"rates": (2, 5)}))
     self.assertEqual(stages, [("stage0", [(3, 1, 1)]),
                               ("stage1", [(2, 2, 1), (3, 1, 1), (3, 1, 1)]),
                               ("stage2", [(2, 2, 1), (3, 1, 1), (3, 1, 1), (3, 1, 1)])])
@@ -106,7 +107,7 @@ class EncoderLayersTest(absltest.TestCase):
 
   def test_no_branches_without_aspp(self):
     run = importlib.import_module("experiments.pooling_and_arithmetic.run")
-    self.assertEqual(run.encoder_layers(self._model(use_aspp=False))[1], [])
+    self.assertEqual(run.encoder_layers(self._model(neck="none"))[1], [])
 
   def test_gradient_reaches_exactly_the_receptive_field(self):
     run = importlib.import_module("experiments.pooling_and_arithmetic.run")

@@ -143,11 +143,11 @@ class _UninterruptedRunTest(absltest.TestCase):
     self.assertSameAsUninterrupted(workdir)
     return err
 
-  def assertSameAsUninterrupted(self, workdir):
+  def assertSameAsUninterrupted(self, workdir, rtol=0.0):
     for run in self.RUNS:
-      self.assertSameRun(os.path.join(workdir, run), os.path.join(self.straight, run))
+      self.assertSameRun(os.path.join(workdir, run), os.path.join(self.straight, run), rtol)
 
-  def assertSameRun(self, workdir, straight):
+  def assertSameRun(self, workdir, straight, rtol):
     finals = []
     for folder in (workdir, straight):
       with open(os.path.join(folder, "final_metrics.json")) as f:
@@ -156,7 +156,7 @@ class _UninterruptedRunTest(absltest.TestCase):
     got, expected = _flat_numbers(finals[0]), _flat_numbers(finals[1])
     self.assertEqual(sorted(got), sorted(expected))
     np.testing.assert_allclose([got[k] for k in sorted(got)],
-                               [expected[k] for k in sorted(expected)], atol=1e-6, rtol=0)
+                               [expected[k] for k in sorted(expected)], atol=1e-6, rtol=rtol)
     self.assertEqual([r["step"] for r in _read_jsonl(workdir)],
                      [r["step"] for r in _read_jsonl(straight)])
     events = _event_steps(workdir)
@@ -223,7 +223,9 @@ class FaultInjectionTest(_UninterruptedRunTest):
     for code, err in results:
       self.assertEqual(code, 0, err[-3000:])
       self.assertIn(f"resumed from step {steps[0]}", err)
-    self.assertSameAsUninterrupted(workdir)
+    # The reference ran in one process: two processes sum the loss across hosts in another
+    # order, so float32 sums may differ in their last bits.
+    self.assertSameAsUninterrupted(workdir, rtol=1e-5)
 
 
 class ReplicaFaultInjectionTest(_UninterruptedRunTest):

@@ -14,20 +14,24 @@ if REPO not in sys.path:
 from configs import default as default_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Smallest widths of each registered segmentation model; every registered one must be listed.
+_TINY_RESNET = {"width": 2, "stage_sizes": (1, 1, 1, 1)}
+_TINY_VGG = dict(backbone_kwargs={"widths": (2, 2, 2, 2, 2)}, neck_kwargs={"features": 8})
 TINY_KWARGS = {
-    "unet": dict(depth=2, base_width=4),
-    "asym_unet": dict(widths=(4, 8, 8), encoder_blocks=(1, 1, 1), decoder_widths=(8, 4),
-                      decoder_blocks=(1, 1), aspp_features=8, se_reduction=2),
-    "deeplabv3": dict(backbone="resnet50", aspp_features=8,
-                      backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)}),
-    "deeplabv3plus": dict(backbone="xception", aspp_features=8, low_level_features=4,
-                          decoder_features=8,
-                          backbone_kwargs={"width_divisor": 32, "middle_repeats": 1}),
-    "fcn32s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
-    "fcn16s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
-    "fcn8s": dict(fc_features=8, backbone_kwargs={"widths": (2, 2, 2, 2, 2)}),
-    "fcn_resnet50": dict(head_features=8,
-                         backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)}),
+    "unet": dict(backbone_kwargs={"widths": (4, 8, 16)}),
+    "asym_unet": dict(backbone_kwargs={"widths": (4, 8, 8), "blocks": 1, "se_reduction": 2},
+                      neck_kwargs={"features": 8}, decoder_kwargs={"widths": (8, 4)}),
+    "deeplabv3": dict(backbone_kwargs=_TINY_RESNET, neck_kwargs={"features": 8}),
+    "deeplabv3plus": dict(backbone_kwargs=_TINY_RESNET, neck_kwargs={"features": 8},
+                          decoder_kwargs={"low_level_features": 4, "features": 8}),
+    "deeplabv3plus_xception": dict(
+        backbone_kwargs={"width_divisor": 32, "middle_repeats": 1}, neck_kwargs={"features": 8},
+        decoder_kwargs={"low_level_features": 4, "features": 8}),
+    "deeplabv3_resnet50": dict(backbone_kwargs=_TINY_RESNET, neck_kwargs={"features": 8},
+                               head_kwargs={"features": 8}),
+    "fcn32s": _TINY_VGG,
+    "fcn16s": _TINY_VGG,
+    "fcn8s": _TINY_VGG,
+    "fcn_resnet50": dict(backbone_kwargs=_TINY_RESNET, head_kwargs={"features": 8}),
 }
 
 _DATASET = None

@@ -23,6 +23,7 @@ from configs import dubai as dubai_config
 from experiments import common
 from seg_jax import layers
 from seg_jax import models
+from seg_jax.models import unet
 from seg_jax import viz
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
@@ -155,14 +156,20 @@ def encoder_layers(model: Any) -> tuple[list[tuple[str, list[tuple[int, int, int
                                          list[tuple[str, tuple[int, int, int]]]]:
   """The (kernel, stride, dilation) layers of an ``asym_unet`` encoder, from the model's fields.
 
-  Reads ``model.encoder_blocks`` (3x3 stride-1 convolutions per stage; its length is the number
-  of stages), a 2x2 stride-2 max pool before every stage but the first, and, when
-  ``model.use_aspp``, ``model.aspp_rates``: one dilated 3x3 branch per rate on the last stage.
-  Returns the stages, shallowest first, and the ASPP branches (parallel, not stacked).
+  Reads the ``unet_encoder`` backbone's ``widths`` (one stage each) and ``blocks`` (3x3 stride-1
+  convolutions per stage; an int applies to every stage), a 2x2 stride-2 max pool before every
+  stage but the first, and, when ``model.neck`` is ``"aspp"``, its ``rates``: one dilated 3x3
+  branch per rate on the last stage. Returns the stages, shallowest first, and the ASPP branches
+  (parallel, not stacked).
   """
+  if model.backbone != "unet_encoder":
+    raise ValueError(f"encoder_layers reads a unet_encoder backbone, got {model.backbone!r}")
+  backbone = dict(model.backbone_kwargs)
+  blocks = unet.per_stage("blocks", backbone["blocks"], len(backbone["widths"]))
   stages = [(f"stage{i}", ([(2, 2, 1)] if i else []) + [(3, 1, 1)] * n)
-            for i, n in enumerate(model.encoder_blocks)]
-  branches = [(f"ASPP rate {r}", (3, 1, r)) for r in model.aspp_rates] if model.use_aspp else []
+            for i, n in enumerate(blocks)]
+  rates = dict(model.neck_kwargs)["rates"] if model.neck == "aspp" else ()
+  branches = [(f"ASPP rate {r}", (3, 1, r)) for r in rates]
   return stages, branches
 
 
@@ -181,7 +188,7 @@ def receptive_fields(configs: dict[str, Any]) -> tuple[str, dict[str, list]]:
   for config_name, config in configs.items():
     if config.model.name != "asym_unet":
       raise ValueError(f"{config_name}: model.name is {config.model.name!r}, not 'asym_unet'")
-    model = models.create("asym_unet", num_classes=1, **config.model.kwargs)
+    model = models.create("asym_unet", num_classes=1, **config.model.kwargs.to_dict())
     stages, branches = encoder_layers(model)
     h, w = config.data.image_size
     stack, stacks[config_name] = [], []
@@ -195,7 +202,7 @@ def receptive_fields(configs: dict[str, Any]) -> tuple[str, dict[str, list]]:
       stacks[config_name].append((name, stack + [layer]))
       rows.append([config_name, name, f"3x3 conv, dilation {layer[2]}", rf.stride, rf.size,
                    f"{h}x{w}"])
-    if model.use_aspp:
+    if model.neck == "aspp":
       rows.append([config_name, "ASPP image pooling", "global average", "", "whole image",
                    f"{h}x{w}"])
   return common.markdown_table(
@@ -278,8 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       "### Transposed convolution\n\n" + transposed_sizes(jax.random.key(0))
       + "\n\n![transposed convolution](transposed.png)",
       "### Receptive field of the proposal's encoder\n\n"
-      + "`asym_unet` at the widths of each config; layers from the model's `encoder_blocks`, "
-      + "`use_aspp` and `aspp_rates`.\n\n" + rf_table
+      + "`asym_unet` at the widths of each config; layers from the model's backbone `widths` "
+      + "and `blocks` and its ASPP neck's `rates`.\n\n" + rf_table
       + f"\n\nGradient check for `configs/dubai.py`; background: {training_view.source}.\n\n"
       + receptive_field_figure(stacks["configs/dubai.py"], training_view.image, args.out)
       + "\n\n![receptive field](receptive_field.png)",

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from seg_jax.layers import arithmetic
-from seg_jax.layers.norm import Norm, activation
+from seg_jax.layers.activations import activation
+from seg_jax.layers.norm import Norm
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -218,6 +219,56 @@ class ConvTranspose(nn.Module):
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
+    return y
+
+
+class LocallyConnected(nn.Module):
+  """2-D convolution without weight sharing: each output position owns its kernel.
+
+  Same call signature and output size as ``Conv`` (``groups`` must be 1, and
+  ``padding="circular"`` is rejected); geometry and padding come from
+  ``arithmetic``. The kernel has shape ``(H_out, W_out, kh * kw * C_in,
+  features)``, so it is fixed by the input size seen at init.
+  """
+
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  strides: int | Sequence[int] = 1
+  padding: Any = "same"
+  dilation: int | Sequence[int] = 1
+  groups: int = 1
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4 or len(self.kernel_size) != 2:
+      raise ValueError(f"LocallyConnected is 2-D: needs NHWC input and a 2-entry kernel_size, "
+                       f"got x of shape {tuple(x.shape)} and kernel_size {self.kernel_size!r}")
+    if self.groups != 1:
+      raise ValueError(f"LocallyConnected supports groups=1 only, got {self.groups}")
+    kernel_size = arithmetic.as_tuple("kernel_size", self.kernel_size, 2)
+    strides = arithmetic.as_tuple("strides", self.strides, 2)
+    dilation = arithmetic.as_tuple("dilation", self.dilation, 2)
+    specs = arithmetic.per_dim_padding(self.padding, 2)
+    if any(isinstance(p, str) and p == "circular" for p in specs):
+      raise ValueError("LocallyConnected does not support padding='circular'")
+    geometry = list(zip(x.shape[1:3], kernel_size, strides, specs, dilation))
+    for args in geometry:
+      arithmetic.conv_output_size(*args)  # Raises if the kernel exceeds the padded input.
+    pads = [arithmetic.resolve_padding(*args) for args in geometry]
+    patches = jax.lax.conv_general_dilated_patches(
+        x.astype(self.dtype), kernel_size, strides, pads, rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # fan_in is one position's patch, not the whole (positions x patch) kernel.
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=-2,
+                                            out_axis=-1, batch_axis=(0, 1))
+    kernel = self.param("kernel", init, patches.shape[1:] + (self.features,), self.param_dtype)
+    y = jnp.einsum("nhwk,hwkf->nhwf", patches, kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                         self.param_dtype).astype(self.dtype)
     return y
 
 

@@ -1,9 +1,8 @@
-"""Normalisation layers, dropout and activations, each selectable by name from a config."""
+"""Normalisation layers selectable by name from a config."""
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -12,29 +11,6 @@ import jax.numpy as jnp
 Dtype = Any
 
 NORMS = ("batch", "group", "layer", "instance", "none")
-
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
-    "relu6": nn.relu6,
-    "leaky_relu": functools.partial(nn.leaky_relu, negative_slope=0.01),
-    "elu": nn.elu,
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "silu": nn.silu,
-    "swish": nn.silu,
-    "sigmoid": nn.sigmoid,
-    "tanh": jnp.tanh,
-    "softmax": functools.partial(nn.softmax, axis=-1),
-    "identity": lambda x: x,
-}
-
-ACTIVATIONS = tuple(_ACTIVATIONS)
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-  """Returns the activation function called ``name`` (see ``ACTIVATIONS``)."""
-  if name not in _ACTIVATIONS:
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
-  return _ACTIVATIONS[name]
 
 
 class Norm(nn.Module):
@@ -74,26 +50,3 @@ class Norm(nn.Module):
     if self.kind == "none":
       return x
     raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
-
-
-class Dropout(nn.Module):
-  """Element-wise dropout, active only when ``train`` is true (rng collection ``dropout``)."""
-  rate: float
-
-  def _broadcast_dims(self, x: jax.Array) -> tuple[int, ...]:
-    del x
-    return ()
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    if not 0.0 <= self.rate < 1.0:
-      raise ValueError(f"dropout rate must be in [0, 1), got {self.rate!r}")
-    return nn.Dropout(self.rate, broadcast_dims=self._broadcast_dims(x),
-                      deterministic=not train)(x)
-
-
-class SpatialDropout(Dropout):
-  """Channel-wise dropout: zeroes whole feature maps (Tompson et al. 2015), for correlated pixels."""
-
-  def _broadcast_dims(self, x: jax.Array) -> tuple[int, ...]:
-    return tuple(range(1, x.ndim - 1))

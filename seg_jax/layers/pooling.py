@@ -80,6 +80,27 @@ def lp_pool(x: jax.Array, window: Window, strides=None, padding="valid",
   return summed ** (1.0 / p)
 
 
+def _adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
+  """(bins, size) averaging weights of torch's adaptive pooling bins."""
+  weights = np.zeros((bins, size), np.float32)
+  for i in range(bins):
+    start, stop = (i * size) // bins, -(-((i + 1) * size) // bins)
+    weights[i, start:stop] = 1.0 / (stop - start)
+  return weights
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+  """Averages NHWC ``x`` into ``output_size`` bins exactly like ``torch.nn.AdaptiveAvgPool2d``."""
+  if x.ndim != 4:
+    raise ValueError(f"adaptive_avg_pool expects an NHWC batch, got shape {tuple(x.shape)}")
+  if tuple(x.shape[1:3]) == tuple(output_size):
+    return x
+  rows = jnp.asarray(_adaptive_pool_matrix(x.shape[1], output_size[0]), x.dtype)
+  cols = jnp.asarray(_adaptive_pool_matrix(x.shape[2], output_size[1]), x.dtype)
+  return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols, preferred_element_type=jnp.float32).astype(
+      x.dtype)
+
+
 def global_avg_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:
   """Mean over all spatial dimensions: ``(N, *spatial, C) -> (N, C)``."""
   return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=keepdims)

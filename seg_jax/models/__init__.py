@@ -1,7 +1,9 @@
 """Model registry: every architecture a config can name, built by ``create(name, ...)``.
 
-Segmentation models map NHWC images of any size ``H, W >= 32`` to float32 logits
-``(N, H, W, num_classes)``; classifiers map images to float32 logits ``(N, num_classes)``.
+Segmentation models are presets of one composition, ``segmentation.SegmentationModel``
+(backbone -> neck -> decoder -> head); they map NHWC images of any size ``H, W >= 32`` to float32
+logits ``(N, H, W, num_classes)``. Classifiers map images to float32 logits ``(N, num_classes)``.
+A model's class tells which it is (``task``), and its smallest input side (``min_input_size``).
 """
 
 from __future__ import annotations
@@ -15,21 +17,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seg_jax.models import asym_unet, classifiers, common, deeplab, fcn, unet
+from seg_jax.models import asym_unet, classifiers, deeplab, fcn, segmentation, unet
 from seg_jax.models.backbones import googlenet, resnet, vgg, xception
 
-_SEGMENTATION: dict[str, Callable[..., nn.Module]] = {
-    "unet": unet.UNet,
-    "asym_unet": asym_unet.AsymUNet,
-    "deeplabv3": deeplab.DeepLabV3,
-    "deeplabv3plus": deeplab.DeepLabV3Plus,
-    "fcn32s": functools.partial(fcn.FCN, stride=32),
-    "fcn16s": functools.partial(fcn.FCN, stride=16),
-    "fcn8s": functools.partial(fcn.FCN, stride=8),
-    "fcn_resnet50": fcn.FCNResNet,
-}
+_PRESETS = {**unet.PRESETS, **asym_unet.PRESETS, **deeplab.PRESETS, **fcn.PRESETS}
 
-_CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    **{name: functools.partial(segmentation.SegmentationModel, **preset)
+       for name, preset in _PRESETS.items()},
     "googlenet": googlenet.GoogLeNet,
     "resnet18": resnet.ResNet18,
     "resnet34": resnet.ResNet34,
@@ -41,7 +36,7 @@ _CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "simple_cnn": classifiers.SimpleCNN,
 }
 
-_REGISTRY = {**_SEGMENTATION, **_CLASSIFIERS}
+_ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {"asym_unet": asym_unet.ABLATIONS}
 
 
 def available() -> list[str]:
@@ -49,34 +44,57 @@ def available() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def _check_name(name: str) -> None:
+def _model_class(name: str) -> type[nn.Module]:
   if name not in _REGISTRY:
     raise ValueError(f"model name must be one of {available()}, got {name!r}")
+  factory = _REGISTRY[name]
+  return factory.func if isinstance(factory, functools.partial) else factory
 
 
 def is_segmentation(name: str) -> bool:
   """Whether ``name`` is a segmentation model (dense logits) rather than a classifier."""
-  _check_name(name)
-  return name in _SEGMENTATION
+  return _model_class(name).task == "segmentation"
 
 
 def min_input_size(name: str) -> int:
   """Smallest height and width model ``name`` accepts."""
-  _check_name(name)
-  if name in _SEGMENTATION:
-    return common.MIN_SEGMENTATION_SIZE
-  factory = _REGISTRY[name]
-  cls = factory.func if isinstance(factory, functools.partial) else factory
-  return cls.min_input_size
+  return _model_class(name).min_input_size
 
 
-def create(name: str, *, num_classes: int, dtype: Any = jnp.float32, **kwargs: Any) -> nn.Module:
+def ablations(name: str) -> list[str]:
+  """Names of the ablation settings of model ``name`` (``create(name, ablation=...)``)."""
+  _model_class(name)
+  return sorted(_ABLATIONS.get(name, {}))
+
+
+def settings(name: str, ablation: str = "", **kwargs: Any) -> dict[str, Any]:
+  """The fields ``create`` passes to model ``name``'s module.
+
+  For a segmentation model: its preset, ``kwargs`` laid over it and then the ``ablation``
+  settings laid over both (``segmentation.merge_settings``), so an ablation decides the switches
+  it names whatever the config says. Classifiers take ``kwargs`` as they are and no ablation.
+  """
+  if ablation and ablation not in ablations(name):
+    raise ValueError(f"ablation of model {name!r} must be one of {ablations(name)} (or empty), "
+                     f"got {ablation!r}")
+  if not is_segmentation(name):
+    return dict(kwargs)
+  merged = segmentation.merge_settings(_PRESETS[name], kwargs)
+  if ablation:
+    merged = segmentation.merge_settings(merged, _ABLATIONS[name][ablation])
+  return merged
+
+
+def create(name: str, *, num_classes: int, dtype: Any = jnp.float32, ablation: str = "",
+           **kwargs: Any) -> nn.Module:
   """Builds model ``name``; ``kwargs`` are fields of its module (e.g. ``output_stride=8``).
 
-  ``dtype`` is the compute dtype (a dtype or its name, e.g. ``"bfloat16"``); parameters stay
-  ``param_dtype`` (float32 unless given) and logits are float32.
+  For segmentation models they are ``SegmentationModel`` fields merged into the preset, e.g.
+  ``backbone_kwargs={"output_stride": 8}`` (see ``settings``); ``ablation`` names one of
+  ``ablations(name)``. ``dtype`` is the compute dtype (a dtype or its name, e.g.
+  ``"bfloat16"``); parameters stay ``param_dtype`` (float32 unless given) and logits are float32.
   """
-  _check_name(name)
+  fields = settings(name, ablation, **kwargs)
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
   try:
@@ -84,7 +102,7 @@ def create(name: str, *, num_classes: int, dtype: Any = jnp.float32, **kwargs: A
   except TypeError as e:
     raise ValueError(f"dtype must name a JAX dtype, got {dtype!r}") from e
   try:
-    return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **kwargs)
+    return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **fields)
   except TypeError as e:
     raise ValueError(f"bad keyword arguments for model {name!r}: {e}") from e
 
@@ -95,4 +113,5 @@ def count_params(variables: Any) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
-__all__ = ["available", "count_params", "create", "is_segmentation", "min_input_size"]
+__all__ = ["ablations", "available", "count_params", "create", "is_segmentation",
+           "min_input_size", "settings"]

@@ -11,82 +11,56 @@ Design (defaults in brackets):
   at full resolution, so capacity is moved to where it is cheap and where it forms semantics.
 * Squeeze-and-Excitation [on, reduction 16, in the encoder stages]. Aerial tiles differ
   strongly in global appearance (desert, dense city, coast, haze, season); a gate computed from
-  the whole tile re-weights the channels per image at under 1% extra parameters. ``se_where``
-  also allows it on the skips (recalibrating what the decoder copies) and in the decoder.
+  the whole tile re-weights the channels per image at under 1% extra parameters. The decoder's
+  ``skip_se`` and ``se`` also place it on the skips (recalibrating what the decoder copies) and
+  in the decoder stages.
 * ASPP at the bottleneck [on, rates 2-4-6 and image pooling, 256 channels]. Objects span a wide
   range of sizes from a car park to a lake; parallel atrous branches see several context sizes
   without further downsampling, which would lose thin roads, and the pooling branch adds
   tile-level context (a tile that is mostly water). The bottleneck of a 144x256 input is 9x16,
   so the rates are kept small: the DeepLab rates 6-12-18 would mostly read padding there.
 
-Every part is a switch, so ablations are settings of one model (see ``ABLATIONS``): with
-``widths=(32, ..., 512)``, two convs per stage in both paths, ``decoder_widths=(256, 128, 64,
-32)``, ``use_se=False`` and ``use_aspp=False`` it is exactly ``unet`` with ``base_width=32``
-(same parameter tree).
+It is a preset of ``seg_jax.models.segmentation.SegmentationModel``: the ``unet_encoder``
+backbone with SE, the ``aspp`` neck, the ``unet`` decoder and a 1x1 conv head; each switch is a
+kwarg of its part. ``ABLATIONS`` names settings for the ablation study
+(``models.create("asym_unet", ablation=NAME)``, or ``--config.model.ablation=NAME``); they
+change only the switches, so they apply at any widths: ``plain_unet`` is the symmetric U-Net of
+the same encoder widths (two convs per stage in both paths, decoder as wide as the skips, no SE,
+no ASPP), which at the default widths is exactly ``unet`` with widths 32-512 (same parameter
+tree).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
+PRESETS: dict[str, dict[str, Any]] = {
+    "asym_unet": dict(
+        backbone="unet_encoder",
+        backbone_kwargs=dict(widths=(32, 64, 128, 256, 512), blocks=(2, 2, 3, 3, 3), se=True,
+                             se_reduction=16),
+        neck="aspp", neck_kwargs=dict(features=256, rates=(2, 4, 6), dropout_rate=0.1),
+        decoder="unet",
+        decoder_kwargs=dict(widths=(128, 64, 32, 32), blocks=1, se=False, skip_se=False,
+                            se_reduction=16)),
+}
+"""The proposal at its default widths; see the module docstring."""
 
-from seg_jax.models import unet
 
-Dtype = Any
+def _switches(*, se: bool, aspp: bool, plain: bool = False) -> dict[str, Any]:
+  """Every ablation switch set: encoder SE, ASPP neck, and (``plain``) a symmetric U-Net shape."""
+  backbone = dict(se=se, **(dict(blocks=2) if plain else {}))
+  decoder = dict(se=False, skip_se=False, **(dict(widths=None, blocks=2) if plain else {}))
+  return dict(backbone_kwargs=backbone, neck="aspp" if aspp else "none", decoder_kwargs=decoder)
 
-_PLAIN = dict(
-    widths=(32, 64, 128, 256, 512), encoder_blocks=(2, 2, 2, 2, 2),
-    decoder_widths=(256, 128, 64, 32), decoder_blocks=(2, 2, 2, 2), use_se=False, use_aspp=False)
 
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "plain_unet": _PLAIN,
-    "plain_unet_se": {**_PLAIN, "use_se": True},
-    "plain_unet_aspp": {**_PLAIN, "use_aspp": True},
-    "asym": {"use_se": False, "use_aspp": False},
-    "asym_se": {"use_aspp": False},
-    "asym_aspp": {"use_se": False},
-    "full": {},
+    "plain_unet": _switches(se=False, aspp=False, plain=True),
+    "plain_unet_se": _switches(se=True, aspp=False, plain=True),
+    "plain_unet_aspp": _switches(se=False, aspp=True, plain=True),
+    "asym": _switches(se=False, aspp=False),
+    "asym_se": _switches(se=True, aspp=False),
+    "asym_aspp": _switches(se=False, aspp=True),
+    "full": _switches(se=True, aspp=True),
 }
-"""Keyword settings of ``AsymUNet`` for the ablation study, by name."""
-
-
-class AsymUNet(nn.Module):
-  """Asymmetric U-Net with SE recalibration and an ASPP bottleneck; see the module docstring."""
-
-  num_classes: int
-  widths: Sequence[int] = (32, 64, 128, 256, 512)
-  encoder_blocks: Sequence[int] = (2, 2, 3, 3, 3)
-  decoder_widths: Sequence[int] = (128, 64, 32, 32)
-  decoder_blocks: Sequence[int] = (1, 1, 1, 1)
-  upsample: str = "transpose"
-  norm: str = "batch"
-  act: str = "relu"
-  dropout_rate: float = 0.0
-  use_se: bool = True
-  se_reduction: int = 16
-  se_where: Sequence[str] = ("encoder",)
-  use_aspp: bool = True
-  aspp_rates: Sequence[int] = (2, 4, 6)
-  aspp_features: int = 256
-  aspp_dropout_rate: float = 0.1
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Returns float32 logits ``(N, H, W, num_classes)`` for NHWC ``x``."""
-    # Checked even with use_se off (which passes no SE places on), so a bad value always raises.
-    unet.check_se_where(self.se_where)
-    return unet.encoder_decoder_logits(
-        x, train=train, num_classes=self.num_classes, widths=tuple(self.widths),
-        encoder_blocks=tuple(self.encoder_blocks), decoder_widths=tuple(self.decoder_widths),
-        decoder_blocks=tuple(self.decoder_blocks), upsample=self.upsample, norm=self.norm,
-        act=self.act, dropout_rate=self.dropout_rate,
-        se_where=tuple(self.se_where) if self.use_se else (), se_reduction=self.se_reduction,
-        aspp_rates=tuple(self.aspp_rates) if self.use_aspp else None,
-        aspp_features=self.aspp_features, aspp_dropout_rate=self.aspp_dropout_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+"""Settings of ``asym_unet`` for the ablation study, by name, applied over the model's kwargs."""

@@ -7,7 +7,7 @@ connections line up; the logits are cropped back to ``(H, W)`` at the end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -50,3 +50,15 @@ def segment_padded(x: jax.Array, stride: int, body: Callable[[jax.Array], jax.Ar
   logits = body(pad_to_multiple(x, stride, pad_mode))
   return logits[:, :height, :width, :].astype(jnp.float32)
 
+
+
+def feature_pyramid(features: Mapping[str, jax.Array], height: int) -> dict[int, jax.Array]:
+  """``{stride: features}`` of a backbone's stages for an input of ``height`` rows.
+
+  A stride is ``height // rows`` of a stage; where several stages share a stride the last one
+  (the deepest features at that resolution) is kept. Sorted by stride, shallowest first.
+  """
+  pyramid = {}
+  for x in features.values():
+    pyramid[height // x.shape[1]] = x
+  return dict(sorted(pyramid.items()))

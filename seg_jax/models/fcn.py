@@ -1,54 +1,47 @@
 """Fully convolutional networks: FCN-32s/16s/8s (Long et al. 2015) and torchvision's FCN-ResNet50.
 
-VGG-16 FCNs. The VGG-16 conv layers (child ``backbone``) are followed by ``fc6`` (7x7 conv, 4096
-channels: VGG's first fully connected layer as a convolution, so its weights reshape into it),
-``fc7`` (1x1 conv, 4096), each with ReLU and dropout, and ``score_fr`` (1x1 conv to the
-classes) at stride 32. FCN-16s upsamples the stride-32 scores x2 with a learned transposed
-conv (``upscore2``, bilinear init) and adds ``score_pool4`` (1x1 conv on pool4, zero init);
-FCN-8s repeats this with pool3 (``upscore_pool4``, ``score_pool3``). The final upsampling to
-the input size is bilinear interpolation, which is what the paper's fixed (not learned) last
-deconvolution computes. Inputs are padded to a multiple of 32 instead of the paper's 100-pixel
-padding with crops, so every stride lines up exactly. fc6 runs through
-``conv_same_on_small_map``, which sidesteps a slow XLA:CPU path on pool5 maps under 7 pixels.
+VGG-16 FCNs are presets of ``SegmentationModel``: the VGG-16 conv layers (backbone ``vgg16``),
+the ``fcn`` neck ``FCNNeck`` (``fc6``: 7x7 conv, 4096 channels, VGG's first fully connected
+layer as a convolution, so its weights reshape into it; ``fc7``: 1x1 conv, 4096; each with ReLU
+and dropout) and the ``fcn`` decoder ``FCNDecoder``, which scores and fuses: ``score_fr`` (1x1
+conv to the classes) at stride 32; for FCN-16s a learned x2 upsampling (``upscore16``, a
+bilinear-initialised transposed conv) plus ``score16`` (the paper's ``score_pool4``: 1x1 conv on
+pool4, zero init); FCN-8s repeats this at stride 8 (``upscore8``, ``score8`` = ``score_pool3``).
+The decoder outputs logits, so these presets have no head. The final upsampling to the input
+size is bilinear interpolation, which is what the paper's fixed (not learned) last deconvolution
+computes. Inputs are padded to a multiple of 32 instead of the paper's 100-pixel padding with
+crops, so every stride lines up exactly. fc6 runs through ``conv_same_on_small_map``, which
+sidesteps a slow XLA:CPU path on pool5 maps under 7 pixels.
 
-FCN-ResNet50 follows ``torchvision.models.segmentation.fcn_resnet50`` without the auxiliary
-head: ResNet-50 at output stride 8 (dilated layer3/layer4), then 3x3 conv to 512 channels,
-BN, ReLU, dropout 0.1, 1x1 conv to the classes, bilinear upsampling.
+``fcn_resnet50`` is ``torchvision.models.segmentation.fcn_resnet50`` without the auxiliary head:
+ResNet-50 at output stride 8 (dilated layer3/layer4) and a head of a 3x3 conv to 512 channels,
+BN, ReLU, dropout 0.1 and a 1x1 conv to the classes, then bilinear upsampling.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax.core import FrozenDict
 
 from seg_jax import layers
-from seg_jax.models import common, deeplab
-from seg_jax.models.backbones import vgg
 
 Dtype = Any
 
-FCN_STRIDES = (32, 16, 8)
+_VGG_FCN = dict(backbone="vgg16", neck="fcn", neck_kwargs=dict(features=4096, dropout_rate=0.5),
+                decoder="fcn", head="none")
 
-
-def bilinear_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32
-                         ) -> jax.Array:
-  """Transposed-conv kernel ``(k, k, C, C)`` that upsamples each channel bilinearly."""
-  del key
-  k, k2, cin, cout = shape
-  if k != k2 or cin != cout:
-    raise ValueError(f"bilinear kernel needs a square kernel with in == out channels, got {shape}")
-  factor = (k + 1) // 2
-  center = factor - 1 if k % 2 == 1 else factor - 0.5
-  taps = 1 - np.abs(np.arange(k) - center) / factor
-  kernel = np.zeros(shape, np.float32)
-  kernel[:, :, np.arange(cin), np.arange(cin)] = np.outer(taps, taps)[:, :, None]
-  return jnp.asarray(kernel, dtype)
+PRESETS: dict[str, dict[str, Any]] = {
+    "fcn32s": dict(**_VGG_FCN, decoder_kwargs=dict(skip_strides=())),
+    "fcn16s": dict(**_VGG_FCN, decoder_kwargs=dict(skip_strides=(16,))),
+    "fcn8s": dict(**_VGG_FCN, decoder_kwargs=dict(skip_strides=(16, 8))),
+    "fcn_resnet50": dict(backbone="resnet50", backbone_kwargs=dict(output_stride=8),
+                         head_kwargs=dict(features=512, dropout_rate=0.1)),
+}
+"""FCN presets of ``SegmentationModel``; see the module docstring."""
 
 
 def conv_same_on_small_map(conv: layers.Conv, x: jax.Array) -> jax.Array:
@@ -83,86 +76,57 @@ class Upscore2x(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Upsamples NHWC ``x`` from (h, w) to (2h, 2w)."""
     return layers.ConvTranspose(self.features, (4, 4), strides=2, padding=1, use_bias=False,
-                                kernel_init=bilinear_kernel_init, dtype=self.dtype,
+                                kernel_init=layers.bilinear_kernel_init, dtype=self.dtype,
                                 param_dtype=self.param_dtype, name="conv")(x)
 
 
-class FCN(nn.Module):
-  """FCN-32s/16s/8s on VGG-16; ``stride`` picks the variant (32, 16 or 8).
+class FCNNeck(nn.Module):
+  """fc6 (7x7 conv) and fc7 (1x1 conv), each followed by ReLU and dropout."""
 
-  Attributes:
-    fc_features: channels of fc6/fc7 (4096 in the paper).
-    dropout_rate: dropout after fc6 and fc7.
-    backbone_kwargs: extra ``VGG16`` arguments (e.g. ``{"widths": (8, 8, 8, 8, 8)}``).
+  features: int = 4096
+  dropout_rate: float = 0.5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Applies fc6 and fc7 to the pool5 features ``x``."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    fc6 = layers.Conv(self.features, (7, 7), **kw, name="fc6")
+    x = layers.Dropout(self.dropout_rate)(nn.relu(conv_same_on_small_map(fc6, x)), train=train)
+    fc7 = layers.Conv(self.features, (1, 1), **kw, name="fc7")
+    return layers.Dropout(self.dropout_rate)(nn.relu(fc7(x)), train=train)
+
+
+class FCNDecoder(nn.Module):
+  """Scores the deepest features and fuses the scores of the skips at ``skip_strides``.
+
+  ``skip_strides=()`` is FCN-32s, ``(16,)`` FCN-16s and ``(16, 8)`` FCN-8s; each skip must be
+  at half the stride of the scores it is added to. Returns logits at the last fused stride.
   """
 
   num_classes: int
-  stride: int = 8
-  fc_features: int = 4096
-  dropout_rate: float = 0.5
-  backbone_kwargs: Mapping[str, Any] = FrozenDict()
+  skip_strides: Sequence[int] = (16, 8)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Returns float32 logits ``(N, H, W, num_classes)`` for NHWC ``x``."""
-    if self.stride not in FCN_STRIDES:
-      raise ValueError(f"stride must be one of {FCN_STRIDES}, got {self.stride!r}")
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+  emits_logits: ClassVar[bool] = True
 
-    def score(name):
+  @nn.compact
+  def __call__(self, pyramid: Mapping[int, jax.Array], *, train: bool) -> jax.Array:
+    """Returns the fused class scores of ``pyramid`` (``{stride: features}``)."""
+    del train
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    stride = max(pyramid)
+    y = layers.Conv(self.num_classes, (1, 1), **kw, name="score_fr")(pyramid[stride])
+    for skip_stride in self.skip_strides:
+      if skip_stride * 2 != stride or skip_stride not in pyramid:
+        raise ValueError(f"skip_strides {tuple(self.skip_strides)} must halve the stride each "
+                         f"time from the deepest one ({max(pyramid)}) among the backbone "
+                         f"strides {sorted(pyramid)}")
+      y = Upscore2x(self.num_classes, **kw, name=f"upscore{skip_stride}")(y)
       # Zero init: training starts from the coarser net's prediction, as in the paper.
-      return layers.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros, **kw,
-                         name=name)
-
-    def body(x):
-      features = vgg.VGG16(num_classes=None, **kw, **dict(self.backbone_kwargs),
-                           name="backbone")(x, train=train)
-      y = features["pool5"]
-      fc6 = layers.Conv(self.fc_features, (7, 7), **kw, name="fc6")
-      y = layers.Dropout(self.dropout_rate)(nn.relu(conv_same_on_small_map(fc6, y)),
-                                            train=train)
-      fc7 = layers.Conv(self.fc_features, (1, 1), **kw, name="fc7")
-      y = layers.Dropout(self.dropout_rate)(nn.relu(fc7(y)), train=train)
-      y = layers.Conv(self.num_classes, (1, 1), **kw, name="score_fr")(y)
-      if self.stride <= 16:
-        y = Upscore2x(self.num_classes, **kw, name="upscore2")(y)
-        y = y + score("score_pool4")(features["pool4"])
-      if self.stride <= 8:
-        y = Upscore2x(self.num_classes, **kw, name="upscore_pool4")(y)
-        y = y + score("score_pool3")(features["pool3"])
-      return layers.resize(y.astype(jnp.float32), x.shape[1:3])
-
-    return common.segment_padded(x, 32, body)
-
-
-class FCNResNet(nn.Module):
-  """torchvision's FCN head on a dilated ResNet (``fcn_resnet50``), without the aux head."""
-
-  num_classes: int
-  backbone: str = "resnet50"
-  output_stride: int = 8
-  head_features: int = 512
-  dropout_rate: float = 0.1
-  norm: str = "batch"
-  backbone_kwargs: Mapping[str, Any] = FrozenDict()
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Returns float32 logits ``(N, H, W, num_classes)`` for NHWC ``x``."""
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-
-    def body(x):
-      backbone, high_key, _ = deeplab.dilated_backbone(
-          self.backbone, self.output_stride, norm=self.norm, **kw, **dict(self.backbone_kwargs))
-      y = backbone(x, train=train)[high_key]
-      y = layers.ConvNormAct(self.head_features, (3, 3), norm=self.norm, **kw, name="head")(
-          y, train=train)
-      y = layers.Dropout(self.dropout_rate)(y, train=train)
-      y = layers.Conv(self.num_classes, (1, 1), **kw, name="classifier")(y)
-      return layers.resize(y.astype(jnp.float32), x.shape[1:3])
-
-    return common.segment_padded(x, self.output_stride, body)
+      y = y + layers.Conv(self.num_classes, (1, 1), kernel_init=nn.initializers.zeros, **kw,
+                          name=f"score{skip_stride}")(pyramid[skip_stride])
+      stride = skip_stride
+    return y

@@ -2,7 +2,8 @@
 
     python -m seg_jax.models.summary --model=deeplabv3 --height=144 --width=256 --num_classes=6
 
-Stages are the model's top-level children. FLOPs come from XLA's cost analysis of the compiled,
+Stages are the parts of a segmentation model (backbone, neck, decoder, head) and the top-level
+children of a classifier. FLOPs come from XLA's cost analysis of the compiled,
 jitted eval-mode forward pass at batch 1 (``jax.jit(f).lower(...).compile().cost_analysis()``):
 a multiply-add counts as 2 FLOPs and taps that fall in a convolution's zero padding are not
 counted. Shapes are traced abstractly, so no parameters are allocated.
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from seg_jax import models
+from seg_jax.models import segmentation
 
 FLAGS = flags.FLAGS
 
@@ -50,9 +52,10 @@ def forward_flops(model: nn.Module, variables: Any, input_shape: Sequence[int]) 
 
 
 def params_per_stage(variables: Any) -> dict[str, int]:
-  """Parameter count of each top-level child, by child name."""
-  return {name: models.count_params({"params": tree})
-          for name, tree in variables["params"].items()}
+  """Parameter count of each top-level child, by child name, parts in composition order."""
+  order = {part: i for i, part in enumerate(segmentation.PARTS)}
+  children = sorted(variables["params"].items(), key=lambda item: order.get(item[0], len(order)))
+  return {name: models.count_params({"params": tree}) for name, tree in children}
 
 
 def summarize(name: str, *, height: int, width: int, num_classes: int,
@@ -76,6 +79,15 @@ def format_summary(name: str, summary: dict[str, Any], height: int, width: int) 
   return "\n".join(lines)
 
 
+def as_tuples(value: Any) -> Any:
+  """``value`` with every JSON list turned into a tuple (module fields such as rates are tuples)."""
+  if isinstance(value, dict):
+    return {k: as_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(as_tuples(v) for v in value)
+  return value
+
+
 def main(argv: Sequence[str]) -> None:
   """Prints the summary of ``--model``."""
   del argv
@@ -85,10 +97,8 @@ def main(argv: Sequence[str]) -> None:
     raise ValueError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}") from e
   if not isinstance(kwargs, dict):
     raise ValueError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}")
-  # JSON has no tuples; module fields such as rates are tuples.
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   summary = summarize(FLAGS.model, height=FLAGS.height, width=FLAGS.width,
-                      num_classes=FLAGS.num_classes, **kwargs)
+                      num_classes=FLAGS.num_classes, **as_tuples(kwargs))
   print(format_summary(FLAGS.model, summary, FLAGS.height, FLAGS.width))
 
 

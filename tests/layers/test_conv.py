@@ -277,5 +277,38 @@ class SeparableAndConvNormActTest(parameterized.TestCase):
     np.testing.assert_allclose(y, np.full((1, 5, 5, 3), 7.0))
 
 
+class LocallyConnectedTest(parameterized.TestCase):
+
+  @parameterized.parameters((1, "same", 1), (2, "same", 1), (1, "valid", 2), (2, 1, 1))
+  def test_equals_conv_with_the_kernel_tiled(self, strides, padding, dilation):
+    x = jax.random.normal(jax.random.key(1), (2, 9, 11, 3))
+    conv = layers.Conv(4, (3, 3), strides=strides, padding=padding, dilation=dilation)
+    local = layers.LocallyConnected(4, (3, 3), strides=strides, padding=padding,
+                                    dilation=dilation)
+    conv_vars = conv.init(jax.random.key(0), x)
+    local_vars = local.init(jax.random.key(0), x)
+    expected = conv.apply(conv_vars, x)
+    kernel = conv_vars["params"]["kernel"]  # (kh, kw, C, F); patches are channel-major.
+    flat = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, 4)
+    positions = local_vars["params"]["kernel"].shape[:2]
+    self.assertEqual(positions, expected.shape[1:3])
+    tiled = jnp.broadcast_to(flat, positions + flat.shape)
+    params = {"kernel": tiled, "bias": conv_vars["params"]["bias"]}
+    np.testing.assert_allclose(local.apply({"params": params}, x), expected, rtol=1e-5,
+                               atol=1e-5)
+
+  def test_circular_padding_rejected(self):
+    with self.assertRaisesRegex(ValueError, "circular"):
+      layers.LocallyConnected(4, padding="circular").init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+
+  def test_kernel_larger_than_input_rejected(self):
+    with self.assertRaisesRegex(ValueError, "larger than the padded input"):
+      layers.LocallyConnected(4, (5, 5), padding="valid").init(jax.random.key(0), jnp.zeros((1, 4, 8, 4)))
+
+  def test_groups_rejected(self):
+    with self.assertRaisesRegex(ValueError, "groups"):
+      layers.LocallyConnected(4, groups=2).init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -124,6 +124,22 @@ class PoolingTest(parameterized.TestCase):
       layers.lp_pool(jnp.ones((1, 4, 4, 1)), (2, 2), p=0)
 
 
+class AdaptiveAvgPoolTest(parameterized.TestCase):
+
+  @parameterized.parameters(((10, 13), (7, 7)), ((2, 3), (4, 4)), ((7, 7), (7, 7)),
+                            ((9, 5), (4, 2)))
+  def test_adaptive_avg_pool_matches_torch_bins(self, size, bins):
+    x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
+    expected = np.zeros((2, *bins, 3), np.float32)
+    for i in range(bins[0]):
+      for j in range(bins[1]):
+        h0, h1 = (i * size[0]) // bins[0], -(-(i + 1) * size[0] // bins[0])
+        w0, w1 = (j * size[1]) // bins[1], -(-(j + 1) * size[1] // bins[1])
+        expected[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
+    np.testing.assert_allclose(layers.adaptive_avg_pool(jnp.asarray(x), bins), expected,
+                               rtol=1e-6, atol=1e-6)
+
+
 class ResizeTest(absltest.TestCase):
 
   def test_bilinear_matches_half_pixel_reference(self):

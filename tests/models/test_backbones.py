@@ -12,7 +12,8 @@ import numpy as np
 from seg_jax import models
 from seg_jax.models import backbones
 from seg_jax.models.backbones import googlenet
-from tests.models.testing import DROPOUT_KEY, KEY, check_train_and_eval, host_init
+from tests.models.testing import (
+    DROPOUT_KEY, KEY, check_train_and_eval, host_init, random_variables)
 
 
 
@@ -82,7 +83,7 @@ class ParamCountTest(parameterized.TestCase):
     self.assertEqual(param_count(make(num_classes=1000)), expected)
 
   def test_dilation_does_not_change_count(self):
-    dilated = backbones.ResNet50(replace_stride_with_dilation=(False, True, True))
+    dilated = backbones.ResNet50(output_stride=8)
     self.assertEqual(param_count(dilated), 25_557_032)
     for output_stride in (8, 32):
       self.assertEqual(param_count(backbones.AlignedXception(output_stride=output_stride)),
@@ -139,12 +140,13 @@ class FeatureTest(parameterized.TestCase):
     return (2, ceil_div(self.H, stride), ceil_div(self.W, stride), channels)
 
   @parameterized.named_parameters(
-      ("plain", (False, False, False), (2, 4, 8, 16, 32)),
-      ("os16", (False, False, True), (2, 4, 8, 16, 16)),
-      ("os8", (False, True, True), (2, 4, 8, 8, 8)),
+      ("plain", 32, (2, 4, 8, 16, 32)),
+      ("os16", 16, (2, 4, 8, 16, 16)),
+      ("os8", 8, (2, 4, 8, 8, 8)),
   )
-  def test_resnet(self, dilate, strides):
-    module = backbones.ResNet50(num_classes=None, width=4, replace_stride_with_dilation=dilate)
+  def test_resnet(self, output_stride, strides):
+    module = backbones.ResNet50(num_classes=None, width=4, output_stride=output_stride)
+    self.assertEqual(module.stride, output_stride)
     channels = (4, 16, 32, 64, 128)
     keys = ("stem", "layer1", "layer2", "layer3", "layer4")
     self.assert_features(module, {k: self.ceil_shape(s, c)
@@ -153,9 +155,9 @@ class FeatureTest(parameterized.TestCase):
   def test_resnet_dilation_follows_torchvision(self):
     # The first block of a dilated stage keeps the previous dilation.
     module = backbones.ResNet(stage_sizes=(1, 1, 2, 3), width=4, num_classes=None,
-                              replace_stride_with_dilation=(False, True, True))
+                              output_stride=8)
     self.assertEqual(conv_dilations(module), {2: 2, 4: 2})
-    module = module.clone(replace_stride_with_dilation=(False, False, True))
+    module = module.clone(output_stride=16)
     self.assertEqual(conv_dilations(module), {2: 2})
 
   def test_basic_block_resnet(self):
@@ -205,10 +207,13 @@ class FeatureTest(parameterized.TestCase):
     module = backbones.AlignedXception(num_classes=None, width_divisor=8, middle_repeats=1,
                                        output_stride=output_stride)
     deep = min(output_stride, 16)
+    # DeepLab's V3+ tap is inside entry block 2, before it strides: 256 channels at stride 4.
     self.assert_features(module, {
-        "stem": self.ceil_shape(2, 8), "low_level": self.ceil_shape(4, 16),
-        "mid_level": self.ceil_shape(8, 32), "entry": self.ceil_shape(deep, 91),
-        "middle": self.ceil_shape(deep, 91), "exit": self.ceil_shape(output_stride, 256)})
+        "stem": self.ceil_shape(2, 8), "entry_block1": self.ceil_shape(4, 16),
+        "low_level": self.ceil_shape(4, 32), "entry_block2": self.ceil_shape(8, 32),
+        "entry": self.ceil_shape(deep, 91), "middle": self.ceil_shape(deep, 91),
+        "exit": self.ceil_shape(output_stride, 256)})
+    self.assertEqual(module.stride, output_stride)
 
   @parameterized.parameters((8, {2: 6, 4: 3}), (16, {2: 3}), (32, {}))
   def test_aligned_xception_atrous_rates(self, output_stride, expected):
@@ -250,31 +255,81 @@ class ResidualTest(parameterized.TestCase):
                                atol=1e-6)
 
   @parameterized.parameters(
-      functools.partial(backbones.XceptionBlock, (6, 6, 6)),
-      functools.partial(backbones.AlignedXceptionBlock, (6, 6, 6), dilation=2),
+      (functools.partial(backbones.XceptionBlock, (6, 6, 6)), False),
+      (functools.partial(backbones.AlignedXceptionBlock, (6, 6, 6), dilation=2), True),
   )
-  def test_xception_middle_block_is_identity_plus_branch(self, make):
+  def test_xception_middle_block_is_identity_plus_branch(self, make, returns_units):
     module = make()
     x = jax.random.normal(jax.random.key(3), (2, 5, 7, 6))
     variables = self.zero_kernels(host_init(module, x))
+    out = self.apply(module, variables, x)
     # No activation after the sum: negative inputs pass through unchanged.
-    np.testing.assert_array_equal(self.apply(module, variables, x), x)
+    np.testing.assert_array_equal(out[0] if returns_units else out, x)
 
 
-class PoolingHelpersTest(parameterized.TestCase):
+class AlignedXceptionReferenceTest(parameterized.TestCase):
+  """DeepLab's xception_65 unit, written out with jax.lax, against AlignedXceptionBlock."""
 
-  @parameterized.parameters(((10, 13), (7, 7)), ((2, 3), (4, 4)), ((7, 7), (7, 7)),
-                            ((9, 5), (4, 2)))
-  def test_adaptive_avg_pool_matches_torch_bins(self, size, bins):
-    x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
-    expected = np.zeros((2, *bins, 3), np.float32)
-    for i in range(bins[0]):
-      for j in range(bins[1]):
-        h0, h1 = (i * size[0]) // bins[0], ceil_div((i + 1) * size[0], bins[0])
-        w0, w1 = (j * size[1]) // bins[1], ceil_div((j + 1) * size[1], bins[1])
-        expected[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
-    np.testing.assert_allclose(backbones.adaptive_avg_pool(jnp.asarray(x), bins), expected,
-                               rtol=1e-6, atol=1e-6)
+  def reference(self, variables, x, act_in_unit, strides, dilation, skip):
+    p, s = variables["params"], variables["batch_stats"]
+    conv = functools.partial(jax.lax.conv_general_dilated,
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                             precision=jax.lax.Precision.HIGHEST)
+
+    def bn(y, *path):
+      params, stats = p, s
+      for key in path + ("bn",):
+        params, stats = params[key], stats[key]
+      return (y - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3) * params["scale"] + params["bias"]
+
+    y = x
+    for i in (1, 2, 3):
+      unit = f"sepconv{i}"
+      if not act_in_unit:  # activation_fn_in_separable_conv=False: ReLU on the unit's input.
+        y = jax.nn.relu(y)
+      stride = strides if i == 3 else 1
+      y = conv(y, p[unit]["depthwise"]["kernel"], (stride, stride), [(dilation, dilation)] * 2,
+               rhs_dilation=(dilation, dilation), feature_group_count=y.shape[-1])
+      y = bn(y, unit, "mid_norm")
+      if act_in_unit:
+        y = jax.nn.relu(y)
+      y = bn(conv(y, p[unit]["pointwise"]["kernel"], (1, 1), "VALID"), f"{unit}_bn")
+      if act_in_unit:
+        y = jax.nn.relu(y)
+    if skip == "conv":  # 1x1 conv + BN on the block's input, before any ReLU.
+      y = y + bn(conv(x, p["skip"]["conv"]["kernel"], (strides, strides), "VALID"), "skip", "norm")
+    if skip == "identity":
+      y = y + x
+    return y
+
+  @parameterized.named_parameters(
+      ("entry_block", False, 2, 1, "conv"),
+      ("middle_block_atrous", False, 1, 2, "identity"),
+      ("exit_block2", True, 1, 2, "none"),
+  )
+  def test_unit_order(self, act_in_unit, strides, dilation, skip):
+    module = backbones.AlignedXceptionBlock((6, 5, 4 if skip != "identity" else 3),
+                                            skip=skip, strides=strides, dilation=dilation,
+                                            act_in_unit=act_in_unit)
+    x = jax.random.normal(jax.random.key(3), (2, 9, 11, 3))
+    variables = random_variables(module, x)
+    out, units = jax.jit(functools.partial(module.apply, train=False))(variables, x)
+    expected = self.reference(variables, x, act_in_unit, strides, dilation, skip)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    self.assertLen(units, 3)
+
+  def test_low_level_tap_is_second_unit_of_entry_block2(self):
+    module = backbones.AlignedXception(num_classes=None, width_divisor=32, middle_repeats=1)
+    x = jax.random.normal(jax.random.key(3), (1, 32, 32, 3))
+    variables = random_variables(module, x)
+    features, state = jax.jit(lambda v, x: module.apply(
+        v, x, train=False, capture_intermediates=lambda m, _: m.name == "entry_block2"))(
+            variables, x)
+    _, units = state["intermediates"]["entry_block2"]["__call__"][0]
+    np.testing.assert_array_equal(features["low_level"], units[1])
+
+
+class CeilPoolTest(parameterized.TestCase):
 
   @parameterized.parameters((7, 3, 2), (8, 3, 2), (5, 2, 2), (9, 3, 2))
   def test_ceil_mode_max_pool(self, size, window, stride):
@@ -293,7 +348,7 @@ class ValidationTest(absltest.TestCase):
   def test_bad_arguments(self):
     x = jnp.zeros((1, 32, 32, 3))
     cases = [
-        (backbones.ResNet18(replace_stride_with_dilation=(True,)), x, "replace_stride"),
+        (backbones.ResNet18(output_stride=4), x, "output_stride"),
         (backbones.ResNet18(), jnp.zeros((32, 32, 3)), "NHWC"),
         (backbones.VGG(stage_sizes=(1, 1), widths=(4,)), x, "widths"),
         (backbones.AlignedXception(output_stride=4), x, "output_stride"),

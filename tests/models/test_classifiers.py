@@ -1,4 +1,4 @@
-"""Tests of the MLP, SimpleCNN and LocallyConnected classifiers' parts."""
+"""Tests of the MLP and SimpleCNN classifiers."""
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seg_jax import layers, models
+from seg_jax import models
 from seg_jax.models import classifiers
 from tests.models.testing import KEY, check_train_and_eval
 
@@ -44,39 +44,6 @@ class MLPTest(parameterized.TestCase):
     # Eval mode must equal the same model without dropout.
     no_dropout = model.clone(dropout=0.0).apply(variables, x, train=False)
     np.testing.assert_array_equal(eval_out, no_dropout)
-
-
-class LocallyConnectedTest(parameterized.TestCase):
-
-  @parameterized.parameters((1, "same", 1), (2, "same", 1), (1, "valid", 2), (2, 1, 1))
-  def test_equals_conv_with_the_kernel_tiled(self, strides, padding, dilation):
-    x = jax.random.normal(jax.random.key(1), (2, 9, 11, 3))
-    conv = layers.Conv(4, (3, 3), strides=strides, padding=padding, dilation=dilation)
-    local = classifiers.LocallyConnected(4, (3, 3), strides=strides, padding=padding,
-                                         dilation=dilation)
-    conv_vars = conv.init(KEY, x)
-    local_vars = local.init(KEY, x)
-    expected = conv.apply(conv_vars, x)
-    kernel = conv_vars["params"]["kernel"]  # (kh, kw, C, F); patches are channel-major.
-    flat = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, 4)
-    positions = local_vars["params"]["kernel"].shape[:2]
-    self.assertEqual(positions, expected.shape[1:3])
-    tiled = jnp.broadcast_to(flat, positions + flat.shape)
-    params = {"kernel": tiled, "bias": conv_vars["params"]["bias"]}
-    np.testing.assert_allclose(local.apply({"params": params}, x), expected, rtol=1e-5,
-                               atol=1e-5)
-
-  def test_circular_padding_rejected(self):
-    with self.assertRaisesRegex(ValueError, "circular"):
-      classifiers.LocallyConnected(4, padding="circular").init(KEY, jnp.zeros((1, 8, 8, 4)))
-
-  def test_kernel_larger_than_input_rejected(self):
-    with self.assertRaisesRegex(ValueError, "larger than the padded input"):
-      classifiers.LocallyConnected(4, (5, 5), padding="valid").init(KEY, jnp.zeros((1, 4, 8, 4)))
-
-  def test_groups_rejected(self):
-    with self.assertRaisesRegex(ValueError, "groups"):
-      classifiers.LocallyConnected(4, groups=2).init(KEY, jnp.zeros((1, 8, 8, 4)))
 
 
 class SimpleCNNTest(parameterized.TestCase):

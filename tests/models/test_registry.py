@@ -9,21 +9,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax import models
-from tests.models.testing import DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET, TINY_VGG, host_init
+from seg_jax.models import asym_unet
+from tests.models.testing import (
+    DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET, TINY_VGG, TINY_XCEPTION65, host_init)
 
 # Smallest settings of each registered model that still run every code path of its family.
 TINY = {
-    "unet": dict(base_width=4, dropout_rate=0.5),
-    "asym_unet": dict(widths=(4, 8, 8, 16, 16), decoder_widths=(8, 8, 4, 4), aspp_features=8,
-                      se_reduction=2, se_where=("encoder", "skip", "decoder")),
-    "deeplabv3": dict(backbone_kwargs=TINY_RESNET, aspp_features=8),
-    "deeplabv3plus": dict(backbone="xception", aspp_features=8, low_level_features=4,
-                          decoder_features=8,
-                          backbone_kwargs={"width_divisor": 32, "middle_repeats": 1}),
-    "fcn32s": dict(backbone_kwargs=TINY_VGG, fc_features=16),
-    "fcn16s": dict(backbone_kwargs=TINY_VGG, fc_features=16),
-    "fcn8s": dict(backbone_kwargs=TINY_VGG, fc_features=16),
-    "fcn_resnet50": dict(backbone_kwargs=TINY_RESNET, head_features=8),
+    "unet": dict(backbone_kwargs=dict(widths=(4, 8, 16, 32, 64), dropout_rate=0.5)),
+    "asym_unet": dict(backbone_kwargs=dict(widths=(4, 8, 8, 16, 16), se_reduction=2),
+                      neck_kwargs=dict(features=8),
+                      decoder_kwargs=dict(widths=(8, 8, 4, 4), se=True, skip_se=True,
+                                          se_reduction=2)),
+    "deeplabv3": dict(backbone_kwargs=TINY_RESNET, neck_kwargs=dict(features=8)),
+    "deeplabv3plus": dict(backbone_kwargs=TINY_RESNET, neck_kwargs=dict(features=8),
+                          decoder_kwargs=dict(low_level_features=4, features=8)),
+    "deeplabv3plus_xception": dict(backbone_kwargs=TINY_XCEPTION65, neck_kwargs=dict(features=8),
+                                   decoder_kwargs=dict(low_level_features=4, features=8)),
+    "deeplabv3_resnet50": dict(backbone_kwargs=TINY_RESNET, neck_kwargs=dict(features=8),
+                               head_kwargs=dict(features=8)),
+    "fcn32s": dict(backbone_kwargs=TINY_VGG, neck_kwargs=dict(features=16)),
+    "fcn16s": dict(backbone_kwargs=TINY_VGG, neck_kwargs=dict(features=16)),
+    "fcn8s": dict(backbone_kwargs=TINY_VGG, neck_kwargs=dict(features=16)),
+    "fcn_resnet50": dict(backbone_kwargs=TINY_RESNET, head_kwargs=dict(features=8)),
     "googlenet": dict(width_divisor=16),
     "resnet18": dict(width=4),
     "resnet34": dict(width=4),
@@ -36,8 +43,8 @@ TINY = {
     "simple_cnn": dict(widths=(4, 8, 8)),
 }
 
-SEGMENTATION = ("unet", "asym_unet", "deeplabv3", "deeplabv3plus", "fcn32s", "fcn16s", "fcn8s",
-                "fcn_resnet50")
+SEGMENTATION = ("unet", "asym_unet", "deeplabv3", "deeplabv3plus", "deeplabv3plus_xception",
+                "deeplabv3_resnet50", "fcn32s", "fcn16s", "fcn8s", "fcn_resnet50")
 REQUIRED = SEGMENTATION + ("xception", "googlenet", "resnet18", "resnet34", "resnet50",
                            "resnet101", "vgg16", "mlp", "simple_cnn")
 
@@ -71,6 +78,18 @@ class RegistryTest(parameterized.TestCase):
       self.assertGreaterEqual(models.min_input_size(name), 1)
     self.assertEqual(models.min_input_size("unet"), 32)
     self.assertEqual(models.min_input_size("resnet50"), 32)
+
+  def test_kind_is_a_field_of_the_model_class(self):
+    for name in models.available():
+      model = models.create(name, num_classes=NUM_CLASSES, **TINY[name])
+      self.assertEqual(models.is_segmentation(name), type(model).task == "segmentation", name)
+      self.assertEqual(models.min_input_size(name), type(model).min_input_size, name)
+
+  def test_ablations(self):
+    self.assertEqual(models.ablations("asym_unet"), sorted(asym_unet.ABLATIONS))
+    self.assertEqual(models.ablations("unet"), [])
+    with self.assertRaisesRegex(ValueError, "unet2"):
+      models.ablations("unet2")
 
   def test_unknown_name_raises(self):
     with self.assertRaisesRegex(ValueError, "unet2"):

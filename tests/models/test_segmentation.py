@@ -1,4 +1,4 @@
-"""Segmentation models: pinned sizes, padding to the stride, skip fusion, strides and options."""
+"""Segmentation models: pinned sizes, the composition, padding, skip fusion, strides, options."""
 
 import functools
 
@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax import layers, models
-from seg_jax.models import asym_unet, common, deeplab, fcn
-from tests.models.testing import DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET
+from seg_jax.models import asym_unet, common, fcn, segmentation, unet
+from tests.models.testing import (
+    DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET, TINY_VGG, TINY_XCEPTION65, host_init)
 
 fast_jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
@@ -49,7 +50,8 @@ class ParamCountTest(parameterized.TestCase):
       ("deeplabv3", "deeplabv3", {}, 39_044_678),
       ("deeplabv3_resnet101", "deeplabv3", {"backbone": "resnet101"}, 58_036_806),
       ("deeplabv3plus", "deeplabv3plus", {}, 40_348_326),
-      ("deeplabv3plus_xception", "deeplabv3plus", {"backbone": "xception"}, 41_045_414),
+      # DeepLab's stride-4 tap has 256 channels: 256 * 48 weights in the 1x1 projection.
+      ("deeplabv3plus_xception", "deeplabv3plus_xception", {}, 41_051_558),
       ("fcn32s", "fcn32s", {}, 134_285_126),
       ("fcn16s", "fcn16s", {}, 134_288_780),
       ("fcn8s", "fcn8s", {}, 134_290_898),
@@ -61,14 +63,110 @@ class ParamCountTest(parameterized.TestCase):
   def test_torchvision_references(self):
     # torchvision fcn_resnet50 / deeplabv3_resnet50 at 21 classes without the aux head.
     self.assertEqual(count(models.create("fcn_resnet50", num_classes=21)), 32_957_013)
-    tv_deeplab = models.create("deeplabv3", num_classes=21, output_stride=8, head_conv=True)
-    self.assertEqual(count(tv_deeplab), 39_638_869)
+    self.assertEqual(count(models.create("deeplabv3_resnet50", num_classes=21)), 39_638_869)
 
   def test_output_stride_does_not_change_count(self):
-    for backbone in ("resnet50", "xception"):
-      counts = {count(models.create("deeplabv3plus", num_classes=6, backbone=backbone,
-                                    output_stride=s)) for s in (8, 16)}
+    for name in ("deeplabv3plus", "deeplabv3plus_xception"):
+      counts = {count(models.create(name, num_classes=6, backbone_kwargs={"output_stride": s}))
+                for s in (8, 16)}
       self.assertLen(counts, 1)
+
+
+class CompositionTest(parameterized.TestCase):
+  """Any backbone feeds any decoder whose needs its strides meet; parts are named children."""
+
+  @parameterized.named_parameters(
+      ("asym_unet_decoder_on_resnet50", "asym_unet",
+       dict(backbone="resnet50", backbone_kwargs=TINY_RESNET)),
+      ("asym_unet_decoder_on_xception65", "asym_unet",
+       dict(backbone="xception65", backbone_kwargs=dict(TINY_XCEPTION65, output_stride=32))),
+      ("unet_decoder_on_vgg16", "unet", dict(backbone="vgg16", backbone_kwargs=TINY_VGG)),
+      # Dilation repeats stride 16: layer4, the deepest features there, feeds the decoder.
+      ("unet_decoder_on_dilated_resnet18", "unet",
+       dict(backbone="resnet18", backbone_kwargs=dict(width=4, output_stride=16),
+            decoder_kwargs=dict(widths=(8, 8, 4)))),
+      ("deeplabv3plus_on_resnet18", "deeplabv3plus",
+       dict(backbone="resnet18", backbone_kwargs=dict(width=4))),
+      ("deeplabv3plus_on_unet_encoder", "deeplabv3plus",
+       dict(backbone="unet_encoder", backbone_kwargs=dict(widths=(4, 4, 8, 8, 16)))),
+      ("fcn8s_on_resnet18", "fcn8s",
+       dict(backbone="resnet18", backbone_kwargs=dict(width=4), neck="none")),
+  )
+  def test_combination(self, name, kwargs):
+    model = models.create(name, num_classes=3, **kwargs)
+    x = jax.ShapeDtypeStruct((2, 65, 97, 3), jnp.float32)
+    out, variables = jax.eval_shape(lambda x: model.init_with_output(KEY, x, train=False), x)
+    self.assertEqual(out.shape, (2, 65, 97, 3))
+    self.assertEqual(variables["params"].keys() - {"neck", "decoder", "head"}, {"backbone"})
+
+  @parameterized.parameters(*segmentation.BACKBONES)
+  def test_every_backbone_feeds_aspp_and_the_v3plus_decoder(self, backbone):
+    tiny = {"unet_encoder": dict(widths=(4, 8, 8)), "vgg16": TINY_VGG,
+            "xception65": TINY_XCEPTION65, "resnet101": dict(TINY_RESNET)}
+    model = models.create("deeplabv3plus", num_classes=3, backbone=backbone,
+                          backbone_kwargs=tiny.get(backbone, dict(width=4)),
+                          neck_kwargs=dict(features=8), decoder_kwargs=dict(features=8))
+    params = abstract_init(model)["params"]
+    self.assertEqual(sorted(params), ["backbone", "decoder", "head", "neck"])
+
+  def test_combination_runs(self):
+    model = models.create("asym_unet", num_classes=3, backbone="resnet18",
+                          backbone_kwargs=dict(width=4), neck_kwargs=dict(features=8))
+    x = jax.random.normal(jax.random.key(0), (2, 33, 40, 3))
+    variables = host_init(model, x)
+    out = fast_jit(functools.partial(model.apply, train=False))(variables, x)
+    self.assertEqual(out.shape, (2, 33, 40, 3))
+    self.assertTrue(np.isfinite(np.asarray(out)).all())
+
+  def test_merge_settings(self):
+    base = dict(backbone="unet_encoder", backbone_kwargs=dict(widths=(4, 8), se=True),
+                neck="aspp", neck_kwargs=dict(features=8))
+    merged = segmentation.merge_settings(base, dict(backbone_kwargs=dict(se=False), head="conv"))
+    self.assertEqual(merged["backbone_kwargs"], dict(widths=(4, 8), se=False))
+    self.assertEqual(merged["neck_kwargs"], dict(features=8))
+    self.assertEqual(merged["head"], "conv")
+    # A different part drops the kwargs of the part it replaces, not those given with it.
+    merged = segmentation.merge_settings(
+        base, dict(backbone="resnet18", backbone_kwargs=dict(width=4), neck="none"))
+    self.assertEqual(merged["backbone_kwargs"], dict(width=4))
+    self.assertEqual(merged["neck_kwargs"], {})
+    self.assertEqual(segmentation.merge_settings(base, dict(backbone="unet_encoder")), base)
+    # A part the base leaves out is the default one ("conv" head).
+    merged = segmentation.merge_settings(dict(head_kwargs=dict(features=8)), dict(head="none"))
+    self.assertEqual(merged["head_kwargs"], {})
+
+  def test_create_merges_into_the_preset(self):
+    fields = models.settings("asym_unet", backbone_kwargs=dict(se=False))
+    self.assertEqual(fields["backbone_kwargs"]["widths"], (32, 64, 128, 256, 512))
+    self.assertFalse(fields["backbone_kwargs"]["se"])
+    self.assertEqual(models.settings("asym_unet", backbone="resnet50")["backbone_kwargs"], {})
+
+  @parameterized.parameters(
+      (dict(backbone="resnet9"), "backbone must be one of"),
+      (dict(neck="pyramid"), "neck must be one of"),
+      (dict(backbone_kwargs=dict(widths=(4, 8), depth=3)), "backbone_kwargs .*depth"),
+      (dict(head="none"), "head must be 'none' exactly when"),
+  )
+  def test_bad_composition(self, kwargs, message):
+    with self.assertRaisesRegex(ValueError, message):
+      abstract_init(models.create("unet", num_classes=2, **kwargs))
+
+  def test_decoder_needs_its_strides(self):
+    pyramid = {1: jnp.zeros((1, 16, 16, 2)), 4: jnp.zeros((1, 4, 4, 2))}
+    with self.assertRaisesRegex(ValueError, r"twice the size.*strides \[1, 4\]"):
+      jax.eval_shape(lambda: unet.UNetDecoder().init(KEY, pyramid, train=False))
+    with self.assertRaisesRegex(ValueError, r"low_level_stride=1 .*\[2, 4, 8, 16\]"):
+      abstract_init(models.create("deeplabv3plus", num_classes=2, backbone_kwargs=TINY_RESNET,
+                                  decoder_kwargs=dict(low_level_stride=1, features=8)))
+    with self.assertRaisesRegex(ValueError, "skip_strides"):
+      abstract_init(models.create("fcn8s", num_classes=2, backbone_kwargs=TINY_VGG,
+                                  decoder_kwargs=dict(skip_strides=(8,))))
+
+  def test_feature_pyramid_keeps_the_deepest_stage_per_stride(self):
+    a, b, c = jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 4, 4, 3))
+    pyramid = common.feature_pyramid({"a": a, "b": b, "c": c}, 16)
+    self.assertEqual(list(pyramid), [2, 4])
+    self.assertIs(pyramid[4], c)
 
 
 class PaddingTest(parameterized.TestCase):
@@ -94,13 +192,13 @@ class PaddingTest(parameterized.TestCase):
 
   @parameterized.parameters((1, 31, 64, 3), (1, 64, 20, 3), (64, 64, 3))
   def test_rejects_bad_shapes(self, *shape):
-    model = models.create("unet", num_classes=2, base_width=2, depth=1)
+    model = models.create("unet", num_classes=2, backbone_kwargs=dict(widths=(2, 4)))
     with self.assertRaisesRegex(ValueError, "shape"):
       jax.eval_shape(lambda: model.init(KEY, jnp.zeros(shape), train=False))
 
   def test_crop_equals_padded_prediction(self):
     # The logits of a 38x50 input are the top-left crop of those of its padded 40x52 version.
-    model = models.create("unet", num_classes=2, base_width=2, depth=2)
+    model = models.create("unet", num_classes=2, backbone_kwargs=dict(widths=(2, 4, 4)))
     x = jax.random.normal(jax.random.key(0), (1, 38, 50, 3))
     padded = common.pad_to_multiple(x, 4)
     variables = fast_jit(lambda x: model.init(KEY, x, train=False))(x)
@@ -112,51 +210,56 @@ class PaddingTest(parameterized.TestCase):
 class UNetTest(parameterized.TestCase):
 
   def test_symmetric_asym_unet_is_unet(self):
-    plain = asym_unet.AsymUNet(num_classes=6, **asym_unet.ABLATIONS["plain_unet"])
-    unet = models.create("unet", num_classes=6, base_width=32)
+    plain = models.create("asym_unet", num_classes=6, ablation="plain_unet")
+    unet = models.create("unet", num_classes=6,
+                         backbone_kwargs=dict(widths=(32, 64, 128, 256, 512)))
     self.assertEqual(shapes_tree(abstract_init(plain)), shapes_tree(abstract_init(unet)))
 
   def test_unet_structure(self):
-    params = abstract_init(models.create("unet", num_classes=6, base_width=8, depth=3))["params"]
-    self.assertEqual(sorted(params), ["decoder", "encoder", "head"])
-    self.assertEqual(sorted(params["encoder"]), ["stage0", "stage1", "stage2", "stage3"])
-    self.assertEqual(params["encoder"]["stage3"]["conv1"]["conv"]["kernel"].shape,
+    params = abstract_init(models.create("unet", num_classes=6,
+                                         backbone_kwargs=dict(widths=(8, 16, 32, 64))))["params"]
+    self.assertEqual(sorted(params), ["backbone", "decoder", "head"])
+    self.assertEqual(sorted(params["backbone"]), ["stage0", "stage1", "stage2", "stage3"])
+    self.assertEqual(params["backbone"]["stage3"]["conv1"]["conv"]["kernel"].shape,
                      (3, 3, 64, 64))
     # 2x2 up-convolution halving the channels, then two 3x3 convs on the concatenation.
     self.assertEqual(params["decoder"]["up0"]["conv"]["kernel"].shape, (2, 2, 64, 32))
     self.assertEqual(params["decoder"]["stage0"]["conv0"]["conv"]["kernel"].shape,
                      (3, 3, 64, 32))
-    self.assertEqual(params["head"]["kernel"].shape, (1, 1, 8, 6))
+    self.assertEqual(params["head"]["classifier"]["kernel"].shape, (1, 1, 8, 6))
 
   def test_bilinear_upsampling_uses_3x3_conv(self):
-    params = abstract_init(models.create("unet", num_classes=2, base_width=4, depth=2,
-                                         upsample="bilinear"))["params"]
+    params = abstract_init(models.create(
+        "unet", num_classes=2, backbone_kwargs=dict(widths=(4, 8, 16)),
+        decoder_kwargs=dict(upsample="bilinear")))["params"]
     self.assertEqual(params["decoder"]["up0"]["conv"]["kernel"].shape, (3, 3, 16, 8))
 
   def test_norm_none_uses_bias(self):
-    params = abstract_init(models.create("unet", num_classes=2, base_width=4, depth=1,
-                                         norm="none"))["params"]
-    self.assertIn("bias", params["encoder"]["stage0"]["conv0"]["conv"])
+    params = abstract_init(models.create("unet", num_classes=2,
+                                         backbone_kwargs=dict(widths=(4, 8), norm="none"),
+                                         decoder_kwargs=dict(norm="none")))["params"]
+    self.assertIn("bias", params["backbone"]["stage0"]["conv0"]["conv"])
+    self.assertIn("bias", params["decoder"]["stage0"]["conv0"]["conv"])
 
   def test_dropout_only_in_train(self):
-    model = models.create("unet", num_classes=2, base_width=4, depth=2, dropout_rate=0.5)
+    model = models.create("unet", num_classes=2,
+                          backbone_kwargs=dict(widths=(4, 8, 16), dropout_rate=0.5))
     x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
     variables = fast_jit(lambda x: model.init(KEY, x, train=False))(x)
     train = fast_jit(lambda key: model.apply(variables, x, train=True, rngs={"dropout": key},
                                              mutable=["batch_stats"])[0])
     self.assertFalse(np.allclose(train(DROPOUT_KEY), train(KEY)))
     # Eval mode must equal the same model without dropout, with the same variables.
-    no_dropout = model.clone(dropout_rate=0.0)
+    no_dropout = model.clone(backbone_kwargs=dict(widths=(4, 8, 16), dropout_rate=0.0))
     evaluate = fast_jit(lambda v: (model.apply(v, x, train=False),
                                    no_dropout.apply(v, x, train=False)))
     np.testing.assert_array_equal(*evaluate(variables))
 
   @parameterized.parameters(
-      ({"upsample": "nearest"}, "upsample"),
-      ({"se_where": ("encoder", "middle")}, "se_where"),
-      ({"se_where": "encoder"}, "se_where"),
-      ({"decoder_widths": (8, 8)}, "decoder_widths"),
-      ({"encoder_blocks": (1, 1)}, "encoder_blocks"),
+      ({"decoder_kwargs": {"upsample": "nearest"}}, "upsample"),
+      ({"decoder_kwargs": {"widths": (8, 8)}}, "decoder widths"),
+      ({"backbone_kwargs": {"blocks": (1, 1)}}, "blocks"),
+      ({"backbone_kwargs": {"widths": (8,)}}, "at least 2 stages"),
   )
   def test_asym_unet_bad_settings(self, kwargs, message):
     model = models.create("asym_unet", num_classes=2, **kwargs)
@@ -164,56 +267,76 @@ class UNetTest(parameterized.TestCase):
       abstract_init(model)
 
   def test_asym_unet_switches(self):
-    tiny = dict(widths=(4, 8, 16), encoder_blocks=(1, 2, 3), decoder_widths=(8, 4),
-                decoder_blocks=(1, 1), aspp_features=8, se_reduction=2)
-    full = abstract_init(models.create("asym_unet", num_classes=2, **tiny,
-                                       se_where=("encoder", "skip", "decoder")))["params"]
-    self.assertIn("aspp", full)
-    self.assertEqual(sorted(full["encoder"]["stage2"]), ["conv0", "conv1", "conv2", "se"])
+    tiny = dict(backbone_kwargs=dict(widths=(4, 8, 16), blocks=(1, 2, 3), se_reduction=2),
+                neck_kwargs=dict(features=8),
+                decoder_kwargs=dict(widths=(8, 4), se_reduction=2))
+    full = abstract_init(models.create(
+        "asym_unet", num_classes=2, **{**tiny, "decoder_kwargs": dict(
+            widths=(8, 4), se=True, skip_se=True, se_reduction=2)}))["params"]
+    self.assertIn("neck", full)
+    self.assertEqual(sorted(full["backbone"]["stage2"]), ["conv0", "conv1", "conv2", "se"])
     self.assertIn("skip_se0", full["decoder"])
     self.assertIn("se", full["decoder"]["stage1"])
     # The decoder's first stage upsamples the ASPP output.
     self.assertEqual(full["decoder"]["up0"]["conv"]["kernel"].shape, (2, 2, 8, 8))
-    bare = abstract_init(models.create("asym_unet", num_classes=2, **tiny, use_se=False,
-                                       use_aspp=False))["params"]
-    self.assertNotIn("aspp", bare)
-    self.assertNotIn("se", bare["encoder"]["stage2"])
+    bare = abstract_init(models.create("asym_unet", num_classes=2, ablation="asym", **tiny))
+    bare = bare["params"]
+    self.assertNotIn("neck", bare)
+    self.assertNotIn("se", bare["backbone"]["stage2"])
     self.assertEqual(bare["decoder"]["up0"]["conv"]["kernel"].shape, (2, 2, 16, 8))
 
-  def test_every_ablation_initializes_with_parameters(self):
-    for name, kwargs in asym_unet.ABLATIONS.items():
-      with self.subTest(name):
-        self.assertGreater(count(asym_unet.AsymUNet(num_classes=6, **kwargs)), 0)
+  @parameterized.parameters(*asym_unet.ABLATIONS)
+  def test_ablation_sets_every_switch(self, name):
+    # Applied over kwargs that set every switch the other way, the ablation still decides.
+    ablation = asym_unet.ABLATIONS[name]
+    se, aspp = ablation["backbone_kwargs"]["se"], ablation["neck"] == "aspp"
+    kwargs = dict(backbone_kwargs=dict(widths=(4, 8, 16), blocks=(1, 1, 3), se=not se,
+                                       se_reduction=2),
+                  neck="none" if aspp else "aspp", neck_kwargs=dict(features=8),
+                  decoder_kwargs=dict(widths=(6, 3), se=True, skip_se=True, se_reduction=2))
+    params = abstract_init(models.create("asym_unet", num_classes=6, ablation=name,
+                                         **kwargs))["params"]
+    self.assertEqual("neck" in params, aspp)
+    self.assertEqual("se" in params["backbone"]["stage1"], se)
+    self.assertNotIn("skip_se0", params["decoder"])
+    self.assertNotIn("se", params["decoder"]["stage0"])
+    # plain_unet*: two convs per stage in both paths, decoder stages as wide as their skips.
+    plain = name.startswith("plain_unet")
+    self.assertEqual(sorted(params["backbone"]["stage2"]).count("conv2"), 0 if plain else 1)
+    self.assertEqual(params["decoder"]["stage1"]["conv0"]["conv"]["kernel"].shape[-1],
+                     4 if plain else 3)
+    self.assertEqual("conv1" in params["decoder"]["stage1"], plain)
+
+  def test_unknown_ablation(self):
+    with self.assertRaisesRegex(ValueError, "ablation of model 'asym_unet' must be one of"):
+      models.create("asym_unet", num_classes=2, ablation="no_se")
+    with self.assertRaisesRegex(ValueError, "ablation of model 'unet'"):
+      models.create("unet", num_classes=2, ablation="asym")
 
 
 class DeepLabTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      ("resnet50", 8, "layer4", 4 * 32),
-      ("resnet50", 16, "layer4", 4 * 32),
-      ("xception", 8, "exit", 2048 // 32),
-      ("xception", 16, "exit", 2048 // 32),
+      ("deeplabv3plus", 8, "layer4", 4 * 32, "layer1"),
+      ("deeplabv3plus", 16, "layer4", 4 * 32, "layer1"),
+      ("deeplabv3plus_xception", 8, "exit", 2048 // 32, "low_level"),
+      ("deeplabv3plus_xception", 16, "exit", 2048 // 32, "low_level"),
   )
-  def test_backbone_output_stride(self, backbone, output_stride, key, channels):
-    kwargs = (TINY_RESNET if backbone == "resnet50"
-              else {"width_divisor": 32, "middle_repeats": 1})
-    model = models.create("deeplabv3plus", num_classes=3, backbone=backbone,
-                          output_stride=output_stride, backbone_kwargs=kwargs, aspp_features=8,
-                          decoder_features=8)
+  def test_backbone_output_stride(self, name, output_stride, key, channels, low):
+    backbone = TINY_RESNET if name == "deeplabv3plus" else TINY_XCEPTION65
+    model = models.create(name, num_classes=3,
+                          backbone_kwargs=dict(backbone, output_stride=output_stride),
+                          neck_kwargs=dict(features=8), decoder_kwargs=dict(features=8))
     # 65x97 pads to a multiple of the output stride.
     h, w = -(-65 // output_stride) * output_stride, -(-97 // output_stride) * output_stride
     features = backbone_features(model, (1, 65, 97, 3))
     self.assertEqual(features[key], (1, h // output_stride, w // output_stride, channels))
-    low = "layer1" if backbone == "resnet50" else "low_level"
     self.assertEqual(features[low][1:3], (h // 4, w // 4))
 
-  def test_default_rates(self):
-    self.assertEqual(deeplab.default_aspp_rates(16), (6, 12, 18))
-    self.assertEqual(deeplab.default_aspp_rates(8), (12, 24, 36))
-
   def test_aspp_uses_rates(self):
-    model = models.create("deeplabv3", num_classes=3, backbone_kwargs=TINY_RESNET,
-                          aspp_features=8, output_stride=8)
+    model = models.create("deeplabv3", num_classes=3,
+                          backbone_kwargs=dict(TINY_RESNET, output_stride=8),
+                          neck_kwargs=dict(features=8, rates=(12, 24, 36)))
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     variables = abstract_init(model, x.shape)
     text = str(jax.make_jaxpr(functools.partial(model.apply, train=False))(variables, x))
@@ -222,19 +345,21 @@ class DeepLabTest(parameterized.TestCase):
 
   def test_v3plus_decoder_shapes(self):
     params = abstract_init(models.create("deeplabv3plus", num_classes=3))["params"]
-    self.assertEqual(params["low_level_proj"]["conv"]["kernel"].shape, (1, 1, 256, 48))
-    self.assertEqual(params["decoder_conv0"]["conv"]["kernel"].shape, (3, 3, 256 + 48, 256))
-    self.assertEqual(params["decoder_conv1"]["conv"]["kernel"].shape, (3, 3, 256, 256))
-    sep = abstract_init(models.create("deeplabv3plus", num_classes=3,
-                                      backbone="xception"))["params"]
-    self.assertEqual(sep["decoder_conv0"]["conv"]["depthwise"]["kernel"].shape,
+    decoder = params["decoder"]
+    self.assertEqual(decoder["low_level_proj"]["conv"]["kernel"].shape, (1, 1, 256, 48))
+    self.assertEqual(decoder["conv0"]["conv"]["kernel"].shape, (3, 3, 256 + 48, 256))
+    self.assertEqual(decoder["conv1"]["conv"]["kernel"].shape, (3, 3, 256, 256))
+    sep = abstract_init(models.create("deeplabv3plus_xception", num_classes=3))["params"]
+    # DeepLab's tap: 256 channels of entry block 2 projected to 48.
+    self.assertEqual(sep["decoder"]["low_level_proj"]["conv"]["kernel"].shape, (1, 1, 256, 48))
+    self.assertEqual(sep["decoder"]["conv0"]["conv"]["depthwise"]["kernel"].shape,
                      (3, 3, 1, 256 + 48))
+    self.assertIn("depthwise", sep["neck"]["atrous0"]["conv"])
 
-  @parameterized.parameters(({"output_stride": 32}, "output_stride"),
-                            ({"backbone": "vgg16"}, "backbone"))
-  def test_bad_settings(self, kwargs, message):
-    with self.assertRaisesRegex(ValueError, message):
-      abstract_init(models.create("deeplabv3", num_classes=3, **kwargs))
+  def test_bad_output_stride(self):
+    with self.assertRaisesRegex(ValueError, "output_stride"):
+      abstract_init(models.create("deeplabv3", num_classes=3,
+                                  backbone_kwargs={"output_stride": 4}))
 
 
 class FCNTest(parameterized.TestCase):
@@ -257,22 +382,23 @@ class FCNTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ("fcn32s", []),
-      ("fcn16s", ["score_pool4", "upscore2"]),
-      ("fcn8s", ["score_pool3", "score_pool4", "upscore2", "upscore_pool4"]),
+      ("fcn16s", ["score16", "upscore16"]),
+      ("fcn8s", ["score16", "score8", "upscore16", "upscore8"]),
   )
   def test_skip_layers(self, name, skips):
-    params = abstract_init(models.create(name, num_classes=3, fc_features=8,
-                                         backbone_kwargs={"widths": (4, 4, 8, 8, 8)}))["params"]
-    self.assertEqual(sorted(params), sorted(["backbone", "fc6", "fc7", "score_fr"] + skips))
-    self.assertEqual(params["fc6"]["kernel"].shape, (7, 7, 8, 8))
+    params = abstract_init(models.create(name, num_classes=3, backbone_kwargs=TINY_VGG,
+                                         neck_kwargs=dict(features=8)))["params"]
+    self.assertEqual(sorted(params), ["backbone", "decoder", "neck"])
+    self.assertEqual(sorted(params["decoder"]), sorted(["score_fr"] + skips))
+    self.assertEqual(params["neck"]["fc6"]["kernel"].shape, (7, 7, 8, 8))
 
   def test_fused_skips_start_at_zero(self):
     # As in the paper, training starts from the coarse prediction: skip scores are zero.
-    model = models.create("fcn8s", num_classes=3, fc_features=8,
-                          backbone_kwargs={"widths": (4, 4, 8, 8, 8)})
+    model = models.create("fcn8s", num_classes=3, backbone_kwargs=TINY_VGG,
+                          neck_kwargs=dict(features=8))
     params = fast_jit(lambda x: model.init(KEY, x, train=False))(jnp.zeros((1, 64, 64, 3)))
-    params = params["params"]
-    for name in ("score_pool3", "score_pool4"):
+    params = params["params"]["decoder"]
+    for name in ("score8", "score16"):
       self.assertFalse(np.any(np.asarray(params[name]["kernel"])))
 
   @parameterized.parameters((2, 3), (5, 8), (9, 9))
@@ -284,16 +410,12 @@ class FCNTest(parameterized.TestCase):
     np.testing.assert_allclose(fcn.conv_same_on_small_map(bound, x), bound(x), rtol=1e-5,
                                atol=1e-6)
 
-  def test_bad_stride(self):
-    with self.assertRaisesRegex(ValueError, "stride"):
-      abstract_init(fcn.FCN(num_classes=3, stride=4))
-
 
 class DtypeTest(absltest.TestCase):
 
   def test_bfloat16_close_to_float32(self):
-    kwargs = dict(num_classes=3, widths=(4, 8, 8), encoder_blocks=(1, 1, 1),
-                  decoder_widths=(8, 4), decoder_blocks=(1, 1), aspp_features=8, se_reduction=2)
+    kwargs = dict(num_classes=3, backbone_kwargs=dict(widths=(4, 8, 8), blocks=1, se_reduction=2),
+                  neck_kwargs=dict(features=8), decoder_kwargs=dict(widths=(8, 4)))
     f32 = models.create("asym_unet", **kwargs)
     bf16 = models.create("asym_unet", dtype="bfloat16", **kwargs)
     x = jax.random.normal(jax.random.key(0), (2, 33, 35, 3))

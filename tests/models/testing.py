@@ -12,9 +12,10 @@ DROPOUT_KEY = jax.random.key(1, impl="rbg")
 # checked in the tests do not depend on them.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-# Smallest ResNet and VGG backbones (``backbone_kwargs``) that still run every code path.
+# Smallest ResNet, VGG and Xception-65 backbones (``backbone_kwargs``) that run every code path.
 TINY_RESNET = {"width": 4, "stage_sizes": (1, 1, 1, 1)}
 TINY_VGG = {"widths": (4, 4, 8, 8, 8)}
+TINY_XCEPTION65 = {"width_divisor": 32, "middle_repeats": 1}
 
 
 def host_init(module, x):
@@ -63,3 +64,28 @@ def check_train_and_eval(test, model, variables, x, logits_shape):
   unchanged = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), stats,
                            dict(eval_vars).get("batch_stats", {}))
   test.assertTrue(all(jax.tree.leaves(unchanged)))
+
+
+def random_variables(module, x, seed=0):
+  """Variables of ``module`` for input ``x`` with every leaf random, BatchNorm statistics included.
+
+  Kernels are fan-in scaled normals, scales and biases normal around 1 and 0, running means
+  normal and running variances in [0.5, 1.5], so an imported or re-implemented BatchNorm that
+  ignores any of them shows.
+  """
+  shapes = jax.eval_shape(lambda: module.init(KEY, x, train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    elif name.endswith("['var']"):
+      value = rng.uniform(0.5, 1.5, size=leaf.shape)
+    elif name.endswith("['scale']"):
+      value = rng.normal(1.0, 0.2, size=leaf.shape)
+    else:
+      value = rng.normal(0.0, 0.2, size=leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -34,8 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seg_jax.layers import ConvNormAct, Dropout, Norm, global_avg_pool, max_pool
-from seg_jax.models.backbones.vgg import adaptive_avg_pool
+from seg_jax.layers import (
+    ConvNormAct, Dropout, Norm, adaptive_avg_pool, global_avg_pool, max_pool)
 from seg_jax.models.common import check_image_batch
 
 Dtype = Any
@@ -128,6 +128,7 @@ class GoogLeNet(_ConvBlock):
   width_divisor: int = 1
 
   min_input_size: ClassVar[int] = 32
+  task: ClassVar[str] = "classification"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool):

@@ -19,8 +19,9 @@ Feature stages (``num_classes=None``), with their output stride and channels at 
   layer4    32      512                     2048
   ========  ======  ======================  ==============================
 
-``replace_stride_with_dilation=(False, True, True)`` keeps layer3/layer4 at stride 8 (dilation
-2 and 4) and ``(False, False, True)`` keeps layer4 at stride 16, as in DeepLab. Spatial sizes
+``output_stride=8`` keeps layer3/layer4 at stride 8 (dilation 2 and 4) and ``output_stride=16``
+keeps layer4 at stride 16, as in DeepLab; they are torchvision's
+``replace_stride_with_dilation=(False, True, True)`` and ``(False, False, True)``. Spatial sizes
 are ``ceil(size / stride)`` for any input size ``>= min_input_size`` (32).
 """
 
@@ -133,7 +134,8 @@ class ResNet(nn.Module):
     num_classes: classifier outputs; ``None`` returns the feature dict of the module docstring.
     width: channels of the stem and of layer1's blocks (64 in the paper); layer ``i`` uses
       ``width * 2**i`` (times the block expansion at its output). Small values give test models.
-    replace_stride_with_dilation: for layer2..layer4, trade the stride-2 for dilation.
+    output_stride: 32, or 16 / 8 to trade the stride 2 of layer4 / layer3 and layer4 for
+      dilation; also the ``stride`` of the deepest features.
     norm: ``seg_jax.layers.Norm`` kind.
   """
 
@@ -141,19 +143,27 @@ class ResNet(nn.Module):
   block: type[nn.Module] = Bottleneck
   num_classes: int | None = 1000
   width: int = 64
-  replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+  output_stride: int = 32
   norm: str = "batch"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   min_input_size: ClassVar[int] = 32
+  task: ClassVar[str] = "classification"
+
+  @property
+  def stride(self) -> int:
+    """Stride of the deepest features (``layer4``)."""
+    return self.output_stride
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | dict[str, jax.Array]:
     check_image_batch(x, self.min_input_size)
-    if len(self.replace_stride_with_dilation) != 3:
-      raise ValueError("replace_stride_with_dilation must have 3 entries (layer2..layer4), got "
-                       f"{self.replace_stride_with_dilation!r}")
+    if self.output_stride not in (8, 16, 32):
+      raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride!r}")
+    # layer2..layer4 each halve the size unless the output stride is already reached.
+    dilate = {32: (False, False, False), 16: (False, False, True),
+              8: (False, True, True)}[self.output_stride]
     if len(self.stage_sizes) != 4:
       raise ValueError(f"stage_sizes must have 4 entries, got {self.stage_sizes!r}")
     x = Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype,
@@ -169,7 +179,7 @@ class ResNet(nn.Module):
       strides = 1 if i == 0 else 2
       # As torchvision: the first block of a dilated stage keeps the previous dilation.
       first_dilation = dilation
-      if i > 0 and self.replace_stride_with_dilation[i - 1]:
+      if i > 0 and dilate[i - 1]:
         dilation *= strides
         strides = 1
       x = ResNetStage(self.block, num_blocks, self.width * 2**i, strides=strides,

@@ -29,33 +29,11 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from seg_jax.layers import Conv, Dropout, Norm, max_pool
+from seg_jax.layers import Conv, Dropout, Norm, adaptive_avg_pool, max_pool
 from seg_jax.models.common import check_image_batch
 
 Dtype = Any
-
-
-def _adaptive_pool_matrix(size: int, bins: int) -> np.ndarray:
-  """(bins, size) averaging weights of torch's adaptive pooling bins."""
-  weights = np.zeros((bins, size), np.float32)
-  for i in range(bins):
-    start, stop = (i * size) // bins, -(-((i + 1) * size) // bins)
-    weights[i, start:stop] = 1.0 / (stop - start)
-  return weights
-
-
-def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
-  """Averages NHWC ``x`` into ``output_size`` bins exactly like ``torch.nn.AdaptiveAvgPool2d``."""
-  if x.ndim != 4:
-    raise ValueError(f"adaptive_avg_pool expects an NHWC batch, got shape {tuple(x.shape)}")
-  if tuple(x.shape[1:3]) == tuple(output_size):
-    return x
-  rows = jnp.asarray(_adaptive_pool_matrix(x.shape[1], output_size[0]), x.dtype)
-  cols = jnp.asarray(_adaptive_pool_matrix(x.shape[2], output_size[1]), x.dtype)
-  return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols, preferred_element_type=jnp.float32).astype(
-      x.dtype)
 
 
 # 3x3 convolutions per stage of VGG-16 (configuration D).
@@ -86,6 +64,12 @@ class VGG(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   min_input_size: ClassVar[int] = 32
+  task: ClassVar[str] = "classification"
+
+  @property
+  def stride(self) -> int:
+    """Stride of the deepest features (the last pool)."""
+    return 2 ** len(self.stage_sizes)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | dict[str, jax.Array]:

@@ -1,0 +1,181 @@
+"""One composition for every segmentation model: backbone -> neck -> decoder -> head.
+
+``SegmentationModel`` chains four parts, each chosen by name with its own kwargs:
+
+* **backbone** (``BACKBONES``) maps the image to ``{stage: features}``; the stages are arranged
+  by stride into a pyramid ``{stride: features}`` (the deepest stage of each stride).
+* **neck** (``NECKS``, or ``"none"``) transforms the deepest features, e.g. ASPP.
+* **decoder** (``DECODERS``, or ``"none"``) maps the pyramid to one feature map, e.g. U-Net skip
+  fusion; ``"none"`` passes the deepest features on. A decoder that scores classes itself
+  (``emits_logits``, the FCN skip fusion) is given ``num_classes`` and needs head ``"none"``.
+* **head** (``HEADS``, or ``"none"``) classifies each pixel.
+
+The logits are upsampled bilinearly to the input size. The input is reflect-padded at the
+bottom/right to a multiple of the backbone's ``stride`` so every stride divides it exactly, and
+the logits are cropped back. A part named ``"none"`` is absent and its kwargs are not used. Each
+registered model (``seg_jax.models.create``) is a preset of these fields; see
+``merge_settings`` for how kwargs and ablations are laid over a preset.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from seg_jax import layers
+from seg_jax.models import common, deeplab, fcn, unet
+from seg_jax.models.backbones import resnet, vgg, xception
+
+Dtype = Any
+
+PARTS = ("backbone", "neck", "decoder", "head")
+
+
+class ClassifierHead(nn.Module):
+  """Optional 3x3 conv-norm-act of ``features`` channels and dropout, then a 1x1 classifier.
+
+  ``features=None`` is the plain 1x1 conv; ``features=512, dropout_rate=0.1`` is torchvision's
+  ``FCNHead`` and ``features=256`` the conv part of its ``DeepLabHead``. Children: ``conv``
+  (when ``features``) and ``classifier``.
+  """
+
+  num_classes: int
+  features: int | None = None
+  dropout_rate: float = 0.0
+  norm: str = "batch"
+  act: str = "relu"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Returns per-pixel logits (compute dtype) for NHWC features ``x``."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.features is not None:
+      x = layers.ConvNormAct(self.features, (3, 3), norm=self.norm, act=self.act, **kw,
+                             name="conv")(x, train=train)
+    x = layers.Dropout(self.dropout_rate)(x, train=train)
+    return layers.Conv(self.num_classes, (1, 1), **kw, name="classifier")(x)
+
+
+BACKBONES: dict[str, Any] = {
+    "unet_encoder": unet.UNetEncoder,
+    "resnet18": functools.partial(resnet.ResNet18, num_classes=None),
+    "resnet34": functools.partial(resnet.ResNet34, num_classes=None),
+    "resnet50": functools.partial(resnet.ResNet50, num_classes=None),
+    "resnet101": functools.partial(resnet.ResNet101, num_classes=None),
+    "vgg16": functools.partial(vgg.VGG16, num_classes=None),
+    "xception65": functools.partial(xception.AlignedXception, num_classes=None),
+}
+"""Backbones by name: modules returning ``{stage: features}`` with a ``stride`` property."""
+
+NECKS: dict[str, Any] = {"aspp": layers.ASPP, "fcn": fcn.FCNNeck}
+"""Necks by name: modules mapping the deepest features ``x`` to new features."""
+
+DECODERS: dict[str, Any] = {
+    "unet": unet.UNetDecoder,
+    "deeplabv3plus": deeplab.DeepLabV3PlusDecoder,
+    "fcn": fcn.FCNDecoder,
+}
+"""Decoders by name: modules mapping the pyramid ``{stride: features}`` to one feature map."""
+
+HEADS: dict[str, Any] = {"conv": ClassifierHead}
+"""Heads by name: modules mapping features to per-pixel logits; they take ``num_classes``."""
+
+_TABLES = {"backbone": BACKBONES, "neck": NECKS, "decoder": DECODERS, "head": HEADS}
+
+
+def part_names(part: str) -> list[str]:
+  """Names accepted for ``part`` (one of ``PARTS``), ``"none"`` included where allowed."""
+  return sorted(_TABLES[part]) + ([] if part == "backbone" else ["none"])
+
+
+def merge_settings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+  """``override`` laid over ``base`` (both ``SegmentationModel`` kwargs).
+
+  Part kwargs merge key by key (``{"backbone_kwargs": {"se": False}}`` changes one setting of
+  the backbone), unless ``override`` names a different part: then ``base``'s kwargs of that part
+  belonged to the part it replaces and are dropped. Other fields are replaced.
+  """
+  merged = {**base, **override}
+  for part in PARTS:
+    key = f"{part}_kwargs"
+    # A part missing from base is SegmentationModel's default one.
+    renamed = part in override and override[part] != base.get(
+        part, getattr(SegmentationModel, part))
+    inherited = {} if renamed else dict(base.get(key, {}))
+    if key in base or key in override:
+      merged[key] = {**inherited, **dict(override.get(key, {}))}
+  return merged
+
+
+class SegmentationModel(nn.Module):
+  """backbone -> neck -> decoder -> head; see the module docstring.
+
+  Attributes:
+    num_classes: logits per pixel.
+    backbone, neck, decoder, head: part names (keys of ``BACKBONES`` ...; ``"none"`` for the
+      last three). Children carry the part's role as name: ``backbone``, ``neck``, ``decoder``
+      and ``head``.
+    backbone_kwargs, neck_kwargs, decoder_kwargs, head_kwargs: fields of each part's module.
+  """
+
+  num_classes: int
+  backbone: str = "unet_encoder"
+  backbone_kwargs: Mapping[str, Any] = FrozenDict()
+  neck: str = "none"
+  neck_kwargs: Mapping[str, Any] = FrozenDict()
+  decoder: str = "none"
+  decoder_kwargs: Mapping[str, Any] = FrozenDict()
+  head: str = "conv"
+  head_kwargs: Mapping[str, Any] = FrozenDict()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  min_input_size: ClassVar[int] = common.MIN_SEGMENTATION_SIZE
+  task: ClassVar[str] = "segmentation"
+
+  def _part(self, part: str, **extra: Any) -> nn.Module | None:
+    """The child module of ``part`` (``None`` when it is ``"none"``), named after the part."""
+    name = getattr(self, part)
+    if name == "none" and part != "backbone":
+      return None
+    if name not in _TABLES[part]:
+      raise ValueError(f"{part} must be one of {part_names(part)}, got {name!r}")
+    kwargs = dict(getattr(self, f"{part}_kwargs"))
+    try:
+      return _TABLES[part][name](**kwargs, **extra, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name=part)
+    except TypeError as e:
+      raise ValueError(f"bad {part}_kwargs {kwargs} for {part} {name!r}: {e}") from e
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Returns float32 logits ``(N, H, W, num_classes)`` for NHWC ``x``."""
+    backbone = self._part("backbone")
+    neck = self._part("neck")
+    decoder_cls = DECODERS.get(self.decoder)
+    emits_logits = decoder_cls is not None and decoder_cls.emits_logits
+    decoder = self._part("decoder", **({"num_classes": self.num_classes} if emits_logits else {}))
+    head = self._part("head", num_classes=self.num_classes)
+    if emits_logits != (head is None):
+      raise ValueError(f"decoder {self.decoder!r} and head {self.head!r}: the head must be "
+                       "'none' exactly when the decoder outputs the logits itself")
+
+    def body(x):
+      pyramid = common.feature_pyramid(backbone(x, train=train), x.shape[1])
+      deepest = max(pyramid)
+      if neck is not None:
+        pyramid[deepest] = neck(pyramid[deepest], train=train)
+      y = pyramid[deepest] if decoder is None else decoder(pyramid, train=train)
+      if head is not None:
+        y = head(y, train=train)
+      return layers.resize(y.astype(jnp.float32), x.shape[1:3])
+
+    return common.segment_padded(x, backbone.stride, body)
