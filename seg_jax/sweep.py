@@ -4,6 +4,7 @@ results table with the mean and std over seeds.
   python -m seg_jax.sweep --config=configs/X.py --sweep=experiments/NAME/sweep.py --workdir=DIR \
       [--shard_index=0 --shard_count=1] [--replicas=0] [--config.a.b=v ...]
   python -m seg_jax.sweep --sweep=experiments/NAME/sweep.py --workdir=DIR --summarize
+  python -m seg_jax.sweep --config=configs/X.py --sweep=... --workdir=DIR --dry_run
 
 A sweep file defines `get_sweep()` returning
 
@@ -19,7 +20,8 @@ Before anything trains, every setting is checked: a key the config lacks or a va
 type stops the sweep with one line naming the setting and the key; then each setting's config is
 built into a trainer up to compilation (a value the model or data cannot take is named with its
 setting), and every existing run folder must hold the run's own config. DIR/<setting>/model.json
-records the model's parameters and forward FLOPs.
+records the model's parameters and forward FLOPs. --dry_run stops there: it lists the runs and
+what each needs, and writes the results (model sizes, finished runs) without training.
 
 Runs are listed setting by setting (file order), seeds in order; shard i of n
 (--shard_index/--shard_count) takes the i-th of n contiguous blocks of that list, so processes or
@@ -81,6 +83,9 @@ _REPLICAS = flags.DEFINE_integer(
     "after the other (benchmarks/README.md), all seeds of a setting on an accelerator.")
 _SUMMARIZE = flags.DEFINE_bool("summarize", False,
                                "Only write the results of the finished runs; train nothing.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Check every setting, write model.json and the results, list the runs "
+    "of this shard and what each needs; train and test nothing.")
 _README = flags.DEFINE_string("readme", "", "Also write the results into this Markdown file.")
 flags.mark_flags_as_required(["sweep", "workdir"])
 
@@ -359,13 +364,21 @@ class Runner:
         "gflops": summary.forward_flops(trainer.model, variables, shape) / 1e9,
         "image_size": list(trainer.dataset.image_size)})
 
+  def plan(self) -> list[list[Run]]:
+    """The groups of runs to train, in order; logs what every run of the shard needs."""
+    to_train = [run for run in self.runs if not trained(run)]
+    logging.info("%d runs in this shard: %d trained already, %d to train", len(self.runs),
+                 len(self.runs) - len(to_train), len(to_train))
+    planned = groups(to_train, self.max_replicas)
+    for group in planned:
+      logging.info("to train in one program: %s seeds %s from step %d (%s)", group[0].setting,
+                   ", ".join(str(run.seed) for run in group), _latest_step(group[0].workdir),
+                   group[0].workdir if len(group) == 1 else os.path.dirname(group[0].workdir))
+    return planned
+
   def run(self, preempt: preemption.PreemptionWatch) -> bool:
     """Trains and tests every unfinished run; False if preempted (rerun to resume)."""
-    to_train = [run for run in self.runs if not trained(run)]
-    finished = len(self.runs) - len(to_train)
-    logging.info("%d runs in this shard: %d trained already, %d to train", len(self.runs),
-                 finished, len(to_train))
-    for group in groups(to_train, self.max_replicas):
+    for group in self.plan():
       if preempt.reached(0):
         return False
       if not self._train(group):
@@ -420,17 +433,20 @@ def main(argv):
       runs = shard(expand(_CONFIG.value, sweep, workdir), _SHARD_INDEX.value, _SHARD_COUNT.value)
       runner = Runner(runs, workdir, _max_replicas(_REPLICAS.value))
       runner.check()
-      with preemption.PreemptionWatch() as preempt:
-        finished = runner.run(preempt)
-      if not finished:
-        logging.warning("preempted: rerun the same command to resume")
-        sys.exit(errors.EXIT_PREEMPTED)
+      if _DRY_RUN.value:
+        runner.plan()
+      else:
+        with preemption.PreemptionWatch() as preempt:
+          finished = runner.run(preempt)
+        if not finished:
+          logging.warning("preempted: rerun the same command to resume")
+          sys.exit(errors.EXIT_PREEMPTED)
     rows = results.summarize(workdir, list(sweep.settings), sweep.seeds, _README.value)
   except errors.RunError as e:
     cli.fail_on_run_error(e)
   logging.info("wrote %s: %s", os.path.join(workdir, results.RESULTS_MD),
                ", ".join(f"{r['setting']} n={r['n']}" for r in rows))
-  if not _SUMMARIZE.value and runner.failed:
+  if not (_SUMMARIZE.value or _DRY_RUN.value) and runner.failed:
     logging.error("failed runs: %s", ", ".join(runner.failed))
     sys.exit(1)
 

@@ -73,24 +73,32 @@ class ReplicasTest(absltest.TestCase):
     for g, e in zip(got, expected):
       self.assertRecordsClose(g, e)
 
-  def test_replicas_equal_each_seed_trained_alone_and_resume(self):
-    dataset = tiny_dataset()
-    seeds = (3, 4)
-    config = tiny_config(**{"seed": seeds[0], "train.num_replicas": len(seeds)})
+  SEEDS = (3, 4)
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.alone = {seed: tempfile.mkdtemp() for seed in cls.SEEDS}
+    cls.alone_finals = {seed: train.train_and_evaluate(tiny_config(seed=seed), workdir,
+                                                       tiny_dataset())
+                        for seed, workdir in cls.alone.items()}
+
+  def train_together(self, mode):
+    """Trains SEEDS as replicas with `mode`; checks each against its seed alone."""
+    config = tiny_config(**{"seed": self.SEEDS[0], "train.num_replicas": len(self.SEEDS),
+                            "train.replica_mode": mode})
     together = tempfile.mkdtemp()
-    result = train.train_and_evaluate(config, together, dataset)
+    result = train.train_and_evaluate(config, together, tiny_dataset())
     self.assertEqual(sorted(os.listdir(together)), ["seed3", "seed4"])
     self.assertLen(result["replicas"], 2)
-    trainer = train.Trainer(tiny_config(), dataset)
-    for seed, final in zip(seeds, result["replicas"]):
-      alone = tempfile.mkdtemp()
-      self.assertRecordsClose(final, train.train_and_evaluate(tiny_config(seed=seed), alone,
-                                                              dataset))
+    abstract_state = train.Trainer(tiny_config(), tiny_dataset()).abstract_state
+    for seed, final in zip(self.SEEDS, result["replicas"]):
+      self.assertRecordsClose(final, self.alone_finals[seed])
       replica = os.path.join(together, f"seed{seed}")
-      self.assertSameRun(replica, alone)
+      self.assertSameRun(replica, self.alone[seed])
       # Each replica's own checkpoints: parameters, BatchNorm statistics and optimizer state.
       states = [checkpoint.Checkpointer(d, read_only=True).restore_state(
-          trainer.abstract_state, "latest") for d in (replica, alone)]
+          abstract_state, "latest") for d in (replica, self.alone[seed])]
       self.assertEqual(states[0][1], states[1][1])
       # Adam moves a parameter whose gradient is rounding noise by up to the learning rate,
       # so whole arrays are compared: their difference is small next to their size.
@@ -98,6 +106,15 @@ class ReplicasTest(absltest.TestCase):
           np.linalg.norm(np.asarray(a, np.float64) - b), 1e-2 * np.linalg.norm(b) + 1e-6),
                    states[0][0], states[1][0])
     self.assertNotEqual(result["replicas"][0]["miou"], result["replicas"][1]["miou"])
+    return config, together, result
+
+  def test_vmapped_replicas_equal_each_seed_trained_alone(self):
+    self.train_together("vmap")
+
+  def test_unrolled_replicas_equal_each_seed_trained_alone_and_resume_together(self):
+    config, together, result = self.train_together("unroll")
+    dataset = tiny_dataset()
+    seeds = self.SEEDS
 
     # Preempted after step 3, with the last save of seed 4 lost (a kill between the saves of
     # the two replicas): seed 3 resumes from step 2 with seed 4 and keeps its own step 3.

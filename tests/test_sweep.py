@@ -14,11 +14,15 @@ import jax
 import numpy as np
 import pytest
 
+from seg_jax import config_files
 from seg_jax import errors
+from seg_jax import models
 from seg_jax import preemption
 from seg_jax import results
 from seg_jax import sweep as sweep_lib
 from seg_jax import train
+from seg_jax.models import asym_unet
+from seg_jax.models import summary
 
 from tests.train_testing import REPO, tiny_config
 
@@ -139,6 +143,34 @@ class SweepFileTest(parameterized.TestCase):
                                 "sweep setting 'bad': model.name must be one of"):
       runner.check()
     self.assertFalse(os.path.exists(runs[0].workdir))
+
+
+class ExperimentSweepsTest(parameterized.TestCase):
+  """The committed sweep files: every setting is a valid config whose model builds."""
+
+  def models(self, sweep_file):
+    dubai = config_files.load_module(os.path.join(REPO, "configs", "dubai.py"))
+    sweep = sweep_lib.load_sweep(os.path.join(REPO, "experiments", sweep_file))
+    runs = sweep_lib.expand(dubai.get_config(), sweep, tempfile.mkdtemp())
+    self.assertLen(runs, len(sweep.settings) * len(sweep.seeds))
+    out = {}
+    for run in runs[::len(sweep.seeds)]:
+      model = train.build_model(run.config, num_classes=6)
+      variables = summary.abstract_variables(model, (1, *run.config.data.image_size, 3))
+      out[run.setting] = models.count_params(variables)
+    return out
+
+  def test_proposal_vs_unet(self):
+    self.assertEqual(self.models("dubai_proposal_vs_unet/sweep.py"),
+                     {"asym_unet": 680_478, "unet": 482_822})
+
+  def test_ablation_baselines_match_the_proposal_in_parameters(self):
+    params = self.models("dubai_ablation/sweep.py")
+    self.assertEqual(list(params), [*asym_unet.ABLATIONS, "unet", "deeplabv3plus", "fcn8s"])
+    self.assertEqual(params["full"], 680_478)
+    for baseline in ("unet", "deeplabv3plus", "fcn8s"):
+      self.assertAlmostEqual(params[baseline] / params["full"], 1.0, delta=0.004, msg=baseline)
+    self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])
 
 
 class SweepRunTest(absltest.TestCase):
