@@ -169,6 +169,15 @@ def get_config() -> ml_collections.ConfigDict:
   # Persistent XLA compilation cache folder ("" = off): a relaunch of a config loads its
   # compiled steps from here instead of compiling them again (seg_jax/compilation.py).
   t.compilation_cache_dir = cache_folder("jax")
+  # Independent replicas trained in one jitted step over a leading replica axis of the state,
+  # with seeds seed, seed + 1, ...; replica k writes <workdir>/seed<seed + k> exactly as a run of
+  # that seed alone (train.num_replicas = 1) would. 1 = one run, written to the workdir itself.
+  t.num_replicas = 1
+  # How the step computes the replicas: "vmap" (one batched computation; the replicas'
+  # convolutions become grouped convolutions, which XLA runs several times slower per image on a
+  # CPU: benchmarks/README.md), "unroll" (one copy of the step per replica in the program; S
+  # times the compile time) or "auto" (unroll on a CPU, vmap on an accelerator).
+  t.replica_mode = "auto"
 
   config.eval = e = ml_collections.ConfigDict()
   e.split = "val"  # Split evaluated during training and by mode = "eval": "val" or "test".

@@ -24,6 +24,7 @@ from configs import dubai as dubai_config
 from seg_jax.data import dubai
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
+from seg_jax import writers
 from seg_jax.data import synthetic
 
 # The Dubai aerial tiles where configs/dubai.py finds them.
@@ -127,32 +128,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def markers(name: str = "") -> tuple[str, str]:
   """The HTML comments that open and close generated README section ``name``."""
-  tag = f"generated:{name}:" if name else "generated:"
-  return f"<!-- {tag}begin -->", f"<!-- {tag}end -->"
+  return writers.section_markers(name)
 
 
 def write_readme_section(folder: str, text: str, name: str = "") -> str:
   """Replaces the generated section ``name`` of ``folder/README.md`` with ``text``.
 
-  A README without that section gets it appended (a missing README is created), so a run into a
-  fresh ``--out`` folder still leaves its tables next to its figures. Returns the README path.
+  See ``seg_jax.writers.write_section``. Returns the README path.
   """
   path = os.path.join(folder, "README.md")
-  begin, end = markers(name)
-  block = f"{begin}\n{text.strip()}\n{end}"
-  old = ""
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-  head, found, rest = old.partition(begin)
-  if found and end in rest:
-    new = head + block + rest.split(end, 1)[1]
-  elif found or end in old:
-    raise ValueError(f"{path} lacks {end} after {begin}, or {begin} before {end}")
-  else:
-    new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
-  with open(path, "w") as f:
-    f.write(new)
+  writers.write_section(path, text, name)
   return path
 
 

@@ -1,8 +1,8 @@
 """Orbax checkpoints of a run: one folder per saved step, each complete on its own.
 
 `<workdir>/checkpoints/<step>/state` holds the train state and `<step>/run` a JSON record: the
-input-pipeline position, a fingerprint of the state's bits and, when the step was evaluated, the
-validation mIoU. The latest `keep` checkpoints and the one with the highest mIoU are kept, so
+input-pipeline position, a fingerprint of the state's bits, the training time so far and, when the
+step was evaluated, the validation mIoU. The latest `keep` checkpoints and the one with the highest mIoU are kept, so
 "latest" and "best" are two views of one set of checkpoints and cannot disagree.
 
 Restoring walks back past a checkpoint that cannot be read (a truncated or garbled array file, a
@@ -33,11 +33,12 @@ WHICH = ("best", "latest")
 
 
 class Restored(NamedTuple):
-  """A restored checkpoint: train state, its step and its input-pipeline position."""
+  """A restored checkpoint: train state, its step, input-pipeline position and training time."""
 
   state: Any
   step: int
   pipeline: dict[str, Any]
+  seconds: float
 
 
 class _Unreadable(Exception):
@@ -100,13 +101,20 @@ class Checkpointer:
     return sorted(self._manager.all_steps()) if self._manager is not None else []
 
   def save(self, step: int, state: Any, pipeline_state: dict[str, Any],
-           miou: float | None = None) -> None:
+           miou: float | None = None, seconds: float = 0.0) -> None:
     """Saves the state after `step` steps (asynchronously), then drops checkpoints not kept.
 
-    `miou` is the evaluation score of this very state, or None when the step was not evaluated.
+    `miou` is the evaluation score of this very state, or None when the step was not evaluated;
+    `seconds` the training time that led to it. A step saved already is kept as it is: only a
+    replica that resumed behind its own latest checkpoint, to train in step with the others
+    (`restore_latest(at_most=...)`), computes a step again.
     """
+    if step in self.steps():
+      logging.info("checkpoint %d in %s is already saved; kept", step, self.directory)
+      return
     miou = None if miou is None or miou != miou else float(miou)  # NaN: nothing was scored
-    record = {"pipeline": pipeline_state, "fingerprint": fingerprint(state), "miou": miou}
+    record = {"pipeline": pipeline_state, "fingerprint": fingerprint(state), "miou": miou,
+              "seconds": float(seconds)}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), run=ocp.args.JsonSave(record)))
     self._miou[step] = miou
@@ -150,7 +158,8 @@ class Checkpointer:
     if fingerprint(restored.state) != saved:
       raise _Unreadable("the restored arrays do not match the fingerprint saved with them "
                         "(a garbled array file)")
-    return Restored(restored.state, step, record["pipeline"])
+    # Checkpoints written before the training time was recorded count it from zero.
+    return Restored(restored.state, step, record["pipeline"], record.get("seconds", 0.0))
 
   def _first_intact(self, candidates: list[int], abstract_state: Any, what: str
                     ) -> tuple[Restored, list[int]]:
@@ -173,14 +182,16 @@ class Checkpointer:
         f"no readable checkpoint in {self.directory} ({reasons}); move the workdir away to "
         "start afresh, or restore its files from a backup")
 
-  def restore_latest(self, abstract_state: Any) -> Restored | None:
+  def restore_latest(self, abstract_state: Any, at_most: int | None = None
+                     ) -> Restored | None:
     """The newest intact checkpoint (for resuming), or None if there is none.
 
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (with shardings) shaped like the
     state; restoring into it keeps optax NamedTuples and places arrays on the mesh. Unless read
-    only, skipped newer checkpoints are moved to `<workdir>/checkpoints_unreadable/`.
+    only, skipped newer checkpoints are moved to `<workdir>/checkpoints_unreadable/`. With
+    `at_most`, steps after it are left alone (neither restored nor moved).
     """
-    steps = self.steps()
+    steps = [s for s in self.steps() if at_most is None or s <= at_most]
     if not steps:
       return None
     restored, skipped = self._first_intact(steps[::-1], abstract_state, "resuming from")

@@ -53,6 +53,7 @@ from seg_jax.errors import NonFiniteLossError
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CLASS_WEIGHTINGS = ("none", "inverse", "median", "given")
 SPLITS = ("val", "test")
+REPLICA_MODES = ("auto", "vmap", "unroll")
 FINAL_METRICS = "final_metrics.json"
 # Initialisation runs once, so it is compiled for compile time: at LLVM's default level (3) the
 # per-parameter random-number kernels of `model.init` took longer to compile than the train
@@ -119,10 +120,18 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   dtype_from_name(config.model.dtype)
   dtype_from_name(config.model.param_dtype)
   for field in ("train.num_steps", "train.log_every", "train.eval_every",
-                "train.checkpoint_every"):
+                "train.checkpoint_every", "train.num_replicas"):
     group, key = field.split(".")
     if config[group][key] < 1:
       raise errors.ConfigError(f"{field} must be >= 1, got {config[group][key]}")
+  if config.train.replica_mode not in REPLICA_MODES:
+    raise errors.ConfigError(f"train.replica_mode must be one of {REPLICA_MODES}, got "
+                             f"{config.train.replica_mode!r}")
+  if config.train.mode == "eval" and config.train.num_replicas != 1:
+    raise errors.ConfigError(
+        f"train.mode='eval' evaluates one run folder, but train.num_replicas="
+        f"{config.train.num_replicas}: evaluate each replica's folder <workdir>/seed<k> with "
+        "train.num_replicas=1 and seed=k")
   split = config.eval.split
   if split not in SPLITS:
     raise errors.ConfigError(f"eval.split must be one of {SPLITS}, got {split!r}")
@@ -256,6 +265,50 @@ def _seed_key(seed: int, index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(seed), index)
 
 
+def over_replicas(fn: Callable, mode: str, in_axes: tuple[int | None, ...]) -> Callable:
+  """`fn` applied to each slice of a leading replica axis of the arguments whose `in_axes` is 0
+  (the others are shared), results stacked on that axis.
+
+  mode "vmap": one batched computation (`jax.vmap`); "unroll": one copy of `fn` per replica in
+  the same program, each computing exactly what `fn` computes for that replica alone. (Not
+  `jax.lax.map`: XLA's CPU backend runs convolutions inside a loop body tens of times slower.)
+  """
+  if mode == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def unrolled(*args):
+    size = next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
+    return stack_trees([fn(*(jax.tree.map(lambda x: x[k], a) if axis == 0 else a
+                             for a, axis in zip(args, in_axes))) for k in range(size)])
+
+  return unrolled
+
+
+def stack_trees(trees: list[Any]) -> Any:
+  """The leaves of equally shaped pytrees stacked on a new leading axis, in the first's structure
+  (static fields, such as a TrainState's optimizer, are taken from the first)."""
+  leaves = [jax.tree.leaves(tree) for tree in trees]
+  return jax.tree.unflatten(jax.tree.structure(trees[0]),
+                            [jnp.stack(xs) for xs in zip(*leaves)])
+
+
+def make_replicas_train_step(train_step: Callable, batch_sharding: NamedSharding,
+                             mode: str) -> Callable:
+  """`train_step` over a leading replica axis of the state, the keys and the metrics.
+
+  The returned step takes one batch per replica (a tuple) and stacks them inside the jitted
+  program; every replica has its own parameters, BatchNorm statistics, optimizer state, key and
+  metrics, so replica k computes what `train_step` computes for it alone (`over_replicas`).
+  """
+
+  def replicas_step(state: TrainState, batches, rngs):
+    batch = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return over_replicas(train_step, mode, (0, 0, 0))(state, batch, rngs)
+
+  return replicas_step
+
+
 class Trainer:
   """Holds what a run needs: mesh, dataset, model, jitted steps and the initial state."""
 
@@ -302,79 +355,138 @@ class Trainer:
     std = jnp.asarray(self.dataset.std, jnp.float32)
     self.loss_fn = losses.make_loss(config.loss,
                                     class_weights(config.loss, self.dataset, self.num_classes))
-    image_size = tuple(self.dataset.image_size)
-
-    def init():
-      # Keys are made inside jitted functions, so every process holds the same replicated value.
-      return init_state(config, self.model, image_size, _seed_key(config.seed, 0))
-
-    self._init = jax.jit(init, out_shardings=self.replicated,
+    init_fn = functools.partial(init_state, config, self.model, tuple(self.dataset.image_size))
+    train_step = make_train_step(config, self.loss_fn, self.num_classes, mean, std)
+    eval_step = make_eval_step(config, self.loss_fn, self.num_classes, mean, std)
+    self.seeds = tuple(config.seed + k for k in range(config.train.num_replicas))
+    self.batched = len(self.seeds) > 1
+    # Keys are made inside jitted functions, so every process holds the same replicated value.
+    if self.batched:  # a leading replica axis on the state, the keys and the metrics
+      mode = config.train.replica_mode
+      if mode == "auto":
+        mode = "unroll" if self.mesh.devices.flat[0].platform == "cpu" else "vmap"
+      keys = lambda index: jnp.stack([_seed_key(seed, index) for seed in self.seeds])
+      init_fn = over_replicas(init_fn, mode, (0,))
+      train_step = make_replicas_train_step(
+          train_step, NamedSharding(self.mesh, P(None, "data")), mode)
+      eval_step = over_replicas(eval_step, mode, (0, None))
+      preds_sharding = NamedSharding(self.mesh, P(None, "data"))
+    else:
+      keys = lambda index: _seed_key(config.seed, index)
+      preds_sharding = self.data_sharding
+    self._init = jax.jit(lambda: init_fn(keys(0)), out_shardings=self.replicated,
                          compiler_options=INIT_COMPILER_OPTIONS)
-    self._step_key = jax.jit(lambda: _seed_key(config.seed, 1), out_shardings=self.replicated)
-    self.abstract_state = self._init.eval_shape()
+    self._step_key = jax.jit(lambda: keys(1), out_shardings=self.replicated)
+    # The state of one run, as its checkpoints hold it.
+    self.abstract_state = jax.jit(
+        lambda: init_state(config, self.model, tuple(self.dataset.image_size),
+                           _seed_key(config.seed, 0)),
+        out_shardings=self.replicated).eval_shape()
+    self._take = jax.jit(lambda state, k: jax.tree.map(lambda x: x[k], state),
+                         out_shardings=self.replicated)
+    self._stack = jax.jit(stack_trees, out_shardings=self.replicated)
     self.train_step = jax.jit(
-        make_train_step(config, self.loss_fn, self.num_classes, mean, std),
-        in_shardings=(self.replicated, self.data_sharding, self.replicated),
+        train_step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
         out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_step = jax.jit(
-        make_eval_step(config, self.loss_fn, self.num_classes, mean, std),
-        in_shardings=(self.replicated, self.data_sharding),
-        out_shardings=(self.replicated, self.replicated, self.data_sharding))
+        eval_step, in_shardings=(self.replicated, self.data_sharding),
+        out_shardings=(self.replicated, self.replicated, preds_sharding))
 
   def initial_state(self) -> TrainState:
-    """Freshly initialised state (parameters from the config's seed)."""
+    """Freshly initialised state (parameters from each replica's seed)."""
     return self._init()
 
   def step_key(self) -> jax.Array:
-    """The key every train step folds its step number into."""
+    """The key (one per replica) every train step folds its step number into."""
     return self._step_key()
 
-  def train_pipeline(self) -> Iterator[dict[str, jax.Array]]:
-    """Endless, shuffled, sharded training batches (state saved with checkpoints)."""
+  def train_pipeline(self, seed: int | None = None) -> Iterator[dict[str, jax.Array]]:
+    """Endless training batches shuffled by `seed` (default: the config's), sharded.
+
+    Their position is saved with checkpoints.
+    """
     return pipeline_lib.InputPipeline(
         self.dataset.train, global_batch_size=self.config.train.global_batch_size,
-        sharding=self.data_sharding, seed=self.config.seed, shuffle=True, num_epochs=None,
-        drop_remainder=True, keep_on_device=self.config.data.keep_on_device)
+        sharding=self.data_sharding, seed=self.config.seed if seed is None else seed,
+        shuffle=True, num_epochs=None, drop_remainder=True,
+        keep_on_device=self.config.data.keep_on_device)
+
+  def next_batch(self, pipelines: list[Iterator[dict[str, jax.Array]]]) -> Any:
+    """The `train_step` input from each replica's pipeline: a batch, or a tuple of them."""
+    batches = tuple(next(p) for p in pipelines)
+    return batches if self.batched else batches[0]
+
+  def replica(self, state: TrainState, k: int) -> TrainState:
+    """The state of replica k alone (the state itself when there is one run)."""
+    return self._take(state, np.int32(k)) if self.batched else state
+
+  def stack(self, states: list[TrainState]) -> TrainState:
+    """The state of all replicas from each one's own (inverse of `replica`)."""
+    return self._stack(states) if self.batched else states[0]
 
   def evaluate(self, state: TrainState, split: str | None = None
                ) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray]]:
     """Scores over a whole split, its confusion matrix and image | truth | prediction panels.
 
     The loss is the configured loss of the whole split at once (`losses.Loss.reduce` of the
-    summed batch sums), not a mean of batch losses.
+    summed batch sums), not a mean of batch losses. One run only; `evaluate_replicas` scores
+    each replica.
     """
+    if self.batched:
+      raise ValueError(f"evaluate() scores one run, this trainer has {len(self.seeds)} "
+                       "replicas: use evaluate_replicas()")
+    return self.evaluate_replicas(state, split)[0]
+
+  def evaluate_replicas(self, state: TrainState, split: str | None = None
+                        ) -> list[tuple[dict[str, Any], np.ndarray, list[np.ndarray]]]:
+    """`evaluate` of every replica, in seed order, from one pass over the split."""
     split = self.config.eval.split if split is None else split
     source = getattr(self.dataset, split)
     batches = pipeline_lib.InputPipeline(
         source, global_batch_size=self.config.eval.global_batch_size,
         sharding=self.data_sharding, seed=self.config.seed, shuffle=False, num_epochs=1,
         drop_remainder=False)
-    cms, loss_sums, panels = [], [], []
+    num = len(self.seeds)
+    cms, loss_sums, panels = [], [], [[] for _ in range(num)]
     for batch in batches:  # per-batch results stay on the device until the split is done
       cm, sums, preds = self.eval_step(state, batch)
       cms.append(cm)
       loss_sums.append(sums)
-      if len(panels) < self.config.eval.num_images and jax.process_index() == 0:
-        panels.extend(self._panels(batch, preds, self.config.eval.num_images - len(panels)))
-    cms, loss_sums = jax.device_get((cms, loss_sums))
-    total = functools.reduce(metrics_lib.ConfusionMatrix.merge, cms,
-                             metrics_lib.ConfusionMatrix.empty(self.num_classes))
-    result = total.compute()
-    summed = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *loss_sums)
-    result["loss"] = float(self.loss_fn.reduce(summed))
-    return result, total.matrix, panels
+      wanted = self.config.eval.num_images - len(panels[0])
+      if wanted > 0 and jax.process_index() == 0:
+        preds = _local_rows(preds, axis=1 if self.batched else 0).reshape(
+            num, -1, *preds.shape[-2:])
+        for k in range(num):
+          panels[k].extend(self._panels(batch, preds[k], wanted))
+    # One leading replica axis on every result, also for one run.
+    cms, loss_sums = jax.tree.map(lambda x: np.reshape(x, (num, *np.shape(x)[self.batched:])),
+                                  jax.device_get((cms, loss_sums)))
+    out = []
+    for k in range(num):
+      total = functools.reduce(metrics_lib.ConfusionMatrix.merge,
+                               [metrics_lib.ConfusionMatrix(matrix=cm.matrix[k]) for cm in cms],
+                               metrics_lib.ConfusionMatrix.empty(self.num_classes))
+      result = total.compute()
+      summed = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0),
+                            *[jax.tree.map(lambda x: x[k], sums) for sums in loss_sums])
+      result["loss"] = float(self.loss_fn.reduce(summed))
+      out.append((result, total.matrix, panels[k]))
+    return out
 
-  def _panels(self, batch, preds, limit: int) -> list[np.ndarray]:
-    """Prediction panels of up to `limit` valid examples of this process's shard of a batch."""
-    preds, images, labels, valid = (_local_rows(x) for x in (
-        preds, batch["image"], batch["label"], batch["valid"]))
+  def _panels(self, batch, preds: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Prediction panels of up to `limit` valid examples of this process's shard of a batch.
+
+    `preds` holds this process's rows of the batch's predictions.
+    """
+    images, labels, valid = (_local_rows(x) for x in (
+        batch["image"], batch["label"], batch["valid"]))
     return [viz.prediction_panel(images[i], labels[i], preds[i], self.dataset.palette)
             for i in np.flatnonzero(valid)[:limit]]
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
-  """The rows of a batch-sharded array that live on this process, as one NumPy array."""
-  return np.concatenate([np.asarray(s.data) for s in x.addressable_shards])
+def _local_rows(x: jax.Array, axis: int = 0) -> np.ndarray:
+  """The rows (along the sharded `axis`) of an array that live on this process, in NumPy."""
+  return np.concatenate([np.asarray(s.data) for s in x.addressable_shards], axis=axis)
 
 
 def _record(step: int, split: str, result: dict[str, Any], class_names) -> dict[str, Any]:
@@ -401,15 +513,17 @@ class _StepMetrics:
 
   Each step's metrics start an asynchronous copy to the host, and after step N the metrics of
   step N - `lag` are checked: the host waits only for a step that finished while later ones
-  keep the device busy, so the check costs no device time. A non-finite loss stops the run
-  `lag` steps after it happened (on every process at the same step), naming that step.
+  keep the device busy, so the check costs no device time. A non-finite loss (of any replica)
+  stops the run `lag` steps after it happened (on every process at the same step), naming that
+  step. Checked metrics hold one value per replica.
   """
 
-  def __init__(self, describe_stop: Callable[[int, int, dict[str, float]], str], lag: int = 2):
+  def __init__(self, describe_stop: Callable[[int, int, dict[str, np.ndarray]], str],
+               lag: int = 2):
     self._describe_stop = describe_stop
     self._lag = lag
     self._unchecked: collections.deque = collections.deque()
-    self._checked: list[tuple[int, dict[str, float]]] = []
+    self._checked: list[tuple[int, dict[str, np.ndarray]]] = []
     self._step = 0
 
   def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
@@ -423,29 +537,37 @@ class _StepMetrics:
 
   def _check_oldest(self) -> None:
     step, metrics = self._unchecked.popleft()
-    values = {k: float(v) for k, v in metrics.items()}
-    if not all(np.isfinite(v) for v in values.values()):
+    values = {k: np.asarray(v, np.float64).reshape(-1) for k, v in metrics.items()}
+    if not all(np.isfinite(v).all() for v in values.values()):
       raise NonFiniteLossError(self._describe_stop(self._step, step, values))
     self._checked.append((step, values))
 
-  def drain(self) -> list[tuple[int, dict[str, float]]]:
-    """Checks every queued step and returns (step, metrics) of all steps since the last drain."""
+  def drain(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """Checks every queued step; returns (step, {name: value per replica}) since the last drain."""
     while self._unchecked:
       self._check_oldest()
     out, self._checked = self._checked, []
     return out
 
 
-def _non_finite_message(config: ml_collections.ConfigDict, workdir: str,
+def _non_finite_message(config: ml_collections.ConfigDict, workdirs: list[str],
                         last_checkpoint: Callable[[], int | None]
-                        ) -> Callable[[int, int, dict[str, float]], str]:
-  """Builds the message of a NaN/Inf stop: where it happened, what was kept, what to change."""
+                        ) -> Callable[[int, int, dict[str, np.ndarray]], str]:
+  """Builds the message of a NaN/Inf stop: where it happened, what was kept, what to change.
+
+  `workdirs` are the run folders of the replicas (one for one run); the message names the first
+  replica whose values are not finite.
+  """
   o = config.optim
 
-  def describe(now: int, step: int, values: dict[str, float]) -> str:
+  def describe(now: int, step: int, values: dict[str, np.ndarray]) -> str:
+    bad = next(k for k in range(len(workdirs))
+               if not all(np.isfinite(v[k]) for v in values.values()))
     saved = last_checkpoint()
-    kept = (f"the last checkpoint is step {saved} in {workdir}" if saved is not None
+    kept = (f"the last checkpoint is step {saved} in {workdirs[bad]}" if saved is not None
             else "no checkpoint was saved")
+    replica = (f" in replica seed {config.seed + bad} ({workdirs[bad]})" if len(workdirs) > 1
+               else "")
     if o.grad_clip_norm:
       advice = (f"lower optim.learning_rate (now {o.learning_rate:g}) or optim.grad_clip_norm "
                 f"(now {o.grad_clip_norm:g}), lengthen optim.warmup_steps (now "
@@ -453,19 +575,24 @@ def _non_finite_message(config: ml_collections.ConfigDict, workdir: str,
     else:
       advice = (f"lower optim.learning_rate (now {o.learning_rate:g}) or enable "
                 "optim.grad_clip_norm (e.g. 1.0)")
-    return (f"training stopped at step {now}: loss {values['loss']} / gradient norm "
-            f"{values['grad_norm']} at step {step} is not finite; {kept}. To fix: {advice}")
+    return (f"training stopped at step {now}: loss {values['loss'][bad]} / gradient norm "
+            f"{values['grad_norm'][bad]} at step {step}{replica} is not finite; {kept}. "
+            f"To fix: {advice}")
 
   return describe
 
 
 class _RunLog:
-  """What a run writes as it goes: console lines, TensorBoard, metrics.jsonl."""
+  """What a run writes as it goes: console lines, TensorBoard, metrics.jsonl.
 
-  def __init__(self, trainer: Trainer, workdir: str):
+  `label` starts its console lines (which replica they belong to; "" for one run).
+  """
+
+  def __init__(self, trainer: Trainer, workdir: str, label: str = ""):
     self.trainer = trainer
     self.config = trainer.config
     self.workdir = workdir
+    self.label = label
     self.writer = writers.MetricWriter(workdir)
     self._time, self._step = time.time(), 0
 
@@ -483,22 +610,24 @@ class _RunLog:
                                "train/grad_norm": logged[-1][1]["grad_norm"],
                                "train/images_per_second": rate * c.global_batch_size})
     self.writer.flush()  # TensorBoard shows the run as it goes
-    logging.info("step %d/%d  loss %.4f  lr %.2e  %.1f img/s  ETA %s", step, c.num_steps, loss,
-                 lr, rate * c.global_batch_size,
+    logging.info("%sstep %d/%d  loss %.4f  lr %.2e  %.1f img/s  ETA %s", self.label, step,
+                 c.num_steps, loss, lr, rate * c.global_batch_size,
                  _format_duration((c.num_steps - step) / max(rate, 1e-9)))
     self.restart_clock(step)
 
-  def evaluation(self, step: int, result: dict[str, Any], panels: list[np.ndarray]) -> None:
-    """metrics.jsonl record, TensorBoard scores and panels, and a console line."""
+  def evaluation(self, step: int, result: dict[str, Any], panels: list[np.ndarray],
+                 seconds: float) -> None:
+    """metrics.jsonl record (with the training time so far), TensorBoard scores and panels, and
+    a console line."""
     split = self.config.eval.split
     names = self.trainer.dataset.class_names
-    self.writer.jsonl(_record(step, split, result, names))
+    self.writer.jsonl({**_record(step, split, result, names), "train_seconds": seconds})
     self.writer.scalars(step, {f"{split}/{k}": v for k, v in result.items() if np.ndim(v) == 0})
     self.writer.scalars(step, {f"{split}/iou/{n}": v for n, v in zip(names, result["iou"])})
     self.writer.images(step, {f"{split}/prediction_{i}": p for i, p in enumerate(panels)})
     self.writer.flush()
-    logging.info("eval %s at step %d: mIoU %.4f  pixel acc %.4f  loss %.4f", split, step,
-                 result["miou"], result["pixel_accuracy"], result["loss"])
+    logging.info("%seval %s at step %d: mIoU %.4f  pixel acc %.4f  loss %.4f", self.label,
+                 split, step, result["miou"], result["pixel_accuracy"], result["loss"])
 
   def has_evaluation(self, step: int) -> bool:
     """Whether metrics.jsonl already holds the evaluation of `step`."""
@@ -512,6 +641,12 @@ class _RunLog:
     self.writer.close()
 
 
+def _run_logs(trainer: Trainer, workdirs: list[str]) -> list[_RunLog]:
+  """One `_RunLog` per replica; console lines name the replica's seed when there are several."""
+  return [_RunLog(trainer, workdir, f"seed {seed}: " if trainer.batched else "")
+          for seed, workdir in zip(trainer.seeds, workdirs)]
+
+
 def _write_result(directory: str, name: str, record: dict[str, Any], cm: np.ndarray,
                   trainer: Trainer, png: str) -> None:
   """Writes `record` as <directory>/<name> and the confusion matrix as <directory>/<png>."""
@@ -521,25 +656,36 @@ def _write_result(directory: str, name: str, record: dict[str, Any], cm: np.ndar
       title=f"{trainer.config.model.name} {record['split']} step {record['step']}")
 
 
-def _finish(trainer: Trainer, state: TrainState, step: int, workdir: str,
-            evaluation: tuple[dict[str, Any], np.ndarray] | None, log: _RunLog
-            ) -> dict[str, Any]:
-  """Writes final_metrics.json and confusion_matrix.png of the run's last step.
+def _finish(trainer: Trainer, state: TrainState, step: int, workdirs: list[str],
+            evaluations: list[tuple[dict[str, Any], np.ndarray]] | None,
+            logs: list[_RunLog], seconds: list[float]) -> list[dict[str, Any]]:
+  """Writes final_metrics.json and confusion_matrix.png of each replica's last step.
 
-  `evaluation` is the last step's (scores, confusion matrix) if this process just computed it;
-  otherwise (a rerun of a run killed after its last checkpoint) the state is evaluated again,
-  and its record is added to metrics.jsonl if the killed run did not write it.
+  `evaluations` are the last step's (scores, confusion matrix) of each replica if this process
+  just computed them. Otherwise (a rerun of runs killed after their last checkpoint) the state
+  is evaluated again and its record (with training time `seconds`) is added to metrics.jsonl
+  where the killed run did not write it. A replica that already wrote final_metrics.json (a
+  replica resumed behind its own end) keeps it.
   """
-  if evaluation is None:
-    result, cm, panels = trainer.evaluate(state)
-    if not log.has_evaluation(step):
-      log.evaluation(step, result, panels)
-  else:
-    result, cm = evaluation
-  final = _record(step, trainer.config.eval.split, result, trainer.dataset.class_names)
-  if jax.process_index() == 0:
-    _write_result(workdir, FINAL_METRICS, final, cm, trainer, "confusion_matrix.png")
-  return final
+  if evaluations is None:
+    evaluated = trainer.evaluate_replicas(state)
+  finals = []
+  for k, (workdir, log) in enumerate(zip(workdirs, logs)):
+    done = _finished_record(workdir, step)
+    if done is not None:
+      finals.append(done)
+      continue
+    if evaluations is None:
+      result, cm, panels = evaluated[k]
+      if not log.has_evaluation(step):
+        log.evaluation(step, result, panels, seconds[k])
+    else:
+      result, cm = evaluations[k]
+    final = _record(step, trainer.config.eval.split, result, trainer.dataset.class_names)
+    if jax.process_index() == 0:
+      _write_result(workdir, FINAL_METRICS, final, cm, trainer, "confusion_matrix.png")
+    finals.append(final)
+  return finals
 
 
 def _finished_record(workdir: str, step: int) -> dict[str, Any] | None:
@@ -552,74 +698,129 @@ def _finished_record(workdir: str, step: int) -> dict[str, Any] | None:
   return final if final.get("step") == step else None
 
 
+def _restore_together(ckpts: list[checkpoint_lib.Checkpointer], abstract_state: Any
+                      ) -> list[checkpoint_lib.Restored | None]:
+  """The newest checkpoint of each replica at one common step (None each: start afresh).
+
+  A run killed between the saves of its replicas leaves some a checkpoint ahead; those resume
+  from the common step too and keep the checkpoints they already hold.
+  Raises:
+    WorkdirError: a replica holds no intact checkpoint at the common step.
+  """
+  restored = [ckpt.restore_latest(abstract_state) for ckpt in ckpts]
+  steps = [0 if r is None else r.step for r in restored]
+  common = min(steps)
+  for k, ckpt in enumerate(ckpts):
+    if steps[k] == common:
+      continue
+    restored[k] = ckpt.restore_latest(abstract_state, at_most=common) if common else None
+    if common and (restored[k] is None or restored[k].step != common):
+      at = ", ".join(f"step {s} in {c.workdir}" for s, c in zip(steps, ckpts))
+      raise errors.WorkdirError(
+          f"the replicas to train together have no common checkpoint ({at}); train each one on "
+          "its own: --workdir=<its folder> --config.seed=<its seed> "
+          "--config.train.num_replicas=1")
+    logging.warning("%s resumes from step %d with the other replicas (it holds step %d)",
+                    ckpt.workdir, common, steps[k])
+  return restored
+
+
+def _result(finals: list[dict[str, Any]]) -> dict[str, Any]:
+  """What `train_and_evaluate` returns for the final records of its replicas."""
+  return finals[0] if len(finals) == 1 else {"replicas": finals}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: data_lib.Dataset | None = None) -> dict[str, Any]:
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns final scores.
 
   Writes TensorBoard events, metrics.jsonl, config.json, dataset.json, checkpoints/,
-  confusion_matrix.png and final_metrics.json into `workdir`. On a preemption notice it saves a checkpoint and returns
+  confusion_matrix.png and final_metrics.json into `workdir`. With `train.num_replicas` = S > 1
+  it trains S replicas in one program, replica k into `<workdir>/seed<seed + k>` with the files
+  and config that seed trained alone would write (`workdir.replica_runs`), and returns
+  {"replicas": [final scores of each]}. On a preemption notice it saves a checkpoint and returns
   {"preempted": True, "step": step}.
   Raises:
     RunError: the config, data or workdir cannot give this run (before anything is compiled
       or written), or the loss became NaN/Inf.
   """
-  workdir_lib.check_config(config, workdir)
+  runs = workdir_lib.replica_runs(config, workdir)
+  for run_config, run_dir in runs:
+    workdir_lib.check_config(run_config, run_dir)
+  workdirs = [run_dir for _, run_dir in runs]
   trainer = Trainer(config, dataset)
   c = config.train
-  ckpt = checkpoint_lib.Checkpointer(workdir, c.keep_checkpoints)
+  ckpts = [checkpoint_lib.Checkpointer(run_dir, c.keep_checkpoints) for run_dir in workdirs]
   try:
-    restored = ckpt.restore_latest(trainer.abstract_state)
-    step = 0 if restored is None else restored.step
+    restored = _restore_together(ckpts, trainer.abstract_state)
+    step = 0 if restored[0] is None else restored[0].step
     if step > c.num_steps:
       raise errors.WorkdirError(
           f"{workdir} holds a run trained to step {step}, past train.num_steps={c.num_steps}; "
           f"pass --config.train.num_steps={step} or more, or use a new --workdir")
-    if restored is not None:
+    if step:
       logging.info("resumed from step %d in %s", step, workdir)
-    done = _finished_record(workdir, step) if step == c.num_steps else None
-    if done is not None:
+    done = [_finished_record(run_dir, step) if step == c.num_steps else None
+            for run_dir in workdirs]
+    if all(final is not None for final in done):
       logging.info("%s already holds a finished run of %d steps", workdir, step)
-      return done
+      return _result(done)
     if jax.process_index() == 0:
-      writers.discard_after(workdir, step)
+      for run_dir in workdirs:
+        writers.discard_after(run_dir, step)
     if step < c.num_steps:
       if jax.process_index() == 0:
-        workdir_lib.save_config(config, workdir)
-        inference.save_data_info(workdir, trainer.dataset)
-      return _train(trainer, ckpt, restored, workdir)
-    log = _RunLog(trainer, workdir)  # killed after its last checkpoint: complete the outputs
+        for run_config, run_dir in runs:
+          workdir_lib.save_config(run_config, run_dir)
+          inference.save_data_info(run_dir, trainer.dataset)
+      return _train(trainer, ckpts, restored, workdirs)
+    logs = _run_logs(trainer, workdirs)  # killed after its last checkpoint: complete the outputs
     try:
-      return _finish(trainer, restored.state, step, workdir, None, log)
+      state = trainer.stack([r.state for r in restored])
+      return _result(_finish(trainer, state, step, workdirs, None, logs,
+                             [r.seconds for r in restored]))
     finally:
-      log.close()
+      for log in logs:
+        log.close()
   finally:
-    ckpt.close()
+    for ckpt in ckpts:
+      ckpt.close()
 
 
-def _train(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer,
-           restored: checkpoint_lib.Restored | None, workdir: str) -> dict[str, Any]:
-  """The training loop from `restored` (or a fresh state) to `train.num_steps`."""
+def _train(trainer: Trainer, ckpts: list[checkpoint_lib.Checkpointer],
+           restored: list[checkpoint_lib.Restored | None], workdirs: list[str]
+           ) -> dict[str, Any]:
+  """The training loop of every replica from `restored` (or a fresh state) to `train.num_steps`.
+
+  Training time is counted per replica as its share of this program's wall time (1/S of it for
+  S replicas), on top of the time saved with the restored checkpoint.
+  """
   config = trainer.config
   c = config.train
-  pipeline = trainer.train_pipeline()
-  if restored is None:
-    state, step = trainer.initial_state(), 0
+  pipelines = [trainer.train_pipeline(seed) for seed in trainer.seeds]
+  if restored[0] is None:
+    state, step, seconds = trainer.initial_state(), 0, [0.0] * len(ckpts)
     logging.info("model %s: %d parameters", config.model.name,
-                 models.count_params({"params": state.params}))
+                 models.count_params({"params": trainer.abstract_state.params}))
   else:
-    state, step = restored.state, restored.step
-    pipeline.set_state(restored.pipeline)
-  saved = [step] if restored is not None else []
-  pending = _StepMetrics(_non_finite_message(config, workdir,
+    state, step = trainer.stack([r.state for r in restored]), restored[0].step
+    seconds = [r.seconds for r in restored]
+    for pipeline, r in zip(pipelines, restored):
+      pipeline.set_state(r.pipeline)
+  saved = [step] if restored[0] is not None else []
+  pending = _StepMetrics(_non_finite_message(config, workdirs,
                                              lambda: saved[-1] if saved else None))
   step_key = trainer.step_key()
-  log = _RunLog(trainer, workdir)
-  log.restart_clock(step)
-  evaluation = None
+  logs = _run_logs(trainer, workdirs)
+  for log in logs:
+    log.restart_clock(step)
+  start, elapsed = time.time(), seconds
+  evaluations = None
   try:
     with preemption.PreemptionWatch() as preempt:
       while step < c.num_steps:
-        state, step_metrics = trainer.train_step(state, next(pipeline), step_key)
+        state, step_metrics = trainer.train_step(state, trainer.next_batch(pipelines),
+                                                 step_key)
         step += 1
         pending.add(step, step_metrics)
         last = step == c.num_steps
@@ -627,27 +828,42 @@ def _train(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer,
         preempted = preempt.reached(step)
         save_now = step % c.checkpoint_every == 0 or eval_now or preempted
         if step % c.log_every == 0 or last:
-          log.train(step, pending.drain())
+          logged = pending.drain()
+          for k, log in enumerate(logs):
+            log.train(step, [(s, {name: v[k] for name, v in m.items()}) for s, m in logged])
         elif save_now:
           pending.drain()  # nothing non-finite may be saved
         if eval_now:
-          result, cm, panels = trainer.evaluate(state)
-          log.evaluation(step, result, panels)
-          evaluation = (result, cm)
+          evaluated = trainer.evaluate_replicas(state)
+          evaluations = [(result, cm) for result, cm, _ in evaluated]
+        if eval_now or save_now:
+          share = (time.time() - start) / len(ckpts)
+          elapsed = [s + share for s in seconds]
+        if eval_now:
+          for log, (result, _, panels), t in zip(logs, evaluated, elapsed):
+            log.evaluation(step, result, panels, t)
         if save_now:
-          log.writer.flush()  # everything logged up to a checkpoint is on disk before it
-          ckpt.save(step, state, pipeline.get_state(),
-                    miou=evaluation[0]["miou"] if eval_now else None)
+          for log in logs:
+            log.writer.flush()  # everything logged up to a checkpoint is on disk before it
+          for k, (ckpt, pipeline) in enumerate(zip(ckpts, pipelines)):
+            ckpt.save(step, trainer.replica(state, k), pipeline.get_state(),
+                      miou=evaluations[k][0]["miou"] if eval_now else None,
+                      seconds=elapsed[k])
           saved.append(step)
-          log.restart_clock(step)  # img/s and ETA leave evaluations and saves out
+          for log in logs:
+            log.restart_clock(step)  # img/s and ETA leave evaluations and saves out
         if preempted and not last:
-          ckpt.wait()
-          logging.warning("preempted: checkpoint saved at step %d in %s", step, workdir)
+          for ckpt in ckpts:
+            ckpt.wait()
+          logging.warning("preempted: checkpoint saved at step %d in %s", step,
+                          ", ".join(workdirs))
           return {"preempted": True, "step": step}
-    ckpt.wait()  # final outputs only once the last checkpoint is committed
-    return _finish(trainer, state, step, workdir, evaluation, log)
+    for ckpt in ckpts:
+      ckpt.wait()  # final outputs only once the last checkpoint is committed
+    return _result(_finish(trainer, state, step, workdirs, evaluations, logs, elapsed))
   finally:
-    log.close()
+    for log in logs:
+      log.close()
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,

@@ -333,7 +333,9 @@ def _draw_panel(ax, panel: Panel) -> None:
 class Curves:
   """One plot of a ``save_curve_panels`` grid: named ``(x, y)`` curves on shared axes.
 
-  ``xticklabels`` names the categories at x = 0, 1, ...; ``markers`` marks every point.
+  A curve given as ``(x, y, spread)`` is drawn with a shaded band from y - spread to y + spread
+  (e.g. the std over seeds; NaN spreads draw no band). ``xticklabels`` names the categories at
+  x = 0, 1, ...; ``markers`` marks every point.
   """
   curves: Mapping[str, tuple[Any, Any]]
   title: str = ""
@@ -356,8 +358,12 @@ def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, ti
   for ax in axes.flat[len(panels):]:
     ax.set_visible(False)
   for ax, panel in zip(axes.flat, panels):
-    for label, (x, y) in panel.curves.items():
-      ax.plot(x, y, marker="o" if panel.markers else None, markersize=4, label=label)
+    for label, (x, y, *spread) in panel.curves.items():
+      line, = ax.plot(x, y, marker="o" if panel.markers else None, markersize=4, label=label)
+      if spread:
+        y, spread = np.asarray(y, float), np.asarray(spread[0], float)
+        ax.fill_between(x, y - spread, y + spread, color=line.get_color(), alpha=0.2,
+                        linewidth=0)
     if panel.xticklabels is not None:
       ax.set_xticks(range(len(panel.xticklabels)), panel.xticklabels, rotation=30, ha="right")
     ax.set_title(panel.title, fontsize=10)

@@ -20,12 +20,13 @@ from seg_jax import writers
 CONFIG_FILE = "config.json"
 
 # Fields a training rerun may change: logging, evaluation cadence, checkpoint retention, the
-# compilation and data caches, and eval-only settings. None of them changes a training step, so
-# a resumed run still matches an uninterrupted one. train.num_steps extends (or shortens) the
-# schedule.
+# compilation and data caches (also how replicas are computed), and eval-only settings. None of
+# them changes what a training step computes, so a resumed run still matches an uninterrupted
+# one. train.num_steps extends (or shortens) the schedule.
 RESUMABLE_FIELDS = (
     "train.mode", "train.num_steps", "train.log_every", "train.eval_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.compilation_cache_dir",
+    "train.replica_mode",
     "eval.global_batch_size", "eval.num_images", "eval.checkpoint", "eval.output_dir",
     "data.keep_on_device", "data.cache_dir",
 )
@@ -74,6 +75,31 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes config.json (atomically), creating the workdir if needed."""
   os.makedirs(workdir, exist_ok=True)
   writers.write_json(config_path(workdir), config.to_dict())
+
+
+def replica_workdir(workdir: str, seed: int) -> str:
+  """The run folder of seed `seed` among replicas trained together into `workdir`."""
+  return os.path.join(workdir, f"seed{seed}")
+
+
+def replica_runs(config: ml_collections.ConfigDict, workdir: str
+                 ) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """(config, run folder) of every run that `config` trains into `workdir`.
+
+  One run (`train.num_replicas` = 1): the config itself and `workdir`. Replica k of several:
+  the config with seed `config.seed + k` and `train.num_replicas` = 1, in
+  `<workdir>/seed<seed + k>`, i.e. exactly the config and folder of that seed trained alone.
+  """
+  if config.train.num_replicas == 1:
+    return [(config, workdir)]
+  runs = []
+  for k in range(config.train.num_replicas):
+    replica = config.copy_and_resolve_references()
+    replica.seed = config.seed + k
+    replica.train.num_replicas = 1
+    replica.lock()
+    runs.append((replica, replica_workdir(workdir, replica.seed)))
+  return runs
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -40,13 +40,17 @@ def to_jsonable(value: Any) -> Any:
   return value
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (also when several processes write the same file)."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def write_json(path: str, obj: Any) -> None:
   """Writes `obj` (converted by `to_jsonable`) as indented JSON, atomically."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 class MetricWriter:
@@ -171,6 +175,36 @@ def discard_after(workdir: str, step: int) -> None:
     if len(kept) != len(events) or os.path.getsize(path) != sum(
         16 + e.ByteSize() for e in events):
       _write_events(path, kept)
+
+
+def section_markers(name: str = "") -> tuple[str, str]:
+  """The HTML comments that open and close generated Markdown section `name`."""
+  tag = f"generated:{name}:" if name else "generated:"
+  return f"<!-- {tag}begin -->", f"<!-- {tag}end -->"
+
+
+def write_section(path: str, text: str, name: str = "") -> None:
+  """Replaces the generated section `name` of the Markdown file `path` with `text`.
+
+  The section lies between the `section_markers(name)` comments; a file without them gets the
+  section appended (a missing file is created), so a run into a fresh folder still leaves its
+  tables next to its figures. Everything outside the markers is kept as it is.
+  """
+  begin, end = section_markers(name)
+  block = f"{begin}\n{text.strip()}\n{end}"
+  old = ""
+  if os.path.exists(path):
+    with open(path) as f:
+      old = f.read()
+  head, found, rest = old.partition(begin)
+  if found and end in rest:
+    new = head + block + rest.split(end, 1)[1]
+  elif found or end in old:
+    raise ValueError(f"{path} lacks {end} after {begin}, or {begin} before {end}")
+  else:
+    new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
+  with open(path, "w") as f:
+    f.write(new)
 
 
 class _LibraryInfoFilter:

@@ -20,11 +20,12 @@ def _die():
 
 
 def _kill_during_evaluation(step: int) -> None:
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from seg_jax import train  # pylint: disable=g-import-not-at-top
-  evaluate = train.Trainer.evaluate
+  evaluate = train.Trainer.evaluate_replicas
 
   def patched(self, state, *args, **kwargs):
-    if int(state.step) == step:
+    if int(np.max(state.step)) == step:  # one step per replica
       inner = self.eval_step
       calls = []
 
@@ -37,7 +38,7 @@ def _kill_during_evaluation(step: int) -> None:
       self.eval_step = eval_step
     return evaluate(self, state, *args, **kwargs)
 
-  train.Trainer.evaluate = patched
+  train.Trainer.evaluate_replicas = patched
 
 
 def _kill_in_temporary_folder(step: int) -> None:

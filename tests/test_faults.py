@@ -113,47 +113,65 @@ def _flat_numbers(record, prefix=""):
   return out
 
 
-class FaultInjectionTest(absltest.TestCase):
-  """Each test compares its workdir with one uninterrupted run of the same command."""
+class _UninterruptedRunTest(absltest.TestCase):
+  """Compares workdirs with one uninterrupted run of the same command (`FLAGS` added)."""
+
+  FLAGS = ()
+  RUNS = ("",)  # the run folders inside a workdir ("": the workdir itself)
 
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
     cls.straight = tempfile.mkdtemp()
-    code, err = run_main(cls.straight)
+    code, err = run_main(cls.straight, *cls.FLAGS)
     assert code == 0, err[-3000:]
-    with open(os.path.join(cls.straight, "final_metrics.json")) as f:
-      cls.final = json.load(f)
-    cls.steps = [r["step"] for r in _read_jsonl(cls.straight)]
-    cls.events = _event_steps(cls.straight)
 
   def new_workdir(self):
     workdir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
     return workdir
 
+  def run_main(self, workdir, **kwargs):
+    return run_main(workdir, *self.FLAGS, **kwargs)
+
   def rerun_to_the_end(self, workdir):
     """Reruns the plain command; it must finish like the uninterrupted run. Returns stderr."""
-    code, err = run_main(workdir)
+    code, err = self.run_main(workdir)
     self.assertEqual(code, 0, err[-3000:])
     self.assertSameAsUninterrupted(workdir)
     return err
 
   def assertSameAsUninterrupted(self, workdir, rtol=0.0):
-    with open(os.path.join(workdir, "final_metrics.json")) as f:
-      final = json.load(f)
-    self.assertEqual(final["step"], self.final["step"])
-    expected, got = _flat_numbers(self.final), _flat_numbers(final)
+    for run in self.RUNS:
+      self.assertSameRun(os.path.join(workdir, run), os.path.join(self.straight, run), rtol)
+
+  def assertSameRun(self, workdir, straight, rtol):
+    finals = []
+    for folder in (workdir, straight):
+      with open(os.path.join(folder, "final_metrics.json")) as f:
+        finals.append(json.load(f))
+    self.assertEqual(finals[0]["step"], finals[1]["step"])
+    got, expected = _flat_numbers(finals[0]), _flat_numbers(finals[1])
     self.assertEqual(sorted(got), sorted(expected))
     np.testing.assert_allclose([got[k] for k in sorted(got)],
                                [expected[k] for k in sorted(expected)], atol=1e-6, rtol=rtol)
-    self.assertEqual([r["step"] for r in _read_jsonl(workdir)], self.steps)
+    self.assertEqual([r["step"] for r in _read_jsonl(workdir)],
+                     [r["step"] for r in _read_jsonl(straight)])
     events = _event_steps(workdir)
-    self.assertEqual(set(events), set(self.events))
+    self.assertEqual(set(events), set(_event_steps(straight)))
     self.assertEqual(max(events.values()), 1, "a TensorBoard value was logged twice")
     self.assertEqual(glob.glob(os.path.join(workdir, "**", "*orbax-checkpoint-tmp*"),
                                recursive=True), [])
     self.assertTrue(os.path.exists(os.path.join(workdir, "confusion_matrix.png")))
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.straight, ignore_errors=True)
+    super().tearDownClass()
+
+
+class FaultInjectionTest(_UninterruptedRunTest):
+  """Each test compares its workdir with one uninterrupted run of the same command."""
 
   @pytest.mark.slow
   def test_sigterm_exits_preempted_then_kill_after_a_logged_step(self):
@@ -207,10 +225,27 @@ class FaultInjectionTest(absltest.TestCase):
     # order, so float32 sums may differ in their last bits.
     self.assertSameAsUninterrupted(workdir, rtol=1e-5)
 
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.straight, ignore_errors=True)
-    super().tearDownClass()
+
+class ReplicaFaultInjectionTest(_UninterruptedRunTest):
+  """Two replicas in one program (seeds 0 and 1): each replica's folder ends like the replica's
+  folder of one uninterrupted run of the same command."""
+
+  FLAGS = ("--config.train.num_replicas=2",)
+  RUNS = ("seed0", "seed1")
+
+  @pytest.mark.slow
+  def test_kill_between_the_replicas_checkpoints_then_sigterm(self):
+    workdir = self.new_workdir()
+    code, _ = self.run_main(workdir, kill_at=("checkpoint", 4))  # after seed 0 saved step 4
+    self.assertEqual(code, -signal.SIGKILL)
+    latest = [max(int(d) for d in os.listdir(os.path.join(workdir, run, "checkpoints"))
+                  if d.isdigit()) for run in self.RUNS]
+    self.assertEqual(latest, [4, 3])
+    code, err = self.run_main(workdir, signal_after_log=(signal.SIGTERM, 4))
+    self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+    self.assertIn("resumes from step 3 with the other replicas (it holds step 4)", err)
+    self.assertIn("preempted: checkpoint saved at step 5", err)
+    self.assertIn("resumed from step 5", self.rerun_to_the_end(workdir))
 
 
 if __name__ == "__main__":

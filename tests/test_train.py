@@ -217,8 +217,8 @@ class LoopTest(absltest.TestCase):
     interrupted = tempfile.mkdtemp()
     make_pipeline = train.Trainer.train_pipeline
 
-    def pipeline_with_sigterm(trainer):
-      inner = make_pipeline(trainer)
+    def pipeline_with_sigterm(trainer, seed=None):
+      inner = make_pipeline(trainer, seed)
       real_next = type(inner).__next__
 
       class Wrapped(type(inner)):
@@ -319,11 +319,11 @@ class LoopTest(absltest.TestCase):
       train.train_and_evaluate(config, tempfile.mkdtemp(), tiny_dataset())
 
   def test_non_finite_advice_fits_the_clipping_setting(self):
-    values = {"loss": float("nan"), "grad_norm": float("inf")}
+    values = {"loss": np.array([float("nan")]), "grad_norm": np.array([float("inf")])}
     for clip, expected, unexpected in ((1.0, "optim.grad_clip_norm (now 1)", "enable"),
                                        (0.0, "enable optim.grad_clip_norm", "now 0")):
       describe = train._non_finite_message(_nan_config(**{"optim.grad_clip_norm": clip}),
-                                           "/runs/x", lambda: 7)
+                                           ["/runs/x"], lambda: 7)
       message = describe(9, 7, values)
       self.assertIn("stopped at step 9: loss nan / gradient norm inf at step 7", message)
       self.assertIn("the last checkpoint is step 7 in /runs/x", message)

@@ -1,0 +1,227 @@
+"""Results of a sweep, generated from its run folders: per setting the mean and std over seeds of
+every score, written as DIR/results.csv, DIR/results.md and DIR/curves.png.
+
+Scores of one run (`DIR/<setting>/seed<k>`), named as in results.csv:
+  val_<score>     final_metrics.json: the evaluation on the val split at the last step
+  test_<score>    eval_test.json: the best-val checkpoint evaluated on the test split
+  best_step       the step of that checkpoint
+  train_seconds   training time (the last record of metrics.jsonl): the wall time of the training
+                  loop, compilation, evaluations and checkpoints included; replicas trained in one
+                  program count 1/S of its time each
+Scores per class are `<split>_<score>_<class>` (e.g. `test_iou_road`). A setting's row holds
+`<score>_mean` and `<score>_std` (sample std, n - 1 in the denominator; NaN for n = 1) over its
+finished runs, n of them, and the model's parameters and forward FLOPs from DIR/<setting>/model.json.
+A run that has no value for a score (a class absent from a split and never predicted) is left
+out of that score's mean and std.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from seg_jax import viz
+from seg_jax import workdir as workdir_lib
+from seg_jax import writers
+
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+CURVES_PNG = "curves.png"
+MODEL_JSON = "model.json"  # per setting: {"params", "gflops", "image_size"}
+FINAL_METRICS = "final_metrics.json"
+TEST_RESULT = "eval_test.json"
+# Scalar scores of the main table, in order, with their headings.
+MAIN_SCORES = (("val_miou", "val mIoU"), ("test_miou", "test mIoU"),
+               ("val_pixel_accuracy", "val pixel acc"), ("test_pixel_accuracy", "test pixel acc"))
+NOT_SCORES = ("step", "split", "checkpoint")
+
+
+def run_dir(workdir: str, setting: str, seed: int) -> str:
+  """The folder of run (setting, seed) of the sweep in `workdir`: where the setting's replicas
+  trained together in DIR/<setting> put that seed."""
+  return workdir_lib.replica_workdir(os.path.join(workdir, setting), seed)
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _nan(value: Any) -> float:
+  return math.nan if value is None else float(value)
+
+
+def _split_scores(prefix: str, record: dict[str, Any]) -> dict[str, float]:
+  """`prefix_<score>` (and `prefix_<score>_<class>` for per-class dicts) of one record."""
+  out = {}
+  for key, value in record.items():
+    if key in NOT_SCORES:
+      continue
+    if isinstance(value, dict):
+      out.update({f"{prefix}_{key}_{name}": _nan(v) for name, v in value.items()})
+    else:
+      out[f"{prefix}_{key}"] = _nan(value)
+  return out
+
+
+def run_scores(directory: str) -> dict[str, float] | None:
+  """Every score of the finished run in `directory`, or None if it is not finished (no
+  final_metrics.json or no eval_test.json)."""
+  final, test = (os.path.join(directory, name) for name in (FINAL_METRICS, TEST_RESULT))
+  if not (os.path.exists(final) and os.path.exists(test)):
+    return None
+  final, test = _read_json(final), _read_json(test)
+  scores = {**_split_scores("val", final), **_split_scores("test", test),
+            "best_step": float(test["step"])}
+  records = _read_jsonl(os.path.join(directory, writers.METRICS_FILE))
+  scores["train_seconds"] = _nan(records[-1].get("train_seconds")) if records else math.nan
+  return scores
+
+
+def val_curve(directory: str) -> dict[int, float]:
+  """{step: val mIoU} of a run's evaluations (metrics.jsonl)."""
+  return {r["step"]: _nan(r["miou"]) for r in _read_jsonl(
+      os.path.join(directory, writers.METRICS_FILE)) if r["split"] == "val"}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample std (n - 1) of the non-NaN `values` (NaN where there are too few)."""
+  values = np.asarray([v for v in values if not math.isnan(v)], np.float64)
+  mean = float(values.mean()) if values.size else math.nan
+  std = float(values.std(ddof=1)) if values.size > 1 else math.nan
+  return mean, std
+
+
+def setting_row(setting: str, runs: Sequence[dict[str, float]], model: dict[str, Any] | None
+                ) -> dict[str, Any]:
+  """One results.csv row: setting, n, `<score>_mean` / `<score>_std` of every score, params and
+  GFLOPs (NaN when model.json is missing)."""
+  row: dict[str, Any] = {"setting": setting, "n": len(runs)}
+  for score in dict.fromkeys(k for run in runs for k in run):  # first-seen order
+    row[f"{score}_mean"], row[f"{score}_std"] = mean_std([run.get(score, math.nan)
+                                                          for run in runs])
+  row["params"] = model["params"] if model else math.nan
+  row["gflops"] = model["gflops"] if model else math.nan
+  return row
+
+
+def read_model(workdir: str, setting: str) -> dict[str, Any] | None:
+  """DIR/<setting>/model.json (written by the sweep runner), or None."""
+  path = os.path.join(workdir, setting, MODEL_JSON)
+  return _read_json(path) if os.path.exists(path) else None
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  out = io.StringIO()
+  writer = csv.DictWriter(out, columns, restval=math.nan, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  return out.getvalue()
+
+
+def _cell(row: dict[str, Any], score: str) -> str:
+  """"mean ± std" of a score (3 decimals), or "-" if there is none."""
+  mean, std = row.get(f"{score}_mean", math.nan), row.get(f"{score}_std", math.nan)
+  if math.isnan(mean):
+    return "-"
+  return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def _duration(seconds: float) -> str:
+  if math.isnan(seconds):
+    return "-"
+  minutes, secs = divmod(int(round(seconds)), 60)
+  return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size: Any) -> str:
+  """The tables of results.md: main scores, model size and time, then IoU per class."""
+  main = []
+  for row in rows:
+    params = "-" if math.isnan(row["params"]) else f"{int(row['params']):,}"
+    gflops = "-" if math.isnan(row["gflops"]) else f"{row['gflops']:.3g}"
+    main.append([row["setting"], row["n"], *(_cell(row, s) for s, _ in MAIN_SCORES), params,
+                 gflops, _duration(row.get("train_seconds_mean", math.nan))])
+  size = "x".join(str(s) for s in image_size) if image_size else "the config's size"
+  parts = [
+      "Mean ± std over the n seeds of each setting (sample std). val: the last step on the val "
+      "split; test: the checkpoint with the best val mIoU, evaluated on the test split. GFLOPs: "
+      f"one forward pass of one {size} image, from XLA's cost analysis of the compiled "
+      "eval-mode forward (a multiply-add counts 2). Train time: wall time of one run's training "
+      "loop (compilation, evaluations and checkpoints included; S replicas trained in one "
+      "program count 1/S of its time each).",
+      _table(["setting", "n", *(h for _, h in MAIN_SCORES), "params", "GFLOPs", "train time"],
+             main)]
+  for split in ("test", "val"):
+    prefix = f"{split}_iou_"
+    classes = list(dict.fromkeys(k[len(prefix):-len("_mean")] for row in rows for k in row
+                                 if k.startswith(prefix) and k.endswith("_mean")))
+    if classes:
+      parts.append(f"IoU per class, {split}:")
+      parts.append(_table(["setting", "n", *classes],
+                          [[r["setting"], r["n"], *(_cell(r, prefix + c) for c in classes)]
+                           for r in rows]))
+  if missing:
+    parts.append("Not finished (left out of the table): " + ", ".join(missing) + ".")
+  return "\n\n".join(parts)
+
+
+def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
+              readme: str = "") -> list[dict[str, Any]]:
+  """Writes results.csv, results.md and curves.png of the sweep in `workdir`; returns the rows.
+
+  With `readme`, the tables also replace the generated "results" section of that Markdown file
+  and curves.png is written beside it.
+  """
+  rows, missing, curves, image_size = [], [], {}, None
+  for setting in settings:
+    runs, steps = [], {}
+    for seed in seeds:
+      directory = run_dir(workdir, setting, seed)
+      scores = run_scores(directory)
+      if scores is None:
+        missing.append(f"{setting} seed {seed}")
+        continue
+      runs.append(scores)
+      for step, miou in val_curve(directory).items():
+        steps.setdefault(step, []).append(miou)
+    model = read_model(workdir, setting)
+    image_size = image_size or (model or {}).get("image_size")
+    rows.append(setting_row(setting, runs, model))
+    if steps:
+      x = sorted(steps)
+      mean, std = zip(*(mean_std(steps[s]) for s in x))
+      curves[f"{setting} (n={len(runs)})"] = (x, mean, std)
+  text = markdown(rows, missing, image_size)
+  writers.write_text(os.path.join(workdir, RESULTS_CSV), _csv_text(rows))
+  writers.write_text(os.path.join(workdir, RESULTS_MD), f"# Results of {workdir}\n\n{text}\n")
+  pngs = [os.path.join(workdir, CURVES_PNG)]
+  if readme:
+    writers.write_section(readme, text + f"\n\n![val mIoU vs step]({CURVES_PNG})", "results")
+    pngs.append(os.path.join(os.path.dirname(os.path.abspath(readme)), CURVES_PNG))
+  if curves:
+    for png in pngs:
+      viz.save_curve_panels([viz.Curves(curves, xlabel="step", ylabel="val mIoU",
+                                        markers=True)], png, ncols=1,
+                            title="val mIoU, mean ± std over seeds", panel_inches=6.0)
+  return rows

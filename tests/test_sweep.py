@@ -1,0 +1,250 @@
+"""Tests of seg_jax.sweep and seg_jax.results: sweep files, overrides, shards, skipping finished
+runs and the results table of a tiny real sweep."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import numpy as np
+import pytest
+
+from seg_jax import config_files
+from seg_jax import errors
+from seg_jax import models
+from seg_jax import preemption
+from seg_jax import results
+from seg_jax import sweep as sweep_lib
+from seg_jax import train
+from seg_jax.models import asym_unet
+from seg_jax.models import summary
+
+from tests.train_testing import REPO, tiny_config
+
+TESTS = os.path.join(REPO, "tests")
+SWEEP = os.path.join(TESTS, "sweep_testing.py")
+
+
+def setUpModule():
+  jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp())
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def run_sweep(*args):
+  """(exit code, stderr) of `python -m seg_jax.sweep` on the tiny config and sweep."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "seg_jax.sweep", f"--config={os.path.join(TESTS, 'train_testing.py')}",
+       f"--sweep={SWEEP}", *args], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=600, check=False)
+  return proc.returncode, proc.stderr
+
+
+def _write_sweep(text):
+  path = os.path.join(tempfile.mkdtemp(), "sweep.py")
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+def _snapshot(directory):
+  """(path, size, mtime) of everything under `directory`."""
+  out = set()
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      info = os.stat(path)
+      out.add((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
+  return out
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+class SweepFileTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ("x = 1\n", "defines no get_sweep"),
+      ("def get_sweep():\n  return {'settings': {'a': {}}}\n", "must return"),
+      ("def get_sweep():\n  return {'settings': {}, 'seeds': [0]}\n", "non-empty dict"),
+      ("def get_sweep():\n  return {'settings': {'a/b': {}}, 'seeds': [0]}\n",
+       "'a/b' is not a folder name"),
+      ("def get_sweep():\n  return {'settings': {'a': {'seed': 3}}, 'seeds': [0]}\n",
+       "setting 'a' sets 'seed', which the runner sets"),
+      ("def get_sweep():\n  return {'settings': {'a': {}}, 'seeds': [0, 0]}\n",
+       "distinct integers"),
+      ("import no_such_module\n", "cannot load sweep file .*No module named"),
+  )
+  def test_bad_sweep_file(self, text, message):
+    with self.assertRaisesRegex(errors.ConfigError, message):
+      sweep_lib.load_sweep(_write_sweep(text))
+
+  def test_overrides_have_the_field_types(self):
+    config = sweep_lib.apply_overrides(
+        tiny_config(), {"optim.learning_rate": 1, "data.image_size": [32, 48],
+                        "model.kwargs": {"depth": 2, "base_width": 4}, "model.name": "unet"},
+        "s")
+    self.assertEqual(config.optim.learning_rate, 1.0)
+    self.assertIsInstance(config.optim.learning_rate, float)
+    self.assertEqual(config.data.image_size, (32, 48))
+    self.assertEqual(config.model.kwargs.to_dict(), {"depth": 2, "base_width": 4})
+    self.assertEqual(tiny_config().optim.learning_rate, 3e-3)  # the base is left alone
+
+  @parameterized.parameters(
+      ({"optim.learning_rat": 0.1}, r"setting 's', key 'optim.learning_rat': the config has no "
+       r"field 'optim.learning_rat'; optim has .*learning_rate"),
+      ({"optimizer.name": "sgd"}, "key 'optimizer.name': the config has no group 'optimizer'"),
+      ({"train.num_steps": 2.5}, r"key 'train.num_steps': 2.5 \(float\) does not fit the "
+       r"field, which holds 4 \(int\)"),
+      ({"train.num_steps": True}, r"key 'train.num_steps': True \(bool\) does not fit"),
+      ({"model.name": 3}, r"key 'model.name': 3 \(int\) does not fit the field, which holds "
+       r"'asym_unet' \(str\)"),
+      ({"data.image_size": 32}, r"key 'data.image_size': 32 \(int\) does not fit the field, "
+       r"which holds \(32, 32\) \(tuple\)"),
+  )
+  def test_bad_override(self, overrides, message):
+    with self.assertRaisesRegex(errors.ConfigError, message):
+      sweep_lib.apply_overrides(tiny_config(), overrides, "s")
+
+  @parameterized.parameters((5, 2), (4, 2), (7, 3), (2, 3), (1, 1))
+  def test_shards_cover_every_run_once(self, n, count):
+    runs = list(range(n))
+    parts = [sweep_lib.shard(runs, i, count) for i in range(count)]
+    self.assertEqual(sorted(r for part in parts for r in part), runs)
+    self.assertLessEqual(max(map(len, parts)) - min(map(len, parts)), 1)
+    with self.assertRaisesRegex(errors.ConfigError, "0 <= shard_index < shard_count"):
+      sweep_lib.shard(runs, count, count)
+
+  def test_bad_key_is_one_line_before_anything_trains(self):
+    workdir = os.path.join(tempfile.mkdtemp(), "sweep")
+    path = _write_sweep("def get_sweep():\n  return {'settings': {'ok': {}, 'bad': "
+                        "{'model.kwargs.widht': 3}}, 'seeds': [0]}\n")
+    code, err = run_sweep(f"--workdir={workdir}", f"--sweep={path}")
+    self.assertEqual(code, errors.EXIT_USER_ERROR, err[-2000:])
+    self.assertTrue(err.strip().splitlines()[-1].startswith(
+        "error (config): sweep setting 'bad', key 'model.kwargs.widht': the config has no "
+        "field"), err[-2000:])
+    self.assertNotIn("Traceback", err)
+    self.assertFalse(os.path.exists(workdir))
+
+  def test_bad_value_is_named_with_its_setting_before_anything_trains(self):
+    runs = sweep_lib.expand(tiny_config(), sweep_lib.Sweep(
+        {"ok": {}, "bad": {"model.name": "unet3d"}}, (0,)), tempfile.mkdtemp())
+    runner = sweep_lib.Runner(runs, tempfile.mkdtemp(), 1)
+    with self.assertRaisesRegex(errors.ConfigError,
+                                "sweep setting 'bad': model.name must be one of"):
+      runner.check()
+    self.assertFalse(os.path.exists(runs[0].workdir))
+
+
+class ExperimentSweepsTest(parameterized.TestCase):
+  """The committed sweep files: every setting is a valid config whose model builds."""
+
+  def models(self, sweep_file):
+    dubai = config_files.load_module(os.path.join(REPO, "configs", "dubai.py"))
+    sweep = sweep_lib.load_sweep(os.path.join(REPO, "experiments", sweep_file))
+    runs = sweep_lib.expand(dubai.get_config(), sweep, tempfile.mkdtemp())
+    self.assertLen(runs, len(sweep.settings) * len(sweep.seeds))
+    out = {}
+    for run in runs[::len(sweep.seeds)]:
+      model = train.build_model(run.config, num_classes=6)
+      variables = summary.abstract_variables(model, (1, *run.config.data.image_size, 3))
+      out[run.setting] = models.count_params(variables)
+    return out
+
+  def test_proposal_vs_unet(self):
+    self.assertEqual(self.models("dubai_proposal_vs_unet/sweep.py"),
+                     {"asym_unet": 680_478, "unet": 482_822})
+
+  def test_ablation_baselines_match_the_proposal_in_parameters(self):
+    params = self.models("dubai_ablation/sweep.py")
+    self.assertEqual(list(params), [*asym_unet.ABLATIONS, "unet", "deeplabv3plus", "fcn8s"])
+    self.assertEqual(params["full"], 680_478)
+    for baseline in ("unet", "deeplabv3plus", "fcn8s"):
+      self.assertAlmostEqual(params[baseline] / params["full"], 1.0, delta=0.004, msg=baseline)
+    self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])
+
+
+class SweepRunTest(absltest.TestCase):
+
+  @pytest.mark.slow
+  def test_shards_rerun_and_results(self):
+    workdir = tempfile.mkdtemp()
+    sweep = sweep_lib.load_sweep(SWEEP)
+    runs = sweep_lib.expand(tiny_config(), sweep, workdir)
+    self.assertEqual([(r.setting, r.seed) for r in runs],
+                     [("lr3e-3", 0), ("lr3e-3", 1), ("lr1e-2", 0), ("lr1e-2", 1)])
+
+    def run_shard(index, max_replicas):
+      runner = sweep_lib.Runner(sweep_lib.shard(runs, index, 2), workdir, max_replicas)
+      runner.check()
+      with preemption.PreemptionWatch() as preempt:
+        self.assertTrue(runner.run(preempt))
+      self.assertEqual(runner.failed, [])
+
+    run_shard(0, max_replicas=2)  # both seeds of lr3e-3 as replicas of one program
+    self.assertEqual(sorted(os.listdir(workdir)), ["lr3e-3"])
+    first = _snapshot(workdir)
+    run_shard(1, max_replicas=1)  # lr1e-2 one run at a time
+    self.assertEqual(sorted(os.listdir(workdir)), ["lr1e-2", "lr3e-3"])
+    self.assertEqual(_snapshot(os.path.join(workdir, "lr3e-3")),
+                     {(os.path.relpath(p, "lr3e-3"), s, t) for p, s, t in first
+                      if p.startswith("lr3e-3" + os.sep)})
+    for run in runs:  # every run trained exactly once, tested on its best checkpoint
+      with open(os.path.join(run.workdir, "metrics.jsonl")) as f:
+        self.assertEqual([json.loads(line)["step"] for line in f], [2, 4])
+      test = _read_json(os.path.join(run.workdir, results.TEST_RESULT))
+      self.assertEqual((test["split"], test["checkpoint"]), ("test", "best"))
+
+    # The whole sweep again, by the command: nothing trained or rewritten, results written.
+    before = _snapshot(workdir)
+    code, err = run_sweep(f"--workdir={workdir}")
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertIn("4 runs in this shard: 4 trained already, 0 to train", err)
+    after = {entry for entry in _snapshot(workdir) if not entry[0].startswith(
+        ("results.", "curves.png"))}
+    self.assertEqual(after, before)
+
+    with open(os.path.join(workdir, results.RESULTS_CSV)) as f:
+      rows = {row["setting"]: row for row in csv.DictReader(f)}
+    self.assertEqual(list(rows), ["lr3e-3", "lr1e-2"])
+    for setting, row in rows.items():
+      self.assertEqual(row["n"], "2")
+      for split, name in (("val", train.FINAL_METRICS), ("test", results.TEST_RESULT)):
+        records = [_read_json(os.path.join(workdir, setting, f"seed{s}", name)) for s in (0, 1)]
+        checked = 0
+        for key, value in records[0].items():
+          if key in ("step", "split", "checkpoint"):
+            continue
+          names = ([(f"{split}_{key}", lambda r, k=key: r[k])] if not isinstance(value, dict)
+                   else [(f"{split}_{key}_{c}", lambda r, k=key, c=c: r[k][c]) for c in value])
+          for column, get in names:
+            values = np.array([np.nan if get(r) is None else get(r) for r in records], float)
+            if np.isnan(values).any():
+              continue
+            np.testing.assert_allclose(
+                [float(row[f"{column}_mean"]), float(row[f"{column}_std"])],
+                [values.mean(), values.std(ddof=1)], rtol=1e-9, atol=1e-12, err_msg=column)
+            checked += 1
+        self.assertGreater(checked, 20)
+      self.assertGreater(float(row["params"]), 0)
+      self.assertGreater(float(row["gflops"]), 0)
+      self.assertGreater(float(row["train_seconds_mean"]), 0)
+    with open(os.path.join(workdir, results.RESULTS_MD)) as f:
+      text = f.read()
+    self.assertIn("| lr1e-2 | 2 | ", text)
+    self.assertIn("IoU per class, test:", text)
+    with open(os.path.join(workdir, results.CURVES_PNG), "rb") as f:
+      self.assertEqual(f.read(4), b"\x89PNG")
+
+
+if __name__ == "__main__":
+  absltest.main()
