@@ -138,9 +138,14 @@ def get_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.grad_clip_norm = 1.0  # Clip gradients to this global norm (0 = off).
   o.accumulation_steps = 1  # Micro-batches averaged per optimizer update.
-  o.backbone = "train"  # "train", "freeze", or "scale" (learning rate * backbone_lr_factor).
+  # "train", "freeze" or "scale" (learning rate * backbone_lr_factor) the backbone_modules.
+  # A frozen module is not updated and runs as at evaluation also in training: its BatchNorm
+  # layers normalise with their stored statistics and keep them, its dropout is off.
+  o.backbone = "train"
   o.backbone_lr_factor = 0.1
-  o.backbone_modules = ("backbone", "encoder")  # Submodule names treated as the backbone.
+  # Top-level modules of the model treated as the backbone: parts of a segmentation model
+  # ("backbone", "neck", "decoder", "head"); each must exist in the model.
+  o.backbone_modules = ("backbone",)
 
   config.train = t = ml_collections.ConfigDict()
   # "train" (resumes from the workdir) or "eval" (evaluate a checkpoint). A rerun in a workdir

@@ -135,15 +135,26 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The configured model from the registry, with ``model.ablation`` applied by the registry."""
+  """The configured model from the registry, with ``model.ablation`` applied by the registry.
+
+  With ``optim.backbone="freeze"`` the frozen modules are the model's ``frozen_parts``.
+  """
   try:
-    return models.create(config.model.name, num_classes=num_classes,
-                         dtype=dtype_from_name(config.model.dtype),
-                         param_dtype=dtype_from_name(config.model.param_dtype),
-                         ablation=config.model.ablation, **config.model.kwargs.to_dict())
+    model = models.create(config.model.name, num_classes=num_classes,
+                          dtype=dtype_from_name(config.model.dtype),
+                          param_dtype=dtype_from_name(config.model.param_dtype),
+                          ablation=config.model.ablation, **config.model.kwargs.to_dict())
   except ValueError as e:  # a keyword or ablation the model does not take
     raise errors.ConfigError(f"model.kwargs / model.ablation of {config.model.name!r}: {e}"
                              ) from e
+  frozen = optim.frozen_modules(config.optim)
+  if not frozen:
+    return model
+  try:
+    optim.check_backbone_modules(config.optim, model.parts)
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from e
+  return model.clone(frozen_parts=frozen)
 
 
 def class_pixel_counts(source, num_classes: int) -> np.ndarray:

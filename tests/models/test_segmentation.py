@@ -118,6 +118,31 @@ class CompositionTest(parameterized.TestCase):
     self.assertEqual(out.shape, (2, 33, 40, 3))
     self.assertTrue(np.isfinite(np.asarray(out)).all())
 
+  def test_frozen_parts_run_as_at_evaluation(self):
+    kwargs = dict(num_classes=3, backbone_kwargs=dict(widths=(4, 8, 8), blocks=1),
+                  neck_kwargs=dict(features=8), decoder_kwargs=dict(widths=(8, 4)))
+    model = models.create("asym_unet", **kwargs)
+    frozen = models.create("asym_unet", frozen_parts=("backbone",), **kwargs)
+    self.assertEqual(frozen.parts, ("backbone", "neck", "decoder", "head"))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = host_init(model, x)
+    def train_step(module):
+      return module.apply(variables, x, train=True, mutable=["batch_stats"],
+                          rngs={"dropout": DROPOUT_KEY})
+    _, updated = fast_jit(lambda: train_step(model))()
+    _, kept = fast_jit(lambda: train_step(frozen))()
+    same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b))
+    stats = variables["batch_stats"]
+    self.assertTrue(all(jax.tree.leaves(jax.tree.map(
+        same, stats["backbone"], kept["batch_stats"]["backbone"]))))
+    self.assertFalse(any(jax.tree.leaves(jax.tree.map(
+        same, stats["backbone"], updated["batch_stats"]["backbone"]))))
+    self.assertFalse(any(jax.tree.leaves(jax.tree.map(
+        same, stats["decoder"], kept["batch_stats"]["decoder"]))))
+    with self.assertRaisesRegex(ValueError, r"frozen_parts \('neck',\) must be parts of this "
+                                r"model, which has \('backbone', 'decoder', 'head'\)"):
+      abstract_init(models.create("unet", num_classes=3, frozen_parts=("neck",)))
+
   def test_merge_settings(self):
     base = dict(backbone="unet_encoder", backbone_kwargs=dict(widths=(4, 8), se=True),
                 neck="aspp", neck_kwargs=dict(features=8))
