@@ -60,6 +60,18 @@ def get_config() -> ml_collections.ConfigDict:
   m.num_classes = 0  # 0 = number of classes of the dataset; otherwise must equal it.
   m.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params and logits stay float32).
   m.param_dtype = "float32"  # Parameter dtype.
+  # Initial weights of a fresh run ("" = all from the seed); a resumed run restores its own
+  # checkpoint instead. A seg_jax workdir (its best checkpoint), a Keras file (.keras,
+  # .weights.h5), a torch file (.pth, .pt, .safetensors) with torchvision's names, or
+  # "torchvision:<model>:<weights>" / "keras:<model>:<weights>" downloaded by that library
+  # (needs a network), e.g. "torchvision:resnet50:IMAGENET1K_V2", "keras:xception:imagenet".
+  m.init_from = ""
+  # What init_from initialises: "backbone" (a file or name holds the classifier whose
+  # architecture is the backbone's, e.g. torchvision's resnet50 for backbone resnet50; its
+  # classifier is skipped) or "model" (every variable; a file or name holds this very model,
+  # e.g. torchvision's deeplabv3_resnet50). Arrays whose shape differs only in the class count
+  # (a head) are re-initialised; anything else that does not fit is an error.
+  m.init_part = "backbone"
   # Settings merged into the model's preset (seg_jax.models.create(name, **kwargs)): part names
   # and each part's kwargs. Every ablation switch of asym_unet is listed, so
   # --config.model.kwargs.backbone_kwargs.se=False or --config.model.kwargs.neck=none works.

@@ -36,6 +36,7 @@ from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import inference
+from seg_jax import init_from
 from seg_jax import losses
 from seg_jax import metrics as metrics_lib
 from seg_jax import models
@@ -194,6 +195,14 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
   tx = optim.create_optimizer(config.optim, config.train.num_steps, params)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
+
+
+def abstract_state(config: ml_collections.ConfigDict, num_classes: int,
+                   image_size: tuple[int, int]) -> TrainState:
+  """Shapes of the train state of a run of `config` (what its checkpoints restore into)."""
+  model = build_model(config, num_classes)
+  return jax.eval_shape(functools.partial(init_state, config, model, tuple(image_size)),
+                        jax.random.key(0))
 
 
 def _prepare_batch(batch, rng, data_config, mean, std, train: bool, dtype):
@@ -586,10 +595,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if jax.process_index() == 0:
       writers.discard_after(workdir, step)
     if step < c.num_steps:
+      initial = None if restored is not None else _initial_weights(trainer)
       if jax.process_index() == 0:
         workdir_lib.save_config(config, workdir)
         inference.save_data_info(workdir, trainer.dataset)
-      return _train(trainer, ckpt, restored, workdir)
+      return _train(trainer, ckpt, restored, workdir, initial)
     log = _RunLog(trainer, workdir)  # killed after its last checkpoint: complete the outputs
     try:
       return _finish(trainer, restored.state, step, workdir, None, log)
@@ -599,14 +609,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpt.close()
 
 
+def _initial_weights(trainer: Trainer) -> init_from.Initial | None:
+  """The variables `model.init_from` gives a fresh run (None: all from the seed), checked
+  against the model and logged; a resumed run restores its own checkpoint instead."""
+  initial = init_from.load(trainer.config.model, trainer.model, trainer.abstract_state,
+                           abstract_state)
+  if initial is not None:
+    logging.info("%s", init_from.describe(initial))
+  return initial
+
+
 def _train(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer,
-           restored: checkpoint_lib.Restored | None, workdir: str) -> dict[str, Any]:
-  """The training loop from `restored` (or a fresh state) to `train.num_steps`."""
+           restored: checkpoint_lib.Restored | None, workdir: str,
+           initial: init_from.Initial | None = None) -> dict[str, Any]:
+  """The training loop from `restored` (or a fresh state, with `initial`'s variables) to
+  `train.num_steps`."""
   config = trainer.config
   c = config.train
   pipeline = trainer.train_pipeline()
   if restored is None:
     state, step = trainer.initial_state(), 0
+    if initial is not None:
+      state = init_from.apply(state, initial)
     logging.info("model %s: %d parameters", config.model.name,
                  models.count_params({"params": state.params}))
   else:

@@ -71,6 +71,7 @@ BACKBONES: dict[str, Any] = {
     "resnet50": functools.partial(resnet.ResNet50, num_classes=None),
     "resnet101": functools.partial(resnet.ResNet101, num_classes=None),
     "vgg16": functools.partial(vgg.VGG16, num_classes=None),
+    "xception": functools.partial(xception.Xception, num_classes=None),
     "xception65": functools.partial(xception.AlignedXception, num_classes=None),
 }
 """Backbones by name: modules returning ``{stage: features}`` with a ``stride`` property."""

@@ -89,6 +89,9 @@ class CompositionTest(parameterized.TestCase):
        dict(backbone="resnet18", backbone_kwargs=dict(width=4))),
       ("deeplabv3plus_on_unet_encoder", "deeplabv3plus",
        dict(backbone="unet_encoder", backbone_kwargs=dict(widths=(4, 4, 8, 8, 16)))),
+      # Keras' Xception: "valid" stem convs give odd sizes; V3+ resizes the deep features.
+      ("deeplabv3plus_on_keras_xception", "deeplabv3plus",
+       dict(backbone="xception", backbone_kwargs=dict(width_divisor=32, middle_repeats=1))),
       ("fcn8s_on_resnet18", "fcn8s",
        dict(backbone="resnet18", backbone_kwargs=dict(width=4), neck="none")),
   )
@@ -102,7 +105,8 @@ class CompositionTest(parameterized.TestCase):
   @parameterized.parameters(*segmentation.BACKBONES)
   def test_every_backbone_feeds_aspp_and_the_v3plus_decoder(self, backbone):
     tiny = {"unet_encoder": dict(widths=(4, 8, 8)), "vgg16": TINY_VGG,
-            "xception65": TINY_XCEPTION65, "resnet101": dict(TINY_RESNET)}
+            "xception65": TINY_XCEPTION65, "resnet101": dict(TINY_RESNET),
+            "xception": dict(width_divisor=32, middle_repeats=1)}
     model = models.create("deeplabv3plus", num_classes=3, backbone=backbone,
                           backbone_kwargs=tiny.get(backbone, dict(width=4)),
                           neck_kwargs=dict(features=8), decoder_kwargs=dict(features=8))
