@@ -43,8 +43,8 @@ RUNS = os.path.join(tempfile.gettempdir(), "transfer_learning")
 ARCH = "asym_unet"
 SEEDS = (0, 1)
 PRETRAIN_STEPS = 300
-FINETUNE_STEPS = 150
-EVAL_EVERY = 25
+FINETUNE_STEPS = 100
+EVAL_EVERY = 20
 PRETRAIN_EVAL_EVERY = 100
 PRETRAIN = {"data.name": "synthetic_aerial", "data.root": "", "data.num_train": 1024,
             "data.num_val": 64, "data.num_test": 32}

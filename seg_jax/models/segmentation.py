@@ -127,7 +127,7 @@ class SegmentationModel(nn.Module):
     backbone_kwargs, neck_kwargs, decoder_kwargs, head_kwargs: fields of each part's module.
     frozen_parts: parts that run as at evaluation also when ``train=True`` (BatchNorm normalises
       with its stored statistics and does not update them; dropout is off), for training with
-      those parts frozen.
+      those parts frozen. A frozen backbone passes no gradient back (nothing before it trains).
   """
 
   num_classes: int
@@ -183,7 +183,11 @@ class SegmentationModel(nn.Module):
     trains = {part: train and part not in self.frozen_parts for part in PARTS}
 
     def body(x):
-      pyramid = common.feature_pyramid(backbone(x, train=trains["backbone"]), x.shape[1])
+      features = backbone(x, train=trains["backbone"])
+      if "backbone" in self.frozen_parts:
+        # Nothing before a frozen backbone trains, so its backward pass is not computed.
+        features = jax.lax.stop_gradient(features)
+      pyramid = common.feature_pyramid(features, x.shape[1])
       deepest = max(pyramid)
       if neck is not None:
         pyramid[deepest] = neck(pyramid[deepest], train=trains["neck"])

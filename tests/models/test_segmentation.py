@@ -143,6 +143,12 @@ class CompositionTest(parameterized.TestCase):
         same, stats["backbone"], updated["batch_stats"]["backbone"]))))
     self.assertFalse(any(jax.tree.leaves(jax.tree.map(
         same, stats["decoder"], kept["batch_stats"]["decoder"]))))
+    # No gradient reaches a frozen backbone; the decoder still gets one.
+    grads = fast_jit(jax.grad(lambda p: jnp.sum(frozen.apply(
+        {**variables, "params": p}, x, train=True, mutable=["batch_stats"],
+        rngs={"dropout": DROPOUT_KEY})[0] ** 2)))(variables["params"])
+    self.assertFalse(any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["backbone"])))
+    self.assertTrue(all(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["decoder"])))
     with self.assertRaisesRegex(ValueError, r"frozen_parts \('neck',\) must be parts of this "
                                 r"model, which has \('backbone', 'decoder', 'head'\)"):
       abstract_init(models.create("unet", num_classes=3, frozen_parts=("neck",)))
