@@ -145,6 +145,7 @@ def _read_weights(spec: str, kind: str, arch: str, arch_kwargs: dict[str, Any], 
   """(description, variables of ``arch``, skipped source names) of a file or library name."""
   source: Any = spec
   description = spec
+  target = "the model's backbone" if part == "backbone" else "the model"
   if kind in LIBRARIES:
     parts = spec.split(":")
     if len(parts) != 3 or not all(parts):
@@ -152,7 +153,7 @@ def _read_weights(spec: str, kind: str, arch: str, arch_kwargs: dict[str, Any], 
                        "torchvision:resnet50:IMAGENET1K_V2 or keras:xception:imagenet")
     _, name, weights_name = parts
     if name != arch:
-      raise ValueError(f"names {kind}'s {name!r}, but the model's {part} is {arch!r} "
+      raise ValueError(f"names {kind}'s {name!r}, but {target} is {arch!r} "
                        f"(model.init_part={part!r})")
     source = _download(kind, name, weights_name)
   layout = "torch" if kind in ("torch_file", "torchvision") else "keras"
@@ -160,12 +161,12 @@ def _read_weights(spec: str, kind: str, arch: str, arch_kwargs: dict[str, Any], 
   if arch not in supported:
     hint = (" (model.init_part='backbone' takes the backbone's weights from a classifier)"
             if part == "model" else "")
-    raise ValueError(f"{layout} weights are known for {list(supported)}, and the model's "
-                     f"{part} is {arch!r}{hint}")
+    raise ValueError(f"{layout} weights are known for {list(supported)}, and {target} is "
+                     f"{arch!r}{hint}")
   if layout == "keras":
     return description, weights.from_keras(arch, source, **arch_kwargs), []
   state = torch_layout.load_state_dict(source)
-  skipped = sorted(n for n in state if n.startswith(TORCH_AUX)) if part == "model" else []
+  skipped = sorted(n for n in state if n.startswith(TORCH_AUX))
   return (description, weights.from_torch(arch, state, skip=(TORCH_AUX,), **arch_kwargs),
           skipped)
 

@@ -177,7 +177,7 @@ class FilesAndNamesTest(parameterized.TestCase):
       ("no_keras_layout", "keras", {}, r"keras weights are known for \['xception'\], and the "
        r"model's backbone is 'resnet50'"),
       ("whole_model_without_torch_layout", "resnet50", {"model.init_part": "model"},
-       r"known for .*, and the model's model is 'deeplabv3plus' \(model.init_part='backbone'"),
+       r"known for .*, and the model is 'deeplabv3plus' \(model.init_part='backbone'"),
       ("library_name_of_another_model", "torchvision:resnet18:IMAGENET1K_V1", {},
        r"names torchvision's 'resnet18', but the model's backbone is 'resnet50'"),
       ("library_spec", "torchvision:resnet50", {}, r"torchvision:<model>:<weights>"),
