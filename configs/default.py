@@ -68,6 +68,18 @@ def get_config() -> ml_collections.ConfigDict:
   m.num_classes = 0  # 0 = number of classes of the dataset; otherwise must equal it.
   m.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params and logits stay float32).
   m.param_dtype = "float32"  # Parameter dtype.
+  # Initial weights of a fresh run ("" = all from the seed); a resumed run restores its own
+  # checkpoint instead. A seg_jax workdir (its best checkpoint), a Keras file (.keras,
+  # .weights.h5), a torch file (.pth, .pt, .safetensors) with torchvision's names, or
+  # "torchvision:<model>:<weights>" / "keras:<model>:<weights>" downloaded by that library
+  # (needs a network), e.g. "torchvision:resnet50:IMAGENET1K_V2", "keras:xception:imagenet".
+  m.init_from = ""
+  # What init_from initialises: "backbone" (a file or name holds the classifier whose
+  # architecture is the backbone's, e.g. torchvision's resnet50 for backbone resnet50; its
+  # classifier is skipped) or "model" (every variable; a file or name holds this very model,
+  # e.g. torchvision's deeplabv3_resnet50). Arrays whose shape differs only in the class count
+  # (a head) are re-initialised; anything else that does not fit is an error.
+  m.init_part = "backbone"
   # Settings merged into the model's preset (seg_jax.models.create(name, **kwargs)): part names
   # and each part's kwargs. Every ablation switch of asym_unet is listed, so
   # --config.model.kwargs.backbone_kwargs.se=False or --config.model.kwargs.neck=none works.
@@ -149,9 +161,14 @@ def get_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.grad_clip_norm = 1.0  # Clip gradients to this global norm (0 = off).
   o.accumulation_steps = 1  # Micro-batches averaged per optimizer update.
-  o.backbone = "train"  # "train", "freeze", or "scale" (learning rate * backbone_lr_factor).
+  # "train", "freeze" or "scale" (learning rate * backbone_lr_factor) the backbone_modules.
+  # A frozen module is not updated and runs as at evaluation also in training: its BatchNorm
+  # layers normalise with their stored statistics and keep them, its dropout is off.
+  o.backbone = "train"
   o.backbone_lr_factor = 0.1
-  o.backbone_modules = ("backbone", "encoder")  # Submodule names treated as the backbone.
+  # Top-level modules of the model treated as the backbone: parts of a segmentation model
+  # ("backbone", "neck", "decoder", "head"); each must exist in the model.
+  o.backbone_modules = ("backbone",)
 
   config.train = t = ml_collections.ConfigDict()
   # "train" (resumes from the workdir) or "eval" (evaluate a checkpoint). A rerun in a workdir

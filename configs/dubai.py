@@ -5,8 +5,11 @@ shared/data/dubai_aerial beside the repository folder; `--config.data.root=DIR` 
 Whole tiles are assigned to train/val/test, images resized to 144x256 as in the original
 notebook. The part after a colon picks the architecture at CPU-friendly widths:
 `--config=configs/dubai.py:asym_unet` (the default, the proposal) or
-`--config=configs/dubai.py:unet` (plain U-Net, same budget).
-Measured on the 2-core CPU: see experiments/dubai_proposal_vs_unet/README.md.
+`--config=configs/dubai.py:unet` (plain U-Net, same budget), or
+`--config=configs/dubai.py:deeplabv3plus` (DeepLabV3+ on a full ResNet-50, accelerator-sized,
+for fine-tuning ImageNet weights: `--config.model.init_from=torchvision:resnet50:IMAGENET1K_V2`).
+Measured on the 2-core CPU: see experiments/dubai_proposal_vs_unet/README.md and
+experiments/transfer_learning/README.md.
 """
 
 import os
@@ -17,12 +20,17 @@ from seg_jax import config_files
 
 default = config_files.sibling(__file__, "default")
 
-# Widths small enough that a 2-core CPU run of train.num_steps stays within about 10 minutes.
 ARCHITECTURES = {
+    # Widths small enough that a 2-core CPU run of train.num_steps stays within about 10 minutes.
     "asym_unet": default.asym_unet_kwargs(
         widths=(16, 32, 64, 128), blocks=(1, 2, 2, 2), decoder_widths=(64, 32, 16),
         aspp_features=64, se_reduction=8),
     "unet": dict(backbone_kwargs=dict(widths=(16, 32, 64, 128))),
+    # The paper's widths on torchvision's ResNet-50 layout (any torchvision ResNet through
+    # model.kwargs.backbone), so model.init_from can name torchvision's ImageNet weights.
+    "deeplabv3plus": dict(backbone="resnet50", backbone_kwargs=dict(output_stride=16),
+                          neck_kwargs=dict(features=256, rates=(6, 12, 18)),
+                          decoder_kwargs=dict(low_level_features=48, features=256)),
 }
 
 

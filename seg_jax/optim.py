@@ -63,15 +63,34 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def _path_names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, "key", k)) for k in path)
-
-
 def backbone_mask(params: Any, module_names: Sequence[str]) -> Any:
-  """True for parameters inside a submodule whose name is one of `module_names`."""
+  """True for parameters inside a top-level module whose name is one of `module_names`."""
   names = set(module_names)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: bool(names.intersection(_path_names(path))), params)
+  return {name: jax.tree.map(lambda _: name in names, subtree) for name, subtree in params.items()}
+
+
+def frozen_modules(optim_config) -> tuple[str, ...]:
+  """The top-level modules `optim.backbone="freeze"` freezes (none for "train" and "scale")."""
+  return tuple(optim_config.backbone_modules) if optim_config.backbone == "freeze" else ()
+
+
+def check_backbone_modules(optim_config, modules: Sequence[str]) -> None:
+  """Raises ValueError unless every name in `optim.backbone_modules` is one of `modules`.
+
+  Nothing is checked when `optim.backbone` is "train" (the list is not used then).
+  """
+  if optim_config.backbone not in BACKBONE_MODES:
+    raise ValueError(f"optim.backbone must be one of {BACKBONE_MODES}, got "
+                     f"{optim_config.backbone!r}")
+  if optim_config.backbone == "train":
+    return
+  names = tuple(optim_config.backbone_modules)
+  unknown = [n for n in names if n not in modules]
+  if unknown or not names:
+    raise ValueError(
+        f"optim.backbone={optim_config.backbone!r}: optim.backbone_modules={names} must name "
+        f"top-level modules of the model, and {unknown or 'nothing'} is not one; the model's "
+        f"are {sorted(modules)}")
 
 
 def _base_optimizer(optim_config, learning_rate) -> optax.GradientTransformation:
@@ -107,29 +126,28 @@ def create_optimizer(optim_config, num_steps: int, params: Any) -> optax.Gradien
   Args:
     optim_config: the config's `optim` group.
     num_steps: training micro-steps of the run (each consumes one global batch).
-    params: the model parameters (used for the backbone mask and to check it matches something).
+    params: the model parameters; `optim.backbone_modules` names top-level modules of it.
   Returns:
     The gradient transformation (its learning rate follows `create_schedule` per update).
   """
   c = optim_config
   schedule = create_schedule(c, num_steps)
   tx = _base_optimizer(c, schedule)
-  if c.backbone not in BACKBONE_MODES:
-    raise ValueError(f"optim.backbone must be one of {BACKBONE_MODES}, got {c.backbone!r}")
-  if c.backbone != "train":
-    mask = backbone_mask(params, c.backbone_modules)
-    if not any(jax.tree.leaves(mask)):
-      raise ValueError(
-          f"optim.backbone={c.backbone!r} but the model has no submodule named any of "
-          f"{tuple(c.backbone_modules)}; top-level modules: {sorted(params)}")
-    if c.backbone == "freeze":
-      backbone_tx = optax.set_to_zero()
-    else:
+  check_backbone_modules(c, list(params))
+  labels = jax.tree.map(lambda b: "backbone" if b else "rest",
+                        backbone_mask(params, c.backbone_modules))
+  clip = optax.clip_by_global_norm(c.grad_clip_norm) if c.grad_clip_norm else None
+  if c.backbone == "freeze":
+    # The frozen modules' gradients are dropped before clipping, so the rest is clipped by the
+    # norm of the gradients that are applied.
+    rest = tx if clip is None else optax.chain(clip, tx)
+    tx = optax.multi_transform({"rest": rest, "backbone": optax.set_to_zero()}, labels)
+  else:
+    if c.backbone == "scale":
       backbone_tx = _base_optimizer(c, lambda s: c.backbone_lr_factor * schedule(s))
-    labels = jax.tree.map(lambda b: "backbone" if b else "rest", mask)
-    tx = optax.multi_transform({"rest": tx, "backbone": backbone_tx}, labels)
-  if c.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(c.grad_clip_norm), tx)
+      tx = optax.multi_transform({"rest": tx, "backbone": backbone_tx}, labels)
+    if clip is not None:
+      tx = optax.chain(clip, tx)
   if c.accumulation_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=c.accumulation_steps)
   elif c.accumulation_steps < 1:

@@ -37,6 +37,7 @@ from seg_jax import compilation
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import inference
+from seg_jax import init_from
 from seg_jax import losses
 from seg_jax import metrics as metrics_lib
 from seg_jax import models
@@ -149,15 +150,26 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The configured model from the registry, with ``model.ablation`` applied by the registry."""
+  """The configured model from the registry, with ``model.ablation`` applied by the registry.
+
+  With ``optim.backbone="freeze"`` the frozen modules are the model's ``frozen_parts``.
+  """
   try:
-    return models.create(config.model.name, num_classes=num_classes,
-                         dtype=dtype_from_name(config.model.dtype),
-                         param_dtype=dtype_from_name(config.model.param_dtype),
-                         ablation=config.model.ablation, **config.model.kwargs.to_dict())
+    model = models.create(config.model.name, num_classes=num_classes,
+                          dtype=dtype_from_name(config.model.dtype),
+                          param_dtype=dtype_from_name(config.model.param_dtype),
+                          ablation=config.model.ablation, **config.model.kwargs.to_dict())
   except ValueError as e:  # a keyword or ablation the model does not take
     raise errors.ConfigError(f"model.kwargs / model.ablation of {config.model.name!r}: {e}"
                              ) from e
+  frozen = optim.frozen_modules(config.optim)
+  if not frozen:
+    return model
+  try:
+    optim.check_backbone_modules(config.optim, model.parts)
+  except ValueError as e:
+    raise errors.ConfigError(str(e)) from e
+  return model.clone(frozen_parts=frozen)
 
 
 def class_pixel_counts(source, num_classes: int) -> np.ndarray:
@@ -197,6 +209,14 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
   tx = optim.create_optimizer(config.optim, config.train.num_steps, params)
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
+
+
+def abstract_state(config: ml_collections.ConfigDict, num_classes: int,
+                   image_size: tuple[int, int]) -> TrainState:
+  """Shapes of the train state of a run of `config` (what its checkpoints restore into)."""
+  model = build_model(config, num_classes)
+  return jax.eval_shape(functools.partial(init_state, config, model, tuple(image_size)),
+                        jax.random.key(0))
 
 
 def _prepare_batch(batch, rng, data_config, mean, std, train: bool, dtype):
@@ -769,11 +789,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for run_dir in workdirs:
         writers.discard_after(run_dir, step)
     if step < c.num_steps:
+      initial = None if restored is not None else _initial_weights(trainer)
       if jax.process_index() == 0:
         for run_config, run_dir in runs:
           workdir_lib.save_config(run_config, run_dir)
           inference.save_data_info(run_dir, trainer.dataset)
-      return _train(trainer, ckpts, restored, workdirs)
+      return _train(trainer, ckpts, restored, workdirs, initial)
     logs = _run_logs(trainer, workdirs)  # killed after its last checkpoint: complete the outputs
     try:
       state = trainer.stack([r.state for r in restored])
@@ -787,10 +808,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ckpt.close()
 
 
+def _initial_weights(trainer: Trainer) -> init_from.Initial | None:
+  """The variables `model.init_from` gives a fresh run (None: all from the seed), checked
+  against the model and logged; a resumed run restores its own checkpoint instead."""
+  initial = init_from.load(trainer.config.model, trainer.model, trainer.abstract_state,
+                           abstract_state)
+  if initial is not None:
+    logging.info("%s", init_from.describe(initial))
+  return initial
+
+
 def _train(trainer: Trainer, ckpts: list[checkpoint_lib.Checkpointer],
-           restored: list[checkpoint_lib.Restored | None], workdirs: list[str]
-           ) -> dict[str, Any]:
-  """The training loop of every replica from `restored` (or a fresh state) to `train.num_steps`.
+           restored: list[checkpoint_lib.Restored | None], workdirs: list[str],
+           initial: init_from.Initial | None = None) -> dict[str, Any]:
+  """The training loop of every replica from `restored` (or a fresh state, with `initial`'s
+  variables) to `train.num_steps`.
 
   Training time is counted per replica as its share of this program's wall time (1/S of it for
   S replicas), on top of the time saved with the restored checkpoint.
@@ -800,6 +832,9 @@ def _train(trainer: Trainer, ckpts: list[checkpoint_lib.Checkpointer],
   pipelines = [trainer.train_pipeline(seed) for seed in trainer.seeds]
   if restored[0] is None:
     state, step, seconds = trainer.initial_state(), 0, [0.0] * len(ckpts)
+    if initial is not None:
+      state = trainer.stack([init_from.apply(trainer.replica(state, k), initial)
+                             for k in range(len(trainer.seeds))])
     logging.info("model %s: %d parameters", config.model.name,
                  models.count_params({"params": trainer.abstract_state.params}))
   else:

@@ -27,7 +27,7 @@ CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
                       if f.endswith(".py") and f != "__init__.py")
 # (file, argument after the colon) of every config a user can launch.
 VARIANTS = [(name, None) for name in CONFIG_FILES if name != "dubai"] + [
-    ("dubai", arch) for arch in ("asym_unet", "unet")]
+    ("dubai", arch) for arch in ("asym_unet", "unet", "deeplabv3plus")]
 
 
 def load(name, arg=None):

@@ -164,6 +164,23 @@ class GuardsTest(parameterized.TestCase):
                                                     mode), rtol=1e-6)
 
 
+class FreezeTest(parameterized.TestCase):
+  """optim.backbone_modules checks; a frozen backbone in training: tests/test_init_from.py."""
+
+  @parameterized.parameters(
+      (("encoder",), "'encoder'"),
+      (("backbone", "neck"), "'neck'"),  # unet has no neck
+  )
+  def test_backbone_modules_not_in_the_model_fail_before_compiling(self, names, unknown):
+    config = tiny_config("unet", **{"optim.backbone": "freeze",
+                                    "optim.backbone_modules": names})
+    with mock.patch.object(jax, "jit") as jit:
+      with self.assertRaisesRegex(errors.ConfigError, rf"backbone_modules.*{unknown}.*"
+                                  r"\['backbone', 'decoder', 'head'\]"):
+        train.Trainer(config, tiny_dataset())
+      jit.assert_not_called()
+
+
 def _event_tags(workdir):
   """Tags of every value in the workdir's TensorBoard event files."""
   return {v.tag for path in glob.glob(os.path.join(workdir, writers.EVENT_FILES))
@@ -514,21 +531,39 @@ class OptimTest(parameterized.TestCase):
     self.assertEqual(float(updates["head"]["bias"][0]), 0.0)
 
   def test_backbone_freeze_and_scale(self):
-    params = {"encoder": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
+    params = {"backbone": {"kernel": jnp.ones((2, 2))}, "head": {"kernel": jnp.ones((2, 2))}}
     grads = jax.tree.map(jnp.ones_like, params)
     base = dict(name="sgd", momentum=0.0, weight_decay=0.0, warmup_steps=0,
                 schedule="constant", learning_rate=1.0, grad_clip_norm=0.0)
     tx = optim.create_optimizer(_optim_config(backbone="freeze", **base), 10, params)
     updates, _ = tx.update(grads, tx.init(params), params)
-    self.assertEqual(float(updates["encoder"]["kernel"][0, 0]), 0.0)
+    self.assertEqual(float(updates["backbone"]["kernel"][0, 0]), 0.0)
     self.assertEqual(float(updates["head"]["kernel"][0, 0]), -1.0)
     tx = optim.create_optimizer(
         _optim_config(backbone="scale", backbone_lr_factor=0.1, **base), 10, params)
     updates, _ = tx.update(grads, tx.init(params), params)
-    self.assertAlmostEqual(float(updates["encoder"]["kernel"][0, 0]), -0.1, places=6)
-    with self.assertRaisesRegex(ValueError, "no submodule named"):
-      optim.create_optimizer(_optim_config(backbone="freeze", **base), 10,
-                             {"head": params["head"]})
+    self.assertAlmostEqual(float(updates["backbone"]["kernel"][0, 0]), -0.1, places=6)
+
+  @parameterized.parameters("freeze", "scale")
+  def test_backbone_modules_must_be_top_level_modules(self, mode):
+    params = {"backbone": {"encoder": {"kernel": jnp.ones((2, 2))}},
+              "head": {"kernel": jnp.ones((2, 2))}}
+    for names in (("encoder",), ("backbone", "neck"), ()):
+      with self.assertRaisesRegex(ValueError, r"optim.backbone_modules=.*must name top-level "
+                                  r"modules.*\['backbone', 'head'\]"):
+        optim.create_optimizer(_optim_config(backbone=mode, backbone_modules=names), 10, params)
+    # Unused when the backbone trains like the rest.
+    optim.create_optimizer(_optim_config(backbone_modules=("encoder",)), 10, params)
+
+  def test_frozen_gradients_do_not_count_in_clipping(self):
+    params = {"backbone": {"kernel": jnp.zeros((2, 2))}, "head": {"kernel": jnp.zeros((2,))}}
+    grads = {"backbone": {"kernel": jnp.full((2, 2), 100.0)}, "head": {"kernel": jnp.full(2, 0.3)}}
+    tx = optim.create_optimizer(_optim_config(
+        backbone="freeze", name="sgd", momentum=0.0, weight_decay=0.0, warmup_steps=0,
+        schedule="constant", learning_rate=1.0, grad_clip_norm=1.0), 10, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["kernel"], [-0.3, -0.3], rtol=1e-6)
+    np.testing.assert_array_equal(updates["backbone"]["kernel"], 0.0)
 
   def test_clipping_and_accumulation(self):
     params = {"w": jnp.zeros((2, 2))}

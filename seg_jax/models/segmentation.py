@@ -20,7 +20,7 @@ registered model (``seg_jax.models.create``) is a preset of these fields; see
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -71,6 +71,7 @@ BACKBONES: dict[str, Any] = {
     "resnet50": functools.partial(resnet.ResNet50, num_classes=None),
     "resnet101": functools.partial(resnet.ResNet101, num_classes=None),
     "vgg16": functools.partial(vgg.VGG16, num_classes=None),
+    "xception": functools.partial(xception.Xception, num_classes=None),
     "xception65": functools.partial(xception.AlignedXception, num_classes=None),
 }
 """Backbones by name: modules returning ``{stage: features}`` with a ``stride`` property."""
@@ -124,6 +125,9 @@ class SegmentationModel(nn.Module):
       last three). Children carry the part's role as name: ``backbone``, ``neck``, ``decoder``
       and ``head``.
     backbone_kwargs, neck_kwargs, decoder_kwargs, head_kwargs: fields of each part's module.
+    frozen_parts: parts that run as at evaluation also when ``train=True`` (BatchNorm normalises
+      with its stored statistics and does not update them; dropout is off), for training with
+      those parts frozen. A frozen backbone passes no gradient back (nothing before it trains).
   """
 
   num_classes: int
@@ -135,11 +139,17 @@ class SegmentationModel(nn.Module):
   decoder_kwargs: Mapping[str, Any] = FrozenDict()
   head: str = "conv"
   head_kwargs: Mapping[str, Any] = FrozenDict()
+  frozen_parts: Sequence[str] = ()
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   min_input_size: ClassVar[int] = common.MIN_SEGMENTATION_SIZE
   task: ClassVar[str] = "segmentation"
+
+  @property
+  def parts(self) -> tuple[str, ...]:
+    """The parts this model has (those not named ``"none"``), in ``PARTS`` order."""
+    return tuple(p for p in PARTS if p == "backbone" or getattr(self, p) != "none")
 
   def _part(self, part: str, **extra: Any) -> nn.Module | None:
     """The child module of ``part`` (``None`` when it is ``"none"``), named after the part."""
@@ -167,15 +177,23 @@ class SegmentationModel(nn.Module):
     if emits_logits != (head is None):
       raise ValueError(f"decoder {self.decoder!r} and head {self.head!r}: the head must be "
                        "'none' exactly when the decoder outputs the logits itself")
+    if set(self.frozen_parts) - set(self.parts):
+      raise ValueError(f"frozen_parts {tuple(self.frozen_parts)} must be parts of this model, "
+                       f"which has {self.parts}")
+    trains = {part: train and part not in self.frozen_parts for part in PARTS}
 
     def body(x):
-      pyramid = common.feature_pyramid(backbone(x, train=train), x.shape[1])
+      features = backbone(x, train=trains["backbone"])
+      if "backbone" in self.frozen_parts:
+        # Nothing before a frozen backbone trains, so its backward pass is not computed.
+        features = jax.lax.stop_gradient(features)
+      pyramid = common.feature_pyramid(features, x.shape[1])
       deepest = max(pyramid)
       if neck is not None:
-        pyramid[deepest] = neck(pyramid[deepest], train=train)
-      y = pyramid[deepest] if decoder is None else decoder(pyramid, train=train)
+        pyramid[deepest] = neck(pyramid[deepest], train=trains["neck"])
+      y = pyramid[deepest] if decoder is None else decoder(pyramid, train=trains["decoder"])
       if head is not None:
-        y = head(y, train=train)
+        y = head(y, train=trains["head"])
       return layers.resize(y.astype(jnp.float32), x.shape[1:3])
 
     return common.segment_padded(x, backbone.stride, body)

@@ -21,13 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from seg_jax import models
 from seg_jax.weights import common
 
 _BN_VARS = ("params/{}/scale", "params/{}/bias", "batch_stats/{}/mean", "batch_stats/{}/var")
 
 
-def _xception_layers(middle_repeats: int = 8) -> list[tuple[str, list[str]]]:
-  """``(keras class, [seg_jax path of each var])`` of Keras' Xception, in ``model.layers`` order."""
+def _xception_layers(model: Any) -> list[tuple[str, list[str]]]:
+  """``(keras class, [seg_jax path of each var])`` of Keras' Xception, in ``model.layers`` order.
+
+  ``model`` is the seg_jax ``Xception`` whose layers are listed (its ``middle_repeats``).
+  """
   order: list[tuple[str, list[str]]] = []
 
   def bn(module):
@@ -45,7 +49,7 @@ def _xception_layers(middle_repeats: int = 8) -> list[tuple[str, list[str]]]:
   for name in ("block1_conv1", "block1_conv2"):
     order.append(("conv2d", [f"params/{name}/conv/kernel"]))
     bn(f"{name}/norm")
-  exit_block = 5 + middle_repeats
+  exit_block = 5 + model.middle_repeats
   for block in range(2, exit_block + 2):
     units = (1, 2, 3) if 5 <= block < exit_block else (1, 2)
     for i in units:
@@ -61,13 +65,14 @@ _MODELS = {"xception": _xception_layers}
 SUPPORTED = tuple(sorted(_MODELS))
 
 
-def h5_names(model_name: str) -> dict[str, str]:
-  """``{seg_jax path: .weights.h5 name}`` of Keras' ``model_name``."""
+def h5_names(model_name: str, **model_kwargs: Any) -> dict[str, str]:
+  """``{seg_jax path: .weights.h5 name}`` of Keras' ``model_name`` (seg_jax fields ``model_kwargs``)."""
   if model_name not in _MODELS:
     raise ValueError(f"Keras layout is known for {list(SUPPORTED)}, got {model_name!r}")
+  model = models.create(model_name, num_classes=1, **model_kwargs)
   counts: dict[str, int] = {}
   names = {}
-  for cls, paths in _MODELS[model_name]():
+  for cls, paths in _MODELS[model_name](model):
     k = counts.get(cls, 0)
     counts[cls] = k + 1
     layer = cls if k == 0 else f"{cls}_{k}"
@@ -107,30 +112,31 @@ def load_weights(source: Any) -> tuple[str, dict[str, np.ndarray]]:
     return f"keras.Model {source.name!r}", _read_h5(path)
 
 
-def from_keras(model_name: str, source: Any) -> dict[str, Any]:
+def from_keras(model_name: str, source: Any, **model_kwargs: Any) -> dict[str, Any]:
   """Variables of seg_jax model ``model_name`` from the weights of Keras' same application.
 
   Args:
     model_name: one of ``SUPPORTED`` (``"xception"``: ``keras.applications.Xception`` with its
       top, i.e. ``include_top=True``).
     source: a ``keras.Model``, a ``.keras`` file or a ``.weights.h5`` file.
+    **model_kwargs: fields of the seg_jax model (``models.create``), e.g. ``middle_repeats``.
 
   Returns:
-    ``{"params": ..., "batch_stats": ...}`` for ``models.create(model_name, num_classes=N)``,
-    N being the class count of the source's last dense layer.
+    ``{"params": ..., "batch_stats": ...}`` for ``models.create(model_name, num_classes=N,
+    **model_kwargs)``, N being the class count of the source's last dense layer.
 
   Raises:
     ValueError: a weight missing, unexpected or of another shape (the message lists them), as
       for the weights of another architecture.
   """
-  names = h5_names(model_name)
+  names = h5_names(model_name, **model_kwargs)
   description, found = load_weights(source)
   found = {name: value for name, value in found.items() if name.startswith("layers/")}
   classifier = names["params/predictions/bias"]
   if classifier not in found:
     raise ValueError(f"{description} is not Keras' {model_name} with its top: it has no "
                      f"{classifier!r}")
-  expected = common.expected_shapes(model_name, int(found[classifier].shape[0]))
+  expected = common.expected_shapes(model_name, int(found[classifier].shape[0]), **model_kwargs)
   convert = {path: ((lambda w: np.transpose(w, (0, 1, 3, 2))) if path.endswith("depthwise/kernel")
                     else (lambda w: w)) for path in expected}
   return common.match(description, found, expected, names, convert)

@@ -90,6 +90,9 @@ class CompositionTest(parameterized.TestCase):
        dict(backbone="resnet18", backbone_kwargs=dict(width=4))),
       ("deeplabv3plus_on_unet_encoder", "deeplabv3plus",
        dict(backbone="unet_encoder", backbone_kwargs=dict(widths=(4, 4, 8, 8, 16)))),
+      # Keras' Xception: "valid" stem convs give odd sizes; V3+ resizes the deep features.
+      ("deeplabv3plus_on_keras_xception", "deeplabv3plus",
+       dict(backbone="xception", backbone_kwargs=dict(width_divisor=32, middle_repeats=1))),
       ("fcn8s_on_resnet18", "fcn8s",
        dict(backbone="resnet18", backbone_kwargs=dict(width=4), neck="none")),
   )
@@ -103,7 +106,8 @@ class CompositionTest(parameterized.TestCase):
   @parameterized.parameters(*segmentation.BACKBONES)
   def test_every_backbone_feeds_aspp_and_the_v3plus_decoder(self, backbone):
     tiny = {"unet_encoder": dict(widths=(4, 8, 8)), "vgg16": TINY_VGG,
-            "xception65": TINY_XCEPTION65, "resnet101": dict(TINY_RESNET)}
+            "xception65": TINY_XCEPTION65, "resnet101": dict(TINY_RESNET),
+            "xception": dict(width_divisor=32, middle_repeats=1)}
     model = models.create("deeplabv3plus", num_classes=3, backbone=backbone,
                           backbone_kwargs=tiny.get(backbone, dict(width=4)),
                           neck_kwargs=dict(features=8), decoder_kwargs=dict(features=8))
@@ -118,6 +122,37 @@ class CompositionTest(parameterized.TestCase):
     out = fast_jit(functools.partial(model.apply, train=False))(variables, x)
     self.assertEqual(out.shape, (2, 33, 40, 3))
     self.assertTrue(np.isfinite(np.asarray(out)).all())
+
+  def test_frozen_parts_run_as_at_evaluation(self):
+    kwargs = dict(num_classes=3, backbone_kwargs=dict(widths=(4, 8, 8), blocks=1),
+                  neck_kwargs=dict(features=8), decoder_kwargs=dict(widths=(8, 4)))
+    model = models.create("asym_unet", **kwargs)
+    frozen = models.create("asym_unet", frozen_parts=("backbone",), **kwargs)
+    self.assertEqual(frozen.parts, ("backbone", "neck", "decoder", "head"))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = host_init(model, x)
+    def train_step(module):
+      return module.apply(variables, x, train=True, mutable=["batch_stats"],
+                          rngs={"dropout": DROPOUT_KEY})
+    _, updated = fast_jit(lambda: train_step(model))()
+    _, kept = fast_jit(lambda: train_step(frozen))()
+    same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b))
+    stats = variables["batch_stats"]
+    self.assertTrue(all(jax.tree.leaves(jax.tree.map(
+        same, stats["backbone"], kept["batch_stats"]["backbone"]))))
+    self.assertFalse(any(jax.tree.leaves(jax.tree.map(
+        same, stats["backbone"], updated["batch_stats"]["backbone"]))))
+    self.assertFalse(any(jax.tree.leaves(jax.tree.map(
+        same, stats["decoder"], kept["batch_stats"]["decoder"]))))
+    # No gradient reaches a frozen backbone; the decoder still gets one.
+    grads = fast_jit(jax.grad(lambda p: jnp.sum(frozen.apply(
+        {**variables, "params": p}, x, train=True, mutable=["batch_stats"],
+        rngs={"dropout": DROPOUT_KEY})[0] ** 2)))(variables["params"])
+    self.assertFalse(any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["backbone"])))
+    self.assertTrue(all(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["decoder"])))
+    with self.assertRaisesRegex(ValueError, r"frozen_parts \('neck',\) must be parts of this "
+                                r"model, which has \('backbone', 'decoder', 'head'\)"):
+      abstract_init(models.create("unet", num_classes=3, frozen_parts=("neck",)))
 
   def test_merge_settings(self):
     base = dict(backbone="unet_encoder", backbone_kwargs=dict(widths=(4, 8), se=True),

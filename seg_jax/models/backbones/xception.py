@@ -133,6 +133,11 @@ class Xception(nn.Module):
   min_input_size: ClassVar[int] = 32
   task: ClassVar[str] = "classification"
 
+  @property
+  def stride(self) -> int:
+    """Stride of the deepest features (``exit``)."""
+    return 32
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array | dict[str, jax.Array]:
     check_image_batch(x, self.min_input_size)

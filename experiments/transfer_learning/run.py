@@ -1,0 +1,238 @@
+"""Transfer learning on the Dubai tiles: a model pretrained on synthetic aerial scenes, fine-tuned
+with its backbone frozen, at a tenth of the learning rate or fully trained, against the same
+model trained from scratch at the same budget.
+
+    python -m experiments.transfer_learning.run [--out=DIR] [--data_root=DIR] [--toy]
+
+1. Pretraining: ``configs/dubai.py:asym_unet`` trained on ``synthetic_aerial`` scenes at the
+   Dubai size (144x256), whose six classes are the Dubai ones (``PRETRAIN``).
+2. Fine-tuning on the Dubai tiles for ``FINETUNE_STEPS`` steps, per seed in ``SEEDS``:
+   ``model.init_from`` names the pretraining workdir (its best checkpoint, every variable:
+   ``model.init_part=model``) and ``optim.backbone`` is ``freeze``, ``scale`` (learning rate x
+   ``optim.backbone_lr_factor`` = 0.1) or ``train``; ``scratch`` is the same config without
+   ``init_from`` (``ARMS``).
+3. Every run's best-validation checkpoint is evaluated on the test tiles.
+
+Runs live in ``RUNS`` (``<out>/runs`` with ``--toy``); a finished run is read back, not trained
+again, so an interrupted command picks up where it stopped. The README section lists every run
+as the ``seg_jax.main`` command it is, with tables, curves and the wall time of each run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from configs import dubai as dubai_config
+from experiments import common
+from seg_jax import train
+from seg_jax import viz
+from seg_jax import writers
+from seg_jax.data import palettes
+
+FOLDER = os.path.dirname(os.path.abspath(__file__))
+RUNS = os.path.join(tempfile.gettempdir(), "transfer_learning")
+ARCH = "asym_unet"
+SEEDS = (0, 1)
+PRETRAIN_STEPS = 300
+FINETUNE_STEPS = 100
+EVAL_EVERY = 20
+PRETRAIN_EVAL_EVERY = 100
+PRETRAIN = {"data.name": "synthetic_aerial", "data.root": "", "data.num_train": 1024,
+            "data.num_val": 64, "data.num_test": 32}
+# Fine-tuning arm -> its overrides; "<pretrain>" stands for the pretraining workdir.
+ARMS = {
+    "scratch": {},
+    "frozen": {"model.init_from": "<pretrain>", "model.init_part": "model",
+               "optim.backbone": "freeze"},
+    "low_lr": {"model.init_from": "<pretrain>", "model.init_part": "model",
+               "optim.backbone": "scale"},
+    "full": {"model.init_from": "<pretrain>", "model.init_part": "model",
+             "optim.backbone": "train"},
+}
+TOY = {"data.image_size": (32, 32), "train.global_batch_size": 2, "eval.global_batch_size": 2,
+       "model.kwargs": ml_collections.ConfigDict(dict(
+           backbone_kwargs=dict(widths=(4, 8), blocks=1, se=True, se_reduction=2),
+           neck="aspp", neck_kwargs=dict(features=8, rates=(2, 4, 6)),
+           decoder_kwargs=dict(widths=(4,), blocks=1, se=False, skip_se=False,
+                               se_reduction=2)))}
+TOY_DATA = {"data.num_train": 4, "data.num_val": 2, "data.num_test": 2}
+TIMING = "timing.json"
+
+
+def overrides_for(name: str, seed: int, steps: int, runs: str, toy: bool,
+                  data_root: str) -> dict[str, Any]:
+  """Config overrides (``"group.field": value``) of run ``name`` ("pretrain" or an arm)."""
+  out = {"seed": seed, "train.num_steps": steps, "train.eval_every": EVAL_EVERY,
+         "train.checkpoint_every": EVAL_EVERY, "train.log_every": EVAL_EVERY,
+         "train.compilation_cache_dir": os.path.join(runs, "xla_cache")}
+  if toy:
+    out.update({**TOY, "train.eval_every": steps, "train.checkpoint_every": steps})
+  if name == "pretrain":
+    every = steps if toy else PRETRAIN_EVAL_EVERY
+    return {**out, "train.eval_every": every, "train.checkpoint_every": every, **PRETRAIN,
+            **(TOY_DATA if toy else {})}
+  out["data.root"] = data_root
+  pretrain = os.path.join(runs, "pretrain")
+  return {**out, **{k: (pretrain if v == "<pretrain>" else v) for k, v in ARMS[name].items()}}
+
+
+def make_config(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """``configs/dubai.py:asym_unet`` with ``overrides`` applied, locked."""
+  config = dubai_config.get_config(ARCH)
+  for key, value in overrides.items():
+    *groups, field = key.split(".")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[field] = value
+  config.lock()
+  return config
+
+
+def command(workdir: str, overrides: dict[str, Any]) -> str:
+  """The ``seg_jax.main`` command line of a run (toy-only overrides left out)."""
+  flags = " ".join(f"--config.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                   for k, v in overrides.items() if k != "model.kwargs")
+  return (f"python -m seg_jax.main --config=configs/dubai.py:{ARCH} --workdir={workdir} "
+          f"{flags}")
+
+
+def run(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Trains (or reads back) one run and evaluates its best checkpoint on the test split.
+
+  Returns its val records (metrics.jsonl), test scores and wall time.
+  """
+  timing_path = os.path.join(workdir, TIMING)
+  if not os.path.exists(timing_path):
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    train.train_and_evaluate(config, workdir)
+    with config.unlocked():
+      config.train.mode, config.eval.split = "eval", "test"
+    train.evaluate_checkpoint(config, workdir)
+    writers.write_json(timing_path, {"seconds": time.perf_counter() - start,
+                                     "load_start": load, "load_end": os.getloadavg()[0]})
+  with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+    val = [json.loads(line) for line in f]
+  with open(os.path.join(workdir, "eval_test.json")) as f:
+    test = json.load(f)
+  with open(timing_path) as f:
+    timing = json.load(f)
+  return {"val": val, "test": test, "timing": timing}
+
+
+def _minutes(seconds: float) -> str:
+  return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _best(val: list[dict[str, Any]]) -> dict[str, Any]:
+  """The evaluation with the highest val mIoU (the earliest of equals, as the checkpointer)."""
+  return max(val, key=lambda r: (r["miou"], -r["step"]))
+
+
+def tables(results: dict[tuple[str, int], dict[str, Any]], pretrain: dict[str, Any],
+           num_scenes: int) -> list[str]:
+  """The README's tables: per run, per arm (seed mean, range, paired gap to scratch), per class."""
+  seeds = sorted({s for _, s in results})
+  rows = []
+  for (arm, seed), r in results.items():
+    best = _best(r["val"])
+    rows.append([arm, seed, f"{best['miou']:.3f} (step {best['step']})",
+                 f"{r['val'][-1]['miou']:.3f}", f"{r['test']['miou']:.3f}",
+                 f"{r['test']['pixel_accuracy']:.3f}", _minutes(r["timing"]["seconds"]),
+                 f"{r['timing']['load_start']:.1f} / {r['timing']['load_end']:.1f}"])
+  per_run = common.markdown_table(
+      ["arm", "seed", "best val mIoU", "val mIoU, last step", "test mIoU", "test pixel acc",
+       "wall time", "load at start / end"], rows)
+
+  def scores(arm, split):
+    return [(_best(results[(arm, s)]["val"])["miou"] if split == "val"
+             else results[(arm, s)]["test"]["miou"]) for s in seeds]
+
+  rows = []
+  for arm in ARMS:
+    row = [arm]
+    for split in ("val", "test"):
+      values = scores(arm, split)
+      gaps = np.subtract(values, scores("scratch", split))
+      row += [f"{np.mean(values):.3f}", f"{min(values):.3f}-{max(values):.3f}",
+              "" if arm == "scratch" else " / ".join(f"{g:+.3f}" for g in gaps)]
+    rows.append(row)
+  per_arm = common.markdown_table(
+      ["arm", "best val mIoU, mean", "range", "gap to scratch per seed", "test mIoU, mean",
+       "range", "gap to scratch per seed"], rows)
+
+  class_names = palettes.DUBAI_AERIAL.names
+  rows = [[arm] + [f"{np.mean([results[(arm, s)]['test']['iou'][c] for s in seeds]):.3f}"
+                   for c in class_names] for arm in ARMS]
+  per_class = common.markdown_table(["arm", *class_names], rows)
+  best = _best(pretrain["val"])
+  return [
+      f"Pretraining on {num_scenes} synthetic scenes: best val mIoU "
+      f"{best['miou']:.3f} at step {best['step']} (synthetic val split), wall time "
+      f"{_minutes(pretrain['timing']['seconds'])}.",
+      "### Each run\n\nBest val mIoU over the evaluations every "
+      f"{EVAL_EVERY} steps; test scores of that best-val checkpoint.\n\n" + per_run,
+      f"### Each arm over seeds {', '.join(map(str, seeds))}\n\nGap to scratch: the arm's score "
+      "minus scratch's at the same seed.\n\n" + per_arm,
+      "### Test IoU per class, mean over seeds\n\n" + per_class,
+  ]
+
+
+def mean_curves(results: dict[tuple[str, int], dict[str, Any]]) -> dict[str, list[dict]]:
+  """Per arm, the val records averaged over seeds step by step."""
+  curves = {}
+  for arm in ARMS:
+    runs = [r["val"] for (a, _), r in results.items() if a == arm]
+    steps = sorted(set.intersection(*[{r["step"] for r in records} for records in runs]))
+    curves[f"{arm} (mean of {len(runs)})"] = [
+        {"step": step, **{key: float(np.mean([next(r[key] for r in records if r["step"] == step)
+                                              for records in runs]))
+                          for key in ("miou", "loss")}} for step in steps]
+  return curves
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """Runs the experiment and writes the README section; see the module docstring."""
+  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
+  logging.set_verbosity(logging.INFO)  # each run's progress and where its weights came from
+  runs = os.path.join(args.out, "runs") if args.toy else RUNS
+  pretrain_steps = 2 if args.toy else PRETRAIN_STEPS
+  steps = 2 if args.toy else FINETUNE_STEPS
+  seeds = SEEDS[:1] if args.toy else SEEDS
+  commands = []
+
+  configs = {}
+
+  def one(name: str, seed: int, steps: int) -> dict[str, Any]:
+    overrides = overrides_for(name, seed, steps, runs, args.toy, args.data_root)
+    workdir = os.path.join(runs, name if name == "pretrain" else f"{name}_seed{seed}")
+    commands.append(command(workdir, overrides))
+    configs[name] = make_config(overrides)
+    return run(workdir, configs[name])
+
+  pretrain = one("pretrain", 0, pretrain_steps)
+  results = {(arm, seed): one(arm, seed, steps) for seed in seeds for arm in ARMS}
+  viz.save_curves(mean_curves(results), os.path.join(args.out, "curves.png"))
+  total = sum(r["timing"]["seconds"] for r in [pretrain, *results.values()])
+  sections = [
+      "### Commands\n\nWhat the command above runs, one `seg_jax.main` run each (then "
+      "`--config.train.mode=eval --config.eval.split=test` on the same workdir):\n\n"
+      + "\n".join(f"    {c}" for c in commands),
+      *tables(results, pretrain, configs["pretrain"].data.num_train),
+      f"![val mIoU and loss per arm, mean over seeds](curves.png)\n\nAll runs together: "
+      f"{_minutes(total)} of wall time.",
+  ]
+  common.finish(args, __spec__.name, sections)
+
+
+if __name__ == "__main__":
+  main()
