@@ -58,12 +58,15 @@ class ModelsTrainTest(parameterized.TestCase):
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), params_before,
                            state.params)
     self.assertTrue(any(jax.tree.leaves(changed)))
-    result, cm, panels = trainer.evaluate(state)
+    result, cm, samples = trainer.evaluate(state)
     labels = np.stack([dataset.val[i]["label"] for i in range(len(dataset.val))])
     self.assertEqual(int(cm.sum()), int((labels != dataset.ignore_index).sum()))
     self.assertBetween(result["miou"], 0.0, 1.0)
-    self.assertLen(panels, 2)
-    self.assertEqual(panels[0].shape, (32, 96, 3))
+    self.assertLen(samples, 2)
+    image, label, pred = samples[1]
+    np.testing.assert_array_equal(image, dataset.val[1]["image"])
+    np.testing.assert_array_equal(label, dataset.val[1]["label"])
+    self.assertEqual(pred.shape, (32, 32))
 
 
 
@@ -193,8 +196,11 @@ class LoopTest(absltest.TestCase):
     config = tiny_config()
     straight = tempfile.mkdtemp()
     final = train.train_and_evaluate(config, straight, dataset)
-    for name in ("config.json", "metrics.jsonl", "final_metrics.json", "confusion_matrix.png"):
+    for name in ("config.json", "metrics.jsonl", "final_metrics.json", "confusion_matrix.png",
+                 "curves.png", "predictions/step_2.png", "predictions/step_4.png"):
       self.assertTrue(os.path.exists(os.path.join(straight, name)), name)
+    self.assertEqual(sorted(os.listdir(os.path.join(straight, "predictions"))),
+                     ["step_2.png", "step_4.png"])
     self.assertContainsSubset(
         {"train/loss", "train/lr", "train/grad_norm", "val/miou", "val/iou/water",
          "val/prediction_0", "val/prediction_1"}, _event_tags(straight))
