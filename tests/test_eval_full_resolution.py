@@ -5,6 +5,7 @@ its val images (43x56 and 44x58) are then predicted at their own size and scored
 masks, which each hold a 1-pixel-wide column of water that resizing to 32x32 would drop.
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -18,12 +19,13 @@ from PIL import Image
 from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import data as data_lib
 from seg_jax import errors
+from seg_jax import inference
 from seg_jax import train
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
 from tests import test_predict
 from tests.data import fixtures
-from tests.train_testing import tiny_config
+from tests.train_testing import default_config, tiny_config
 
 WATER = palettes.DUBAI_AERIAL.names.index("water")
 LAND = palettes.DUBAI_AERIAL.names.index("land")
@@ -131,6 +133,12 @@ class FullResolutionEvalTest(parameterized.TestCase):
 
 
 class SameAsTrainingResolutionTest(absltest.TestCase):
+
+  def test_config_holds_the_predict_defaults(self):
+    defaults = inspect.signature(inference.predict).parameters
+    options = default_config.get_config().eval.predict
+    for name in ("mode", "overlap", "blend", "tta", "scales", "batch_size"):
+      self.assertEqual(options[name], defaults[name].default, name)
 
   def test_images_at_the_training_size_score_as_in_training(self):
     # Synthetic scenes exist only at the training size: resize mode then sees what the eval

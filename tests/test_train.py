@@ -431,7 +431,14 @@ class VizWritersTest(absltest.TestCase):
       f.write(b"\x20\x00\x00")  # a record cut short by a kill
     with open(os.path.join(workdir, writers.METRICS_FILE), "a") as f:
       f.write('{"step": 5, "spl')
+    for step in (2, 3, 10):
+      os.makedirs(os.path.join(workdir, writers.PREDICTIONS_DIR), exist_ok=True)
+      writers.write_png(writers.prediction_grid_path(workdir, step), np.zeros((2, 2, 3), np.uint8))
+    with open(writers.prediction_grid_path(workdir, 4) + ".tmp", "wb") as f:
+      f.write(b"\x89PN")  # a picture cut short by a kill
     writers.discard_after(workdir, 2)
+    self.assertEqual(os.listdir(os.path.join(workdir, writers.PREDICTIONS_DIR)), ["step_2.png"])
+    np.testing.assert_allclose(writers.read_scalars(workdir, "train/loss"), [(1, 0.1), (2, 0.2)])
     self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
                      [1, 2])
     values = [(v.tag, e.step) for e in writers.read_events(events_file) for v in e.summary.value]
