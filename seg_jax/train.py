@@ -6,10 +6,14 @@ TensorBoard and metrics.jsonl, evaluates with a confusion matrix summed over the
 checkpoints with Orbax (`seg_jax.checkpoint`).
 
 A run survives being killed at any point: every output of a step (its log lines, its evaluation
-record) is written before the checkpoint of that step, and a rerun resumes from the newest intact
-checkpoint after dropping what was logged past it, so a resumed run logs each step once and ends
-with the same scores as an uninterrupted one. A rerun of a run whose last checkpoint is saved
-completes whatever is missing (final evaluation, final_metrics.json, confusion matrix).
+record and prediction grid) is written before the checkpoint of that step, and a rerun resumes
+from the newest intact checkpoint after dropping what was logged past it, so a resumed run logs
+each step once and ends with the same scores as an uninterrupted one. A rerun of a run whose
+last checkpoint is saved completes whatever is missing (final evaluation, curves.png,
+final_metrics.json, confusion matrix).
+
+Eval-only mode scores a checkpoint at the training resolution, or at each image's original
+resolution through `seg_jax.inference` (`evaluate_full_resolution`).
 """
 
 from __future__ import annotations
@@ -590,7 +594,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns final scores.
 
   Writes TensorBoard events, metrics.jsonl, config.json, dataset.json, checkpoints/,
-  confusion_matrix.png and final_metrics.json into `workdir`. On a preemption notice it saves a checkpoint and returns
+  predictions/step_<N>.png, curves.png, confusion_matrix.png and final_metrics.json into
+  `workdir`. On a preemption notice it saves a checkpoint and returns
   {"preempted": True, "step": step}.
   Raises:
     RunError: the config, data or workdir cannot give this run (before anything is compiled

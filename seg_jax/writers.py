@@ -1,4 +1,4 @@
-"""Run outputs: TensorBoard event files (tensorboardX protos, no TensorFlow), metrics.jsonl, JSON."""
+"""Run outputs: TensorBoard events (tensorboardX, no TensorFlow), metrics.jsonl, JSON, PNGs."""
 
 from __future__ import annotations
 
