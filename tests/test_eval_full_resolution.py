@@ -23,7 +23,6 @@ from seg_jax import inference
 from seg_jax import train
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
-from tests import test_predict
 from tests.data import fixtures
 from tests.train_testing import default_config, tiny_config
 
@@ -95,6 +94,18 @@ class FullResolutionEvalTest(parameterized.TestCase):
     np.testing.assert_array_equal(cm.sum(axis=1), counts)
     self.assertEqual(cm[WATER].sum(), 43 + 44)  # the 1-pixel column of both images
 
+  def test_images_at_the_training_size_score_as_in_training(self):
+    # Resize mode on images already at the training size sees what the eval step sees.
+    trainer, state = _restored(_eval_config(self.root), self.workdir)
+    val = trainer.dataset.val
+    examples = ({**val[i], "name": str(i)} for i in range(len(val)))
+    result, cm = train.evaluate_full_resolution(trainer, state, examples,
+                                                train.full_resolution_options(trainer))
+    expected, expected_cm, _ = trainer.evaluate(state)
+    np.testing.assert_array_equal(cm, expected_cm)
+    self.assertAlmostEqual(result["miou"], expected["miou"], places=6)
+    self.assertAlmostEqual(result["loss"], expected["loss"], places=4)
+
   @parameterized.parameters(
       ({}, "val_full_resize"),
       ({"eval.predict.mode": "slide", "eval.predict.tta": "flips", "eval.split": "test",
@@ -132,28 +143,13 @@ class FullResolutionEvalTest(parameterized.TestCase):
     self.assertEqual(os.listdir(empty), [])
 
 
-class SameAsTrainingResolutionTest(absltest.TestCase):
+class ConfigTest(absltest.TestCase):
 
   def test_config_holds_the_predict_defaults(self):
     defaults = inspect.signature(inference.predict).parameters
     options = default_config.get_config().eval.predict
     for name in ("mode", "overlap", "blend", "tta", "scales", "batch_size"):
       self.assertEqual(options[name], defaults[name].default, name)
-
-  def test_images_at_the_training_size_score_as_in_training(self):
-    # Synthetic scenes exist only at the training size: resize mode then sees what the eval
-    # step sees, so both evaluations agree.
-    workdir = test_predict.trained_workdir()
-    config = tiny_config(**{"train.num_steps": 2, "train.mode": "eval",
-                            "eval.resolution": "full"})
-    trainer, state = _restored(config, workdir)
-    examples = data_lib.full_resolution_examples(config.data, "val")
-    result, cm = train.evaluate_full_resolution(trainer, state, examples,
-                                                train.full_resolution_options(trainer))
-    expected, expected_cm, _ = trainer.evaluate(state)
-    np.testing.assert_array_equal(cm, expected_cm)
-    self.assertAlmostEqual(result["miou"], expected["miou"], places=6)
-    self.assertAlmostEqual(result["loss"], expected["loss"], places=4)
 
 
 if __name__ == "__main__":
