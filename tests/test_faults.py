@@ -141,14 +141,14 @@ class FaultInjectionTest(absltest.TestCase):
     self.assertSameAsUninterrupted(workdir)
     return err
 
-  def assertSameAsUninterrupted(self, workdir):
+  def assertSameAsUninterrupted(self, workdir, rtol=0.0):
     with open(os.path.join(workdir, "final_metrics.json")) as f:
       final = json.load(f)
     self.assertEqual(final["step"], self.final["step"])
     expected, got = _flat_numbers(self.final), _flat_numbers(final)
     self.assertEqual(sorted(got), sorted(expected))
     np.testing.assert_allclose([got[k] for k in sorted(got)],
-                               [expected[k] for k in sorted(expected)], atol=1e-6, rtol=0)
+                               [expected[k] for k in sorted(expected)], atol=1e-6, rtol=rtol)
     self.assertEqual([r["step"] for r in _read_jsonl(workdir)], self.steps)
     events = _event_steps(workdir)
     self.assertEqual(set(events), set(self.events))
@@ -208,7 +208,9 @@ class FaultInjectionTest(absltest.TestCase):
     for code, err in results:
       self.assertEqual(code, 0, err[-3000:])
       self.assertIn(f"resumed from step {steps[0]}", err)
-    self.assertSameAsUninterrupted(workdir)
+    # The reference ran in one process: two processes sum the loss across hosts in another
+    # order, so float32 sums may differ in their last bits.
+    self.assertSameAsUninterrupted(workdir, rtol=1e-5)
 
   @classmethod
   def tearDownClass(cls):

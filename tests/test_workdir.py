@@ -58,8 +58,9 @@ class WorkdirTest(absltest.TestCase):
       workdir_lib.check_config(other, self.workdir)
     message = str(caught.exception)
     for part in ("model.name: 'deeplabv3' -> 'unet'", "optim.learning_rate: 0.003 -> 0.01",
-                 "eval.split: 'val' -> 'test'", "model.kwargs.depth: '<absent>' -> 2",
-                 "model.kwargs.backbone: 'resnet50' -> '<absent>'", "use a new --workdir"):
+                 "eval.split: 'val' -> 'test'",
+                 "model.kwargs.backbone_kwargs.widths: '<absent>' -> [4, 8, 16]",
+                 "model.kwargs.neck_kwargs.features: 8 -> '<absent>'", "use a new --workdir"):
       self.assertIn(part, message)
     self.assertNotIn("\n", message)
 
