@@ -203,5 +203,23 @@ def get_config() -> ml_collections.ConfigDict:
   # Folder of mode = "eval" outputs ("" = the workdir); the workdir is only read, so it may be
   # read-only.
   e.output_dir = ""
-  e.num_images = 4  # Prediction images written to TensorBoard per evaluation.
+  # Val images shown per evaluation (the first ones of eval.split): in TensorBoard and in
+  # <workdir>/predictions/step_<N>.png (image | truth | prediction | errors).
+  e.num_images = 4
+  # Resolution of mode = "eval" scores: "training" scores the split as training sees it
+  # (resized to data.image_size, or cut into patches); "full" predicts each image of the split
+  # at its original size as eval.predict says and scores it against its mask at that size
+  # (labels are never resized). "full" reads the original files of a folder dataset (or the
+  # synthetic scenes), not a prepared TFDS one; its outputs are named eval_<split>_full_<mode>.
+  e.resolution = "training"
+  # How eval.resolution = "full" predicts: the options of seg_jax.inference.predict, with the
+  # predict command's defaults.
+  e.predict = p = ml_collections.ConfigDict()
+  p.mode = "resize"  # "resize" to the training size and back, or "slide" windows at full size.
+  p.window = ()  # (H, W) of the resize target or slide window; () = the training image size.
+  p.overlap = 0.25  # Share of a window overlapped by its neighbours ("slide").
+  p.blend = "uniform"  # Weighting of overlapping windows: "uniform", "smooth" or "crop".
+  p.tta = "none"  # "none", "flips" or "flips_rot90": probabilities averaged over transforms.
+  p.scales = (1.0,)  # Image scale factors whose probabilities are averaged (< 1 shrinks).
+  p.batch_size = 8  # Windows per jitted call.
   return config

@@ -230,8 +230,12 @@ def _resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def check_options(*, mode: str, window: Sequence[int], overlap: float, blend: str, tta: str,
-                  scales: Sequence[float], batch_size: int) -> None:
-  """ValueError naming the first option of `predict` that is out of range."""
+                  scales: Sequence[float], batch_size: int, min_size: int = 1) -> None:
+  """ValueError naming the first option of `predict` that is out of range.
+
+  `min_size` is the smallest input side the model accepts: the window (in resize mode times
+  the smallest scale, the size the model then sees) must not be smaller.
+  """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if len(window) != 2 or min(window) < 1:
@@ -246,6 +250,10 @@ def check_options(*, mode: str, window: Sequence[int], overlap: float, blend: st
     raise ValueError(f"scales must be positive factors, got {tuple(scales)}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  smallest = min(window) * (min(scales) if mode == "resize" else 1.0)
+  if round(smallest) < min_size:
+    raise ValueError(f"window {tuple(window)} (in resize mode times the smallest scale) is "
+                     f"smaller than the model accepts ({min_size} pixels)")
 
 
 def _passes(size: Sequence[int], mode: str, window: Sequence[int], overlap: float,

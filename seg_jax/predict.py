@@ -204,19 +204,11 @@ def read_image(path: str) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _save_atomic(path: str, write) -> None:
-  """Calls `write(file)` on a temporary file, then renames it to `path`."""
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
-
-
 def save_mask(path: str, labels: np.ndarray, palette) -> None:
   """Writes class indices (H, W) as a palette PNG whose palette is the class colours."""
   im = Image.fromarray(labels.astype(np.uint8), mode="L")
   im.putpalette(palette.as_array().ravel().tolist())  # "L" + palette = mode "P", same values
-  _save_atomic(path, lambda f: im.save(f, format="PNG"))
+  writers.write_atomic(path, lambda f: im.save(f, format="PNG"))
 
 
 def predict_file(trained: TrainedModel, path: str, output: str, *, save_probs: bool,
@@ -230,9 +222,9 @@ def predict_file(trained: TrainedModel, path: str, output: str, *, save_probs: b
   palette = trained.info.palette
   save_mask(stem + "_mask.png", labels, palette)
   overlay = viz.with_legend(viz.overlay(image, labels, palette), palette)
-  _save_atomic(stem + "_overlay.png", lambda f: Image.fromarray(overlay).save(f, format="PNG"))
+  writers.write_png(stem + "_overlay.png", overlay)
   if save_probs:
-    _save_atomic(stem + "_probs.npy", lambda f: np.save(f, probs))
+    writers.write_atomic(stem + "_probs.npy", lambda f: np.save(f, probs))
   shares = np.bincount(labels.ravel(), minlength=len(palette.names)) / labels.size
   return (f"{path}: {image.shape[1]}x{image.shape[0]} in {time.time() - start:.1f}s, "
           + ", ".join(f"{n} {s:.0%}" for n, s in zip(palette.names, shares)))
@@ -248,12 +240,8 @@ def run(workdir: str, input_spec: str, output: str, *, checkpoint: str,
   try:
     trained = load_workdir(workdir, checkpoint)
     window = tuple(window or trained.info.image_size)
-    inference.check_options(window=window, **options)
-    name, scales = trained.config.model.name, options["scales"]
-    smallest = min(window) * (min(scales) if options["mode"] == "resize" else 1.0)
-    if round(smallest) < models.min_input_size(name):
-      raise ValueError(f"window {window} (in resize mode times the smallest scale) is smaller "
-                       f"than model {name!r} accepts ({models.min_input_size(name)} pixels)")
+    inference.check_options(window=window, **options,
+                            min_size=models.min_input_size(trained.config.model.name))
     paths = find_images(input_spec)
     os.makedirs(output, exist_ok=True)
   except (OSError, ValueError, errors.RunError) as e:

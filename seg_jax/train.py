@@ -6,10 +6,14 @@ TensorBoard and metrics.jsonl, evaluates with a confusion matrix summed over the
 checkpoints with Orbax (`seg_jax.checkpoint`).
 
 A run survives being killed at any point: every output of a step (its log lines, its evaluation
-record) is written before the checkpoint of that step, and a rerun resumes from the newest intact
-checkpoint after dropping what was logged past it, so a resumed run logs each step once and ends
-with the same scores as an uninterrupted one. A rerun of a run whose last checkpoint is saved
-completes whatever is missing (final evaluation, final_metrics.json, confusion matrix).
+record and prediction grid) is written before the checkpoint of that step, and a rerun resumes
+from the newest intact checkpoint after dropping what was logged past it, so a resumed run logs
+each step once and ends with the same scores as an uninterrupted one. A rerun of a run whose
+last checkpoint is saved completes whatever is missing (final evaluation, curves.png,
+final_metrics.json, confusion matrix).
+
+Eval-only mode scores a checkpoint at the training resolution, or at each image's original
+resolution through `seg_jax.inference` (`evaluate_full_resolution`).
 """
 
 from __future__ import annotations
@@ -55,7 +59,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 CLASS_WEIGHTINGS = ("none", "inverse", "median", "given")
 SPLITS = ("val", "test")
 REPLICA_MODES = ("auto", "vmap", "unroll")
+RESOLUTIONS = ("training", "full")
 FINAL_METRICS = "final_metrics.json"
+CURVES = "curves.png"
 # Initialisation runs once, so it is compiled for compile time: at LLVM's default level (3) the
 # per-parameter random-number kernels of `model.init` took longer to compile than the train
 # step; level 1 compiles them several times faster and gives the same bits (tests/test_train.py).
@@ -136,6 +142,12 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   split = config.eval.split
   if split not in SPLITS:
     raise errors.ConfigError(f"eval.split must be one of {SPLITS}, got {split!r}")
+  if config.eval.resolution not in RESOLUTIONS:
+    raise errors.ConfigError(f"eval.resolution must be one of {RESOLUTIONS}, got "
+                             f"{config.eval.resolution!r}")
+  if config.eval.resolution == "full" and config.train.mode != "eval":
+    raise errors.ConfigError("eval.resolution='full' scores a checkpoint in train.mode='eval'; "
+                             "training evaluates at the training resolution")
   where = f" (data.root {config.data.root!r})" if config.data.root else ""
   needed = {split: "evaluation"}
   if config.train.mode == "train":
@@ -445,8 +457,11 @@ class Trainer:
     return self._stack(states) if self.batched else states[0]
 
   def evaluate(self, state: TrainState, split: str | None = None
-               ) -> tuple[dict[str, Any], np.ndarray, list[np.ndarray]]:
-    """Scores over a whole split, its confusion matrix and image | truth | prediction panels.
+               ) -> tuple[dict[str, Any], np.ndarray, list[tuple[np.ndarray, ...]]]:
+    """Scores over a whole split, its confusion matrix and (image, label, prediction) samples.
+
+    The samples are the first `eval.num_images` valid examples of the split (the same ones at
+    every evaluation).
 
     The loss is the configured loss of the whole split at once (`losses.Loss.reduce` of the
     summed batch sums), not a mean of batch losses. One run only; `evaluate_replicas` scores
@@ -467,41 +482,48 @@ class Trainer:
         sharding=self.data_sharding, seed=self.config.seed, shuffle=False, num_epochs=1,
         drop_remainder=False)
     num = len(self.seeds)
-    cms, loss_sums, panels = [], [], [[] for _ in range(num)]
+    cms, loss_sums, samples = [], [], [[] for _ in range(num)]
     for batch in batches:  # per-batch results stay on the device until the split is done
       cm, sums, preds = self.eval_step(state, batch)
       cms.append(cm)
       loss_sums.append(sums)
-      wanted = self.config.eval.num_images - len(panels[0])
+      wanted = self.config.eval.num_images - len(samples[0])
       if wanted > 0 and jax.process_index() == 0:
         preds = _local_rows(preds, axis=1 if self.batched else 0).reshape(
             num, -1, *preds.shape[-2:])
         for k in range(num):
-          panels[k].extend(self._panels(batch, preds[k], wanted))
+          samples[k].extend(self._samples(batch, preds[k], wanted))
     # One leading replica axis on every result, also for one run.
     cms, loss_sums = jax.tree.map(lambda x: np.reshape(x, (num, *np.shape(x)[self.batched:])),
                                   jax.device_get((cms, loss_sums)))
     out = []
     for k in range(num):
-      total = functools.reduce(metrics_lib.ConfusionMatrix.merge,
-                               [metrics_lib.ConfusionMatrix(matrix=cm.matrix[k]) for cm in cms],
-                               metrics_lib.ConfusionMatrix.empty(self.num_classes))
-      result = total.compute()
-      summed = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0),
-                            *[jax.tree.map(lambda x: x[k], sums) for sums in loss_sums])
-      result["loss"] = float(self.loss_fn.reduce(summed))
-      out.append((result, total.matrix, panels[k]))
+      result, matrix = self.scores(
+          [metrics_lib.ConfusionMatrix(matrix=cm.matrix[k]) for cm in cms],
+          [jax.tree.map(lambda x: x[k], sums) for sums in loss_sums])
+      out.append((result, matrix, samples[k]))
     return out
 
-  def _panels(self, batch, preds: np.ndarray, limit: int) -> list[np.ndarray]:
-    """Prediction panels of up to `limit` valid examples of this process's shard of a batch.
+  def scores(self, cms: list[Any], loss_sums: list[Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """Scores and confusion matrix of a split from its per-batch (or per-image) results.
 
-    `preds` holds this process's rows of the batch's predictions.
+    `cms` are `ConfusionMatrix` metrics and `loss_sums` `loss_fn.sums` outputs of one run:
+    summed over the split and reduced once, they give the loss of the whole split.
     """
+    cms, loss_sums = jax.device_get((cms, loss_sums))
+    total = functools.reduce(metrics_lib.ConfusionMatrix.merge, cms,
+                             metrics_lib.ConfusionMatrix.empty(self.num_classes))
+    result = total.compute()
+    summed = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *loss_sums)
+    result["loss"] = float(self.loss_fn.reduce(summed))
+    return result, total.matrix
+
+  def _samples(self, batch, preds: np.ndarray, limit: int) -> list[tuple[np.ndarray, ...]]:
+    """(image, label, prediction) of up to `limit` valid examples of this process's shard of a
+    batch; `preds` holds this process's rows of the batch's predictions."""
     images, labels, valid = (_local_rows(x) for x in (
         batch["image"], batch["label"], batch["valid"]))
-    return [viz.prediction_panel(images[i], labels[i], preds[i], self.dataset.palette)
-            for i in np.flatnonzero(valid)[:limit]]
+    return [(images[i], labels[i], preds[i]) for i in np.flatnonzero(valid)[:limit]]
 
 
 def _local_rows(x: jax.Array, axis: int = 0) -> np.ndarray:
@@ -635,27 +657,38 @@ class _RunLog:
                  _format_duration((c.num_steps - step) / max(rate, 1e-9)))
     self.restart_clock(step)
 
-  def evaluation(self, step: int, result: dict[str, Any], panels: list[np.ndarray],
-                 seconds: float) -> None:
-    """metrics.jsonl record (with the training time so far), TensorBoard scores and panels, and
-    a console line."""
+  def evaluation(self, step: int, result: dict[str, Any],
+                 samples: list[tuple[np.ndarray, ...]], seconds: float) -> None:
+    """metrics.jsonl record (with the training time so far), TensorBoard scores and panels, the
+    prediction grid, and a console line."""
     split = self.config.eval.split
-    names = self.trainer.dataset.class_names
+    palette = self.trainer.dataset.palette
+    names = palette.names
     self.writer.jsonl({**_record(step, split, result, names), "train_seconds": seconds})
     self.writer.scalars(step, {f"{split}/{k}": v for k, v in result.items() if np.ndim(v) == 0})
     self.writer.scalars(step, {f"{split}/iou/{n}": v for n, v in zip(names, result["iou"])})
-    self.writer.images(step, {f"{split}/prediction_{i}": p for i, p in enumerate(panels)})
+    self.writer.images(step, {f"{split}/prediction_{i}": viz.prediction_panel(*s, palette)
+                              for i, s in enumerate(samples)})
     self.writer.flush()
+    self.save_prediction_grid(step, samples)
     logging.info("%seval %s at step %d: mIoU %.4f  pixel acc %.4f  loss %.4f", self.label,
                  split, step, result["miou"], result["pixel_accuracy"], result["loss"])
 
+  def save_prediction_grid(self, step: int, samples: list[tuple[np.ndarray, ...]]) -> None:
+    """predictions/step_<step>.png: image | truth | prediction | errors rows, class legend.
+
+    Written atomically and before the step's checkpoint, like the other logs: a rerun that
+    replays the step writes the same picture again.
+    """
+    if not samples or jax.process_index() != 0:
+      return
+    path = writers.prediction_grid_path(self.workdir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    writers.write_png(path, viz.prediction_grid(*zip(*samples), self.trainer.dataset.palette))
+
   def has_evaluation(self, step: int) -> bool:
     """Whether metrics.jsonl already holds the evaluation of `step`."""
-    path = os.path.join(self.workdir, writers.METRICS_FILE)
-    if not os.path.exists(path):
-      return False
-    with open(path) as f:
-      return any(json.loads(line)["step"] == step for line in f)
+    return any(r["step"] == step for r in writers.read_metrics(self.workdir))
 
   def close(self) -> None:
     self.writer.close()
@@ -671,15 +704,16 @@ def _write_result(directory: str, name: str, record: dict[str, Any], cm: np.ndar
                   trainer: Trainer, png: str) -> None:
   """Writes `record` as <directory>/<name> and the confusion matrix as <directory>/<png>."""
   writers.write_json(os.path.join(directory, name), record)
+  resolution = f", {record['resolution']} resolution" if "resolution" in record else ""
   viz.save_confusion_matrix(
       cm, trainer.dataset.class_names, os.path.join(directory, png),
-      title=f"{trainer.config.model.name} {record['split']} step {record['step']}")
+      title=f"{trainer.config.model.name} {record['split']} step {record['step']}{resolution}")
 
 
 def _finish(trainer: Trainer, state: TrainState, step: int, workdirs: list[str],
             evaluations: list[tuple[dict[str, Any], np.ndarray]] | None,
             logs: list[_RunLog], seconds: list[float]) -> list[dict[str, Any]]:
-  """Writes final_metrics.json and confusion_matrix.png of each replica's last step.
+  """Writes curves.png, confusion_matrix.png and final_metrics.json of each replica's last step.
 
   `evaluations` are the last step's (scores, confusion matrix) of each replica if this process
   just computed them. Otherwise (a rerun of runs killed after their last checkpoint) the state
@@ -696,16 +730,25 @@ def _finish(trainer: Trainer, state: TrainState, step: int, workdirs: list[str],
       finals.append(done)
       continue
     if evaluations is None:
-      result, cm, panels = evaluated[k]
+      result, cm, samples = evaluated[k]
       if not log.has_evaluation(step):
-        log.evaluation(step, result, panels, seconds[k])
+        log.evaluation(step, result, samples, seconds[k])
     else:
       result, cm = evaluations[k]
     final = _record(step, trainer.config.eval.split, result, trainer.dataset.class_names)
     if jax.process_index() == 0:
+      write_curves(workdir, trainer.config.model.name)  # before the file that marks the end
       _write_result(workdir, FINAL_METRICS, final, cm, trainer, "confusion_matrix.png")
     finals.append(final)
   return finals
+
+
+def write_curves(workdir: str, title: str) -> None:
+  """curves.png: train loss (TensorBoard events), val loss and mIoU (metrics.jsonl) vs step."""
+  records = [{"step": step, "split": "train", "loss": loss}
+             for step, loss in writers.read_scalars(workdir, "train/loss")]
+  viz.save_run_curves(records + writers.read_metrics(workdir), os.path.join(workdir, CURVES),
+                      title=title)
 
 
 def _finished_record(workdir: str, step: int) -> dict[str, Any] | None:
@@ -755,10 +798,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates; returns final scores.
 
   Writes TensorBoard events, metrics.jsonl, config.json, dataset.json, checkpoints/,
-  confusion_matrix.png and final_metrics.json into `workdir`. With `train.num_replicas` = S > 1
-  it trains S replicas in one program, replica k into `<workdir>/seed<seed + k>` with the files
-  and config that seed trained alone would write (`workdir.replica_runs`), and returns
-  {"replicas": [final scores of each]}. On a preemption notice it saves a checkpoint and returns
+  predictions/step_<N>.png, curves.png, confusion_matrix.png and final_metrics.json into
+  `workdir`. With `train.num_replicas` = S > 1 it trains S replicas in one program, replica k
+  into `<workdir>/seed<seed + k>` with the files and config that seed trained alone would write
+  (`workdir.replica_runs`), and returns {"replicas": [final scores of each]}. On a preemption
+  notice it saves a checkpoint and returns
   {"preempted": True, "step": step}.
   Raises:
     RunError: the config, data or workdir cannot give this run (before anything is compiled
@@ -875,8 +919,8 @@ def _train(trainer: Trainer, ckpts: list[checkpoint_lib.Checkpointer],
           share = (time.time() - start) / len(ckpts)
           elapsed = [s + share for s in seconds]
         if eval_now:
-          for log, (result, _, panels), t in zip(logs, evaluated, elapsed):
-            log.evaluation(step, result, panels, t)
+          for log, (result, _, samples), t in zip(logs, evaluated, elapsed):
+            log.evaluation(step, result, samples, t)
         if save_now:
           for log in logs:
             log.writer.flush()  # everything logged up to a checkpoint is on disk before it
@@ -905,32 +949,98 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         dataset: data_lib.Dataset | None = None) -> dict[str, Any]:
   """Evaluates the "best" or "latest" checkpoint in `workdir` on `config.eval.split`.
 
-  Reads the workdir only (it may be read-only): writes eval_<split>.json,
-  eval_<split>_table.txt and confusion_matrix_<split>.png into `config.eval.output_dir`
-  ("" = the workdir) and logs the per-class table.
+  At `eval.resolution="training"` the split is scored as training sees it; at "full" each of
+  its images is predicted at its original size (`evaluate_full_resolution`).
+  Reads the workdir only (it may be read-only): writes eval_<name>.json, eval_<name>_table.txt
+  and confusion_matrix_<name>.png into `config.eval.output_dir` ("" = the workdir), where
+  <name> is the split, followed by "_full_<eval.predict.mode>" at full resolution, and logs
+  the per-class table.
   """
   if not workdir_lib.check_config(config, workdir):
     logging.warning("%s holds no config.json; evaluating with the given config", workdir)
   trainer = Trainer(config, dataset)
+  split = config.eval.split
+  full = config.eval.resolution == "full"
+  if full:  # options and files are checked before anything is restored or compiled
+    options = full_resolution_options(trainer)
+    try:
+      examples = data_lib.full_resolution_examples(config.data, split)
+    except (ValueError, OSError) as e:
+      raise errors.DataError(str(e)) from e
   output_dir = config.eval.output_dir or workdir
   ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
   try:
     state, step = ckpt.restore_state(trainer.abstract_state, config.eval.checkpoint)
   finally:
     ckpt.close()
-  split = config.eval.split
-  result, cm, _ = trainer.evaluate(state, split)
+  if full:
+    result, cm = evaluate_full_resolution(trainer, state, examples, options)
+    name = f"{split}_full_{options['mode']}"
+  else:
+    result, cm, _ = trainer.evaluate(state, split)
+    name = split
   record = _record(step, split, result, trainer.dataset.class_names)
   record["checkpoint"] = config.eval.checkpoint
+  record["resolution"] = config.eval.resolution
+  if full:
+    record["predict"] = options
+  else:
+    record["image_size"] = trainer.dataset.image_size
   table = metrics_lib.format_table(result, trainer.dataset.class_names)
-  logging.info("%s checkpoint (step %d) on %s:\n%s", config.eval.checkpoint, step, split, table)
+  logging.info("%s checkpoint (step %d) on %s at %s resolution:\n%s", config.eval.checkpoint,
+               step, split, config.eval.resolution, table)
   if jax.process_index() == 0:
     os.makedirs(output_dir, exist_ok=True)
-    _write_result(output_dir, f"eval_{split}.json", record, cm, trainer,
-                  f"confusion_matrix_{split}.png")
-    with open(os.path.join(output_dir, f"eval_{split}_table.txt"), "w") as f:
+    _write_result(output_dir, f"eval_{name}.json", record, cm, trainer,
+                  f"confusion_matrix_{name}.png")
+    with open(os.path.join(output_dir, f"eval_{name}_table.txt"), "w") as f:
       f.write(table + "\n")
   return record
+
+
+def full_resolution_options(trainer: Trainer) -> dict[str, Any]:
+  """The `inference.predict` options of `eval.predict` (window () = the training size).
+
+  Raises ConfigError naming the field out of range.
+  """
+  options = trainer.config.eval.predict.to_dict()
+  options["window"] = tuple(options["window"]) or tuple(trainer.dataset.image_size)
+  options["scales"] = tuple(options["scales"])
+  try:
+    inference.check_options(**options,
+                            min_size=models.min_input_size(trainer.config.model.name))
+  except ValueError as e:
+    raise errors.ConfigError(f"eval.predict of {trainer.config.model.name!r}: {e}") from e
+  return options
+
+
+def evaluate_full_resolution(trainer: Trainer, state: TrainState, examples,
+                             options: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+  """Scores and confusion matrix of full-resolution examples, each predicted at its own size.
+
+  Every image of `examples` ({image, label, name}, from `data.full_resolution_examples`) is
+  predicted by `inference.predict` with `options` and compared with its label at the label's
+  own size. The loss is the configured loss of the predicted probabilities (their logarithms
+  in place of logits).
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  d, n = trainer.dataset, trainer.num_classes
+  ignore_index = trainer.config.data.ignore_index
+  cms, loss_sums = [], []
+  for example in examples:
+    start = time.time()
+    probs = inference.predict(trainer.model, variables, example["image"], mean=d.mean, std=d.std,
+                              dtype=dtype_from_name(trainer.config.model.dtype), **options)
+    labels = np.asarray(example["label"], np.int32)[None]
+    mask = losses.valid_mask(labels, n, ignore_index)
+    cms.append(metrics_lib.ConfusionMatrix.from_model_output(
+        labels=labels, preds=np.argmax(probs, axis=-1)[None], num_classes=n,
+        ignore_index=ignore_index, mask=mask))
+    log_probs = np.log(np.maximum(probs, np.finfo(np.float32).tiny))[None]
+    loss_sums.append(trainer.loss_fn.sums(log_probs, labels, mask))
+    logging.info("%s: %dx%d predicted and scored in %.1fs", example["name"],
+                 labels.shape[2], labels.shape[1], time.time() - start)
+  return trainer.scores(cms, loss_sums)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

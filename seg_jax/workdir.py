@@ -28,6 +28,8 @@ RESUMABLE_FIELDS = (
     "train.checkpoint_every", "train.keep_checkpoints", "train.compilation_cache_dir",
     "train.replica_mode",
     "eval.global_batch_size", "eval.num_images", "eval.checkpoint", "eval.output_dir",
+    "eval.resolution", "eval.predict.mode", "eval.predict.window", "eval.predict.overlap",
+    "eval.predict.blend", "eval.predict.tta", "eval.predict.scales", "eval.predict.batch_size",
     "data.keep_on_device", "data.cache_dir",
 )
 # An eval-only run may also score another split, or read the data from where it now lives.

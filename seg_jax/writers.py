@@ -1,4 +1,4 @@
-"""Run outputs: TensorBoard event files (tensorboardX protos, no TensorFlow), metrics.jsonl, JSON."""
+"""Run outputs: TensorBoard events (tensorboardX, no TensorFlow), metrics.jsonl, JSON, PNGs."""
 
 from __future__ import annotations
 
@@ -6,20 +6,25 @@ import glob
 import json
 import math
 import os
+import re
 import socket
 import struct
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 import jax
 import numpy as np
+from PIL import Image
 from tensorboardX import summary as tb_summary
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 METRICS_FILE = "metrics.jsonl"
 EVENT_FILES = "events.out.tfevents.*"
+# <workdir>/predictions/step_<N>.png: the prediction grid of the evaluation after step N.
+PREDICTIONS_DIR = "predictions"
+_PREDICTION_GRID = re.compile(r"^step_(\d+)\.png$")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -51,6 +56,49 @@ def write_text(path: str, text: str) -> None:
 def write_json(path: str, obj: Any) -> None:
   """Writes `obj` (converted by `to_jsonable`) as indented JSON, atomically."""
   write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def write_atomic(path: str, write: Callable[[BinaryIO], Any]) -> None:
+  """Calls `write(file)` on a temporary binary file, then renames it to `path`.
+
+  A process killed meanwhile leaves the previous `path` (or none), never a file cut short.
+  """
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+def write_png(path: str, picture: np.ndarray) -> None:
+  """Writes a uint8 (H, W, 3) picture as a PNG, atomically."""
+  write_atomic(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
+
+
+def prediction_grid_path(workdir: str, step: int) -> str:
+  """Where the prediction grid of the evaluation after `step` goes."""
+  return os.path.join(workdir, PREDICTIONS_DIR, f"step_{step}.png")
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of the workdir's metrics.jsonl ([] if it does not exist)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def read_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
+  """(step, value) of TensorBoard scalar `tag` over every event file of the workdir, by step."""
+  values = {}
+  for path in sorted(glob.glob(os.path.join(workdir, EVENT_FILES))):
+    if path.endswith(".tmp"):
+      continue
+    for event in read_events(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          values[event.step] = value.simple_value
+  return sorted(values.items())
 
 
 class MetricWriter:
@@ -143,12 +191,17 @@ def _write_events(path: str, events: list[event_pb2.Event]) -> None:
 
 
 def discard_after(workdir: str, step: int) -> None:
-  """Drops the metrics.jsonl records and TensorBoard events of steps after `step`.
+  """Drops the metrics.jsonl records, TensorBoard events and prediction grids of steps after `step`.
 
   A run killed after its last checkpoint logged steps it will replay when resumed from that
   checkpoint; dropping them first keeps each step logged once. A line or event cut short by the
   kill goes too.
   """
+  predictions = os.path.join(workdir, PREDICTIONS_DIR)
+  for name in os.listdir(predictions) if os.path.isdir(predictions) else ():
+    match = _PREDICTION_GRID.match(name)
+    if name.endswith(".tmp") or (match and int(match.group(1)) > step):
+      os.remove(os.path.join(predictions, name))
   path = os.path.join(workdir, METRICS_FILE)
   if os.path.exists(path):
     with open(path) as f:

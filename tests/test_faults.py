@@ -162,7 +162,10 @@ class _UninterruptedRunTest(absltest.TestCase):
     self.assertEqual(max(events.values()), 1, "a TensorBoard value was logged twice")
     self.assertEqual(glob.glob(os.path.join(workdir, "**", "*orbax-checkpoint-tmp*"),
                                recursive=True), [])
-    self.assertTrue(os.path.exists(os.path.join(workdir, "confusion_matrix.png")))
+    for name in ("confusion_matrix.png", "curves.png"):
+      self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+    self.assertEqual(sorted(os.listdir(os.path.join(workdir, writers.PREDICTIONS_DIR))),
+                     [f"step_{step}.png" for step in sorted(self.steps)])
 
   @classmethod
   def tearDownClass(cls):

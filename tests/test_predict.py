@@ -131,7 +131,7 @@ class PredictCommandTest(parameterized.TestCase):
     _write(os.path.join(inputs, "a.png"), _rgb(40, 40))
     code, err = _run(trained_workdir(), inputs, tempfile.mkdtemp(), window=(16, 32))
     self.assertEqual(code, predict.EXIT_NOTHING_RAN)
-    self.assertIn("smaller than model 'asym_unet' accepts", err)
+    self.assertIn("smaller than the model accepts (32 pixels)", err)
 
 
 class WorkdirTest(absltest.TestCase):

@@ -52,12 +52,15 @@ class ModelsTrainTest(parameterized.TestCase):
     changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), params_before,
                            state.params)
     self.assertTrue(any(jax.tree.leaves(changed)))
-    result, cm, panels = trainer.evaluate(state)
+    result, cm, samples = trainer.evaluate(state)
     labels = np.stack([dataset.val[i]["label"] for i in range(len(dataset.val))])
     self.assertEqual(int(cm.sum()), int((labels != dataset.ignore_index).sum()))
     self.assertBetween(result["miou"], 0.0, 1.0)
-    self.assertLen(panels, 2)
-    self.assertEqual(panels[0].shape, (32, 96, 3))
+    self.assertLen(samples, 2)
+    image, label, pred = samples[1]
+    np.testing.assert_array_equal(image, dataset.val[1]["image"])
+    np.testing.assert_array_equal(label, dataset.val[1]["label"])
+    self.assertEqual(pred.shape, (32, 32))
 
 
 
@@ -217,8 +220,11 @@ class LoopTest(absltest.TestCase):
     config = tiny_config()
     straight = tempfile.mkdtemp()
     final = train.train_and_evaluate(config, straight, dataset)
-    for name in ("config.json", "metrics.jsonl", "final_metrics.json", "confusion_matrix.png"):
+    for name in ("config.json", "metrics.jsonl", "final_metrics.json", "confusion_matrix.png",
+                 "curves.png", "predictions/step_2.png", "predictions/step_4.png"):
       self.assertTrue(os.path.exists(os.path.join(straight, name)), name)
+    self.assertEqual(sorted(os.listdir(os.path.join(straight, "predictions"))),
+                     ["step_2.png", "step_4.png"])
     self.assertContainsSubset(
         {"train/loss", "train/lr", "train/grad_norm", "val/miou", "val/iou/water",
          "val/prediction_0", "val/prediction_1"}, _event_tags(straight))
@@ -449,7 +455,14 @@ class VizWritersTest(absltest.TestCase):
       f.write(b"\x20\x00\x00")  # a record cut short by a kill
     with open(os.path.join(workdir, writers.METRICS_FILE), "a") as f:
       f.write('{"step": 5, "spl')
+    for step in (2, 3, 10):
+      os.makedirs(os.path.join(workdir, writers.PREDICTIONS_DIR), exist_ok=True)
+      writers.write_png(writers.prediction_grid_path(workdir, step), np.zeros((2, 2, 3), np.uint8))
+    with open(writers.prediction_grid_path(workdir, 4) + ".tmp", "wb") as f:
+      f.write(b"\x89PN")  # a picture cut short by a kill
     writers.discard_after(workdir, 2)
+    self.assertEqual(os.listdir(os.path.join(workdir, writers.PREDICTIONS_DIR)), ["step_2.png"])
+    np.testing.assert_allclose(writers.read_scalars(workdir, "train/loss"), [(1, 0.1), (2, 0.2)])
     self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
                      [1, 2])
     values = [(v.tag, e.step) for e in writers.read_events(events_file) for v in e.summary.value]

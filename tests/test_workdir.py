@@ -45,7 +45,11 @@ class WorkdirTest(absltest.TestCase):
     workdir_lib.check_config(changed, self.workdir)
     evaluation = tiny_config("deeplabv3", **{"train.mode": "eval", "eval.split": "test",
                                              "eval.output_dir": "/tmp/out",
-                                             "data.root": "/data/moved"})
+                                             "data.root": "/data/moved",
+                                             "eval.resolution": "full",
+                                             "eval.predict.mode": "slide",
+                                             "eval.predict.window": (64, 64),
+                                             "eval.predict.scales": (0.5, 1.0)})
     workdir_lib.check_config(evaluation, self.workdir)
 
   def test_other_changes_are_refused_with_every_difference(self):

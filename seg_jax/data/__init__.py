@@ -10,6 +10,7 @@ from seg_jax.data import splits
 from seg_jax.data import synthetic
 from seg_jax.data.dataset import ArraySource
 from seg_jax.data.dataset import Dataset
+from seg_jax.data.dataset import full_resolution_examples
 from seg_jax.data.dataset import get_dataset
 from seg_jax.data.palettes import decode_mask
 from seg_jax.data.palettes import encode_mask

@@ -293,11 +293,15 @@ def _synthetic_dataset(c) -> Dataset:
                  ignore_index=c.ignore_index, image_size=size, mean=mean, std=std)
 
 
-def _folder_dataset(c) -> Dataset:
+def _check_root(c) -> None:
   if not c.root or not os.path.isdir(c.root):
     raise ValueError(
         f"data.root {c.root!r} is not a folder: pass --config.data.root=DIR, the dataset "
         f"folder ('Tile N/images|masks' or 'images/' + 'masks/'); {DUBAI_DOWNLOAD}.")
+
+
+def _folder_dataset(c) -> Dataset:
+  _check_root(c)
   palette = folder_palette(c)
   examples, skipped = load_folder(c.root, c, palette)
   sources = {s: _to_source(examples[s]) for s in splits.SPLITS}
@@ -316,6 +320,40 @@ def _tfds_dataset(c) -> Dataset:
     raise ValueError(f"data.ignore_index={c.ignore_index} but {c.name!r} was prepared with "
                      f"ignore_index={ds.ignore_index}.")
   return ds
+
+
+def full_resolution_examples(c, split: str) -> Iterator[dict[str, Any]]:
+  """The examples {image, label, name} of `split` at their original size, nothing resized.
+
+  A folder dataset lists the split's files as `get_dataset` assigns them and reads each pair
+  with the same reader and checks (palette decoding, unknown colours, on_bad_file), stopping
+  before the resize or patch cut: image uint8 (H, W, 3) and label uint8 (H, W) at the file's
+  size. Synthetic scenes exist only at `data.image_size`, so they come as generated. The
+  files are listed now and read one by one as the iterator advances.
+  Raises:
+    ValueError: a TFDS dataset (prepared already resized or cut), a random_patch split (its
+      splits hold patches, not images), or a config or folder `get_dataset` refuses.
+  """
+  _check_config(c)
+  if split not in splits.SPLITS:
+    raise ValueError(f"split must be one of {splits.SPLITS}, got {split!r}.")
+  if is_tfds(c.name):
+    raise ValueError(f"data.name {c.name!r} is a prepared TFDS dataset, stored already "
+                     "resized or cut into patches: full-resolution evaluation reads the original "
+                     "files, so point data.name='dubai_aerial' and data.root at their folder.")
+  if c.split == "random_patch":
+    raise ValueError("data.split='random_patch' assigns patches, not whole images, to the "
+                     "splits: full-resolution evaluation needs data.split='tile' or 'image'.")
+  if c.name == "synthetic_aerial":
+    count = {"train": c.num_train, "val": c.num_val, "test": c.num_test}[split]
+    source = synthetic_source(split, count, seed=c.seed, image_size=c.image_size)
+    return ({**source[i], "name": f"{split}/{i:04d}"} for i in range(len(source)))
+  _check_root(c)
+  log = dubai.SkipLog(c.on_bad_file)
+  pairs = split_folder(c.root, split=c.split, seed=c.seed, log=log)[split]
+  read = dubai.read_pairs(pairs, log, palette=folder_palette(c), ignore_index=c.ignore_index,
+                          max_unknown_fraction=c.max_unknown_fraction)
+  return ({"image": image, "label": label, "name": pair.name} for pair, image, label in read)
 
 
 def get_dataset(config) -> Dataset:

@@ -91,6 +91,31 @@ class DubaiReaderTest(parameterized.TestCase):
     np.testing.assert_allclose(ds.mean, px.astype(np.float64).mean(0), rtol=1e-6)
     np.testing.assert_allclose(ds.std, px.astype(np.float64).std(0), rtol=1e-5)
 
+  @parameterized.parameters("resize", "patches")
+  def test_full_resolution_examples_are_the_files_unresized(self, prep):
+    written = fixtures.make_tile_layout(self.root)
+    examples = list(data.full_resolution_examples(_config(self.root, prep=prep), "test"))
+    self.assertEqual([e["name"] for e in examples],
+                     ["tile3/image_part_001", "tile3/image_part_002"])
+    for e in examples:  # tile 3 holds 49x56 and 50x58 images
+      np.testing.assert_array_equal(e["image"], written[e["name"]][0])
+      np.testing.assert_array_equal(e["label"], written[e["name"]][1])
+
+  def test_full_resolution_examples_read_with_the_same_checks(self):
+    fixtures.make_tile_layout(self.root)
+    path = os.path.join(self.root, "Tile 1", "images", "image_part_001.png")
+    with open(path, "wb") as f:
+      f.write(b"\x89PNG not really")
+    examples = data.full_resolution_examples(_config(self.root), "val")
+    with self.assertRaisesRegex(ValueError, r"Tile 1/images/image_part_001.png: cannot read"):
+      list(examples)
+    skipping = data.full_resolution_examples(_config(self.root, on_bad_file="skip"), "val")
+    self.assertEqual([e["name"] for e in skipping], ["tile1/image_part_002"])
+    with self.assertRaisesRegex(ValueError, "random_patch.*data.split='tile' or 'image'"):
+      data.full_resolution_examples(_config(self.root, split="random_patch"), "val")
+    with self.assertRaisesRegex(ValueError, "prepared TFDS dataset.*data.root"):
+      data.full_resolution_examples(_config(self.root, name="tfds:dubai_aerial/x"), "val")
+
   def test_patches_cover_image(self):
     written = fixtures.make_tile_layout(self.root)
     ds = data.get_dataset(_config(self.root, prep="patches", patch_size=16, patch_overlap=4))
