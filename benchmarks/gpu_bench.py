@@ -45,31 +45,32 @@ _TOY = flags.DEFINE_bool("toy", False, "Tiny models and images, a few steps (CPU
 _REPORT = flags.DEFINE_bool("report", False, "Only print the table of the JSON lines in --out.")
 _MODELS = flags.DEFINE_list("models", ["unet", "deeplabv3_resnet50", "asym_unet"],
                             "Which models (keys of MODELS) to time.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed bare steps per model (after 3 warm-up steps).")
+_STEPS = flags.DEFINE_integer("bare_steps", 20,
+                              "Timed bare steps per model (after 3 warm-up steps).")
 _LOOP_STEPS = flags.DEFINE_integer(
     "loop_steps", 0, "Steps of the proposal's loop and bare-step blocks (0: its eval_every).")
 
 # The models of the comparison: registry name and fields, batch and (H, W), the PyTorch model
 # of ../shared/bench/torch_anchor.py with the same layers (None: no PyTorch twin).
 MODELS = {
-    "unet": dict(name="unet", kwargs=dict(depth=4, base_width=64), batch=64, size=(144, 256),
-                 torch="unet"),
+    # The registry's unet: base width 64, depth 4 (31,037,958 parameters).
+    "unet": dict(name="unet", kwargs=None, batch=64, size=(144, 256), torch="unet"),
     # torchvision's deeplabv3_resnet50: output stride 8, ASPP rates 12/24/36, a 3x3 head conv.
-    "deeplabv3_resnet50": dict(
-        name="deeplabv3", kwargs=dict(backbone="resnet50", output_stride=8,
-                                      aspp_rates=(12, 24, 36), head_conv=True),
-        batch=16, size=(512, 512), torch="deeplabv3_resnet50"),
+    "deeplabv3_resnet50": dict(name="deeplabv3_resnet50", kwargs=None, batch=16,
+                               size=(512, 512), torch="deeplabv3_resnet50"),
     "asym_unet": dict(name="asym_unet", kwargs=None, batch=64, size=(144, 256), torch=None),
 }
+_TOY_RESNET = {"width": 2, "stage_sizes": (1, 1, 1, 1)}
 TOY_MODELS = {
-    "unet": dict(MODELS["unet"], kwargs=dict(depth=2, base_width=4), batch=2, size=(32, 64)),
+    "unet": dict(MODELS["unet"], kwargs=dict(backbone_kwargs={"widths": (4, 8, 16)}), batch=2,
+                 size=(32, 64)),
     "deeplabv3_resnet50": dict(
         MODELS["deeplabv3_resnet50"], batch=2, size=(64, 64),
-        kwargs=dict(MODELS["deeplabv3_resnet50"]["kwargs"], aspp_features=8,
-                    backbone_kwargs={"width": 2, "stage_sizes": (1, 1, 1, 1)})),
+        kwargs=dict(backbone_kwargs=_TOY_RESNET, neck_kwargs={"features": 8},
+                    head_kwargs={"features": 8})),
     "asym_unet": dict(MODELS["asym_unet"], batch=2, size=(32, 64), kwargs=dict(
-        widths=(4, 8, 8), encoder_blocks=(1, 1, 1), decoder_widths=(8, 4), decoder_blocks=(1, 1),
-        aspp_features=8, se_reduction=2)),
+        backbone_kwargs={"widths": (4, 8, 8), "blocks": 1, "se_reduction": 2},
+        neck_kwargs={"features": 8}, decoder_kwargs={"widths": (8, 4)})),
 }
 # Dense bfloat16 peak TFLOP/s by device kind (vendor data sheets), for MFU.
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))

@@ -123,7 +123,7 @@ def loop(trainer: train.Trainer, root: str, timers: dict[str, Timer]) -> float:
   ckpt.save = timers["checkpoint save"].wrap(ckpt.save)
   try:
     start = time.perf_counter()
-    train._train(trainer, ckpt, None, workdir)  # pylint: disable=protected-access
+    train._train(trainer, [ckpt], [None], [workdir])  # pylint: disable=protected-access
     return time.perf_counter() - start
   finally:
     ckpt.close()
@@ -149,7 +149,7 @@ def measure(path: str) -> None:
   print(f"  Trainer built in {build:.2f} s (reading the dataset included)")
   root = tempfile.mkdtemp()
   timers = {"evaluate": Timer(), "checkpoint save": Timer()}
-  trainer.evaluate = timers["evaluate"].wrap(trainer.evaluate)
+  trainer.evaluate_replicas = timers["evaluate"].wrap(trainer.evaluate_replicas)
   try:
     with compilation.CompileLog() as compiles:
       first = loop(trainer, root, timers)  # compiles the loop's functions
