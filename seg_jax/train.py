@@ -406,7 +406,11 @@ class Trainer:
     else:
       keys = lambda index: _seed_key(config.seed, index)
       preds_sharding = self.data_sharding
-    self._init = jax.jit(lambda: init_fn(keys(0)), out_shardings=self.replicated,
+
+    def init():
+      return init_fn(keys(0))
+
+    self._init = jax.jit(init, out_shardings=self.replicated,
                          compiler_options=INIT_COMPILER_OPTIONS)
     self._step_key = jax.jit(lambda: keys(1), out_shardings=self.replicated)
     # The state of one run, as its checkpoints hold it.
@@ -833,7 +837,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for run_dir in workdirs:
         writers.discard_after(run_dir, step)
     if step < c.num_steps:
-      initial = None if restored is not None else _initial_weights(trainer)
+      initial = None if restored[0] is not None else _initial_weights(trainer)
       if jax.process_index() == 0:
         for run_config, run_dir in runs:
           workdir_lib.save_config(run_config, run_dir)

@@ -222,7 +222,7 @@ class SweepRunTest(absltest.TestCase):
         records = [_read_json(os.path.join(workdir, setting, f"seed{s}", name)) for s in (0, 1)]
         checked = 0
         for key, value in records[0].items():
-          if key in ("step", "split", "checkpoint"):
+          if key in results.NOT_SCORES:
             continue
           names = ([(f"{split}_{key}", lambda r, k=key: r[k])] if not isinstance(value, dict)
                    else [(f"{split}_{key}_{c}", lambda r, k=key, c=c: r[k][c]) for c in value])
