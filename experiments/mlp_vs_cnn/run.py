@@ -61,7 +61,7 @@ TOY_KWARGS = {"mlp": {"hidden": (8,)}, "simple_cnn": {"widths": (4, 8)}}
 TOY_SHIFTS = (0, 1, 2)
 
 
-def base_config(data_root: str, runs: str, toy: bool) -> ml_collections.ConfigDict:
+def base_config(data_root: str, toy: bool) -> ml_collections.ConfigDict:
   """``configs/dubai_patches.py`` as every setting of the sweep starts from it, locked."""
   config = dubai_patches.get_config()
   config.data.root = data_root
@@ -274,7 +274,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   writers.quiet_library_logs()
   runs = os.path.join(args.out, "runs") if args.toy else RUNS
   shifts = TOY_SHIFTS if args.toy else SHIFTS
-  config = base_config(args.data_root, runs, args.toy)
+  config = base_config(args.data_root, args.toy)
   sweep = load_sweep(args.toy)
   planned, dataset = train_sweep(config, sweep, runs)
   rows = results.summarize(runs, list(sweep.settings), sweep.seeds)
@@ -286,9 +286,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   save_figure(scores, shifts, os.path.join(args.out, "shift.png"))
   c = config
   sections = [
-      "### Command\n\nThe sweep it runs (the same runs, then `--summarize` for the tables):\n\n"
+      "### Runs\n\nThe runs are those of this sweep, in the same folders (either command "
+      "reuses the runs the other finished):\n\n"
       f"    python -m seg_jax.sweep --config=configs/dubai_patches.py "
-      f"--sweep=experiments/mlp_vs_cnn/sweep.py --workdir={runs}",
+      f"--sweep=experiments/mlp_vs_cnn/sweep.py --workdir={runs}"
+      + ("" if args.data_root == dubai_patches.get_config().data.root
+         else f" --config.data.root={args.data_root}"),
       f"### Data\n\n{c.data.patch_size}x{c.data.patch_size} patches of the Dubai tiles, each "
       f"labelled with its majority class; patches where that class covers less than "
       f"{c.data.min_purity:.0%} of the pixels are left out:\n\n" + data_table(dataset),
