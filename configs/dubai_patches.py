@@ -1,4 +1,4 @@
-r"""python -m seg_jax.main --config=configs/dubai_patches.py:cnn --workdir=/tmp/dubai_patches_cnn
+r"""python -m seg_jax.main --config=configs/dubai_patches.py --workdir=/tmp/dubai_patches_cnn
 
 Classification of 32x32 patches of the Dubai tiles (configs/dubai.py's data, cut into patches
 instead of resized) by their majority class: `data.labels="majority"` gives each patch the class
@@ -8,9 +8,13 @@ to train/val/test, so val and test patches come from other tiles than training o
 classifier is trained through `seg_jax.models.segmentation.DenseFromClassifier`: the logged
 "pixel accuracy" is the patch classification accuracy. The part after a colon picks the model
 (`ARCHITECTURES`): `mlp`, `cnn` (the default) or `locally_connected` (the CNN without weight
-sharing). Augmentation keeps flips, quarter turns and colour jitter and drops rescaling and
-rotation, which shift the content of a patch. Measured on the 2-core CPU: see
-experiments/mlp_vs_cnn/README.md.
+sharing), e.g. `--config=configs/dubai_patches.py:mlp`. Augmentation keeps flips, quarter turns and colour jitter and drops rescaling and
+rotation, which shift the content of a patch.
+Measured on the shared 2-core CPU (load average 11-14), 2026-11-27, seeds 0 and 1, 250 steps of
+batch 64: test accuracy cnn 0.954 (24,086 parameters, 41 s of training per run),
+locally_connected 0.952 (2,802,278, 1m49s), mlp 0.907 (1,706,246, 9 s); the whole comparison
+with its shift test, `python -m experiments.mlp_vs_cnn.run`, took 7 minutes
+(experiments/mlp_vs_cnn/README.md).
 """
 
 import ml_collections
