@@ -62,7 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0  # Root of every random key (init, augmentation, dropout, data order).
 
   config.model = m = ml_collections.ConfigDict()
-  m.name = "asym_unet"  # A name from seg_jax.models.available() that is a segmentation model.
+  # A name from seg_jax.models.available(): a segmentation model, or a classifier (e.g. "mlp",
+  # "simple_cnn") trained on data.labels = "majority" through
+  # seg_jax.models.segmentation.DenseFromClassifier.
+  m.name = "asym_unet"
   # A name from seg_jax.models.ablations(name), laid over kwargs ("" = none), e.g. "asym_se".
   m.ablation = ""
   m.num_classes = 0  # 0 = number of classes of the dataset; otherwise must equal it.
@@ -107,6 +110,13 @@ def get_config() -> ml_collections.ConfigDict:
   d.prep = "resize"  # "resize" to image_size, or "patches" of patch_size.
   d.patch_size = 256  # Patch side when prep = "patches".
   d.patch_overlap = 0  # Overlap in pixels between neighbouring patches.
+  # "pixels": each pixel is labelled with its class (segmentation). "majority": each example is
+  # labelled with the majority class of its pixels, every pixel of its label map set to that
+  # class, which makes a classification dataset (for a classifier model.name); an example whose
+  # majority class covers less than min_purity of its pixels (ignored pixels count against it)
+  # is left out, and the count left out of each split is logged (Dataset.dropped).
+  d.labels = "pixels"
+  d.min_purity = 0.5  # In (0, 1]: share of an example's pixels its majority class must cover.
   d.num_train = 1024  # Synthetic split sizes.
   d.num_val = 64
   d.num_test = 32

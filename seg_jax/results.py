@@ -40,7 +40,7 @@ TEST_RESULT = "eval_test.json"
 # Scalar scores of the main table, in order, with their headings.
 MAIN_SCORES = (("val_miou", "val mIoU"), ("test_miou", "test mIoU"),
                ("val_pixel_accuracy", "val pixel acc"), ("test_pixel_accuracy", "test pixel acc"))
-# Record fields that say how a score was measured, not what it is.
+# Fields of final_metrics.json and eval_<split>.json that describe the evaluation, not a score.
 NOT_SCORES = ("step", "split", "checkpoint", "resolution", "image_size", "predict")
 
 
@@ -135,7 +135,7 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
   return out.getvalue()
 
 
-def _cell(row: dict[str, Any], score: str) -> str:
+def cell(row: dict[str, Any], score: str) -> str:
   """"mean ± std" of a score (3 decimals), or "-" if there is none."""
   mean, std = row.get(f"{score}_mean", math.nan), row.get(f"{score}_std", math.nan)
   if math.isnan(mean):
@@ -143,7 +143,8 @@ def _cell(row: dict[str, Any], score: str) -> str:
   return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+  """"1m05s" / "42s" of a number of seconds, or "-" for NaN."""
   if math.isnan(seconds):
     return "-"
   minutes, secs = divmod(int(round(seconds)), 60)
@@ -161,8 +162,8 @@ def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size:
   for row in rows:
     params = "-" if math.isnan(row["params"]) else f"{int(row['params']):,}"
     gflops = "-" if math.isnan(row["gflops"]) else f"{row['gflops']:.3g}"
-    main.append([row["setting"], row["n"], *(_cell(row, s) for s, _ in MAIN_SCORES), params,
-                 gflops, _duration(row.get("train_seconds_mean", math.nan))])
+    main.append([row["setting"], row["n"], *(cell(row, s) for s, _ in MAIN_SCORES), params,
+                 gflops, duration(row.get("train_seconds_mean", math.nan))])
   size = "x".join(str(s) for s in image_size) if image_size else "the config's size"
   parts = [
       "Mean ± std over the n seeds of each setting (sample std). val: the last step on the val "
@@ -180,7 +181,7 @@ def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size:
     if classes:
       parts.append(f"IoU per class, {split}:")
       parts.append(_table(["setting", "n", *classes],
-                          [[r["setting"], r["n"], *(_cell(r, prefix + c) for c in classes)]
+                          [[r["setting"], r["n"], *(cell(r, prefix + c) for c in classes)]
                            for r in rows]))
   if missing:
     parts.append("Not finished (left out of the table): " + ", ".join(missing) + ".")

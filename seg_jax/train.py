@@ -94,16 +94,18 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
   Returns:
     The number of classes.
   Raises:
-    ConfigError: unknown or non-segmentation model, num_classes not matching the dataset's
-      palette, images smaller than the model's minimum, a batch not divisible by the devices,
-      an unknown eval split.
+    ConfigError: unknown model, a classifier without data.labels="majority", num_classes not
+      matching the dataset's palette, images smaller than the model's minimum, a batch not
+      divisible by the devices, an unknown eval split.
     DataError: an empty train split or an empty split to evaluate.
   """
   name = config.model.name
   if name not in models.available():
     raise errors.ConfigError(f"model.name must be one of {models.available()}, got {name!r}")
-  if not models.is_segmentation(name):
-    raise errors.ConfigError(f"model.name {name!r} is a classifier, not a segmentation model")
+  if not models.is_segmentation(name) and config.data.labels != "majority":
+    raise errors.ConfigError(
+        f"model.name {name!r} is a classifier: it predicts one class per image, so it trains on "
+        f"data.labels='majority' (one class per example), not {config.data.labels!r}")
   num_classes = len(dataset.class_names)
   palette_size = len(palettes.palette_colors(dataset.palette))
   if palette_size != num_classes:
@@ -164,10 +166,12 @@ def check_setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset,
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """The configured model from the registry, with ``model.ablation`` applied by the registry.
 
-  With ``optim.backbone="freeze"`` the frozen modules are the model's ``frozen_parts``.
+  A classifier comes as ``DenseFromClassifier`` (its logits at every pixel), so everything
+  downstream (loss, confusion matrix, logs) treats it as a segmentation model. With
+  ``optim.backbone="freeze"`` the frozen modules are the model's ``frozen_parts``.
   """
   try:
-    model = models.create(config.model.name, num_classes=num_classes,
+    model = models.create(config.model.name, num_classes=num_classes, dense=True,
                           dtype=dtype_from_name(config.model.dtype),
                           param_dtype=dtype_from_name(config.model.param_dtype),
                           ablation=config.model.ablation, **config.model.kwargs.to_dict())

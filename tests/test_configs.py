@@ -26,8 +26,9 @@ sys.path.insert(0, REPO)
 CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
                       if f.endswith(".py") and f != "__init__.py")
 # (file, argument after the colon) of every config a user can launch.
-VARIANTS = [(name, None) for name in CONFIG_FILES if name != "dubai"] + [
-    ("dubai", arch) for arch in ("asym_unet", "unet", "deeplabv3plus")]
+VARIANTS = [(name, None) for name in CONFIG_FILES if name not in ("dubai", "dubai_patches")] + [
+    ("dubai", arch) for arch in ("asym_unet", "unet", "deeplabv3plus")] + [
+    ("dubai_patches", arch) for arch in ("mlp", "cnn", "locally_connected")]
 
 
 def load(name, arg=None):
@@ -143,7 +144,9 @@ class ConfigsTest(parameterized.TestCase):
   def test_names_exist_and_model_builds(self, name, arg):
     config = load(name, arg)
     self.assertIn(config.model.name, models.available())
-    self.assertTrue(models.is_segmentation(config.model.name))
+    # A classifier trains on one class per example.
+    self.assertTrue(models.is_segmentation(config.model.name) or config.data.labels == "majority")
+    self.assertIn(config.data.labels, data_lib.dataset.LABELS)
     self.assertIn(config.data.name, data_lib.dataset.NAMES)
     self.assertIn(config.optim.name, optim.OPTIMIZERS)
     self.assertIn(config.optim.backbone, optim.BACKBONE_MODES)
@@ -195,6 +198,13 @@ class ConfigsTest(parameterized.TestCase):
   def test_dubai_rejects_unknown_architecture(self):
     with self.assertRaisesRegex(ValueError, "arch.*'segformer'"):
       load("dubai", "segformer")
+    with self.assertRaisesRegex(ValueError, "arch.*'resnet'"):
+      load("dubai_patches", "resnet")
+
+  def test_dubai_patches_variants_are_listed(self):
+    module = importlib.import_module("configs.dubai_patches")
+    self.assertEqual(sorted(module.ARCHITECTURES),
+                     sorted(arch for name, arch in VARIANTS if name == "dubai_patches"))
 
 
 if __name__ == "__main__":

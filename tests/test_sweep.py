@@ -173,6 +173,23 @@ class ExperimentSweepsTest(parameterized.TestCase):
     self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])
 
 
+class RunScoresTest(absltest.TestCase):
+
+  def test_fields_describing_the_evaluation_are_not_scores(self):
+    directory = tempfile.mkdtemp()
+    scores = {"miou": 0.5, "pixel_accuracy": 0.75, "iou": {"land": 0.5, "water": None}}
+    with open(os.path.join(directory, train.FINAL_METRICS), "w") as f:
+      json.dump({"step": 4, "split": "val", **scores}, f)
+    with open(os.path.join(directory, results.TEST_RESULT), "w") as f:  # as evaluate_checkpoint
+      json.dump({"step": 2, "split": "test", **scores, "checkpoint": "best",
+                 "resolution": "training", "image_size": [32, 32]}, f)
+    got = results.run_scores(directory)
+    self.assertCountEqual([k for k in got if k.startswith("test_")],
+                          ["test_miou", "test_pixel_accuracy", "test_iou_land", "test_iou_water"])
+    self.assertEqual((got["test_pixel_accuracy"], got["best_step"]), (0.75, 2.0))
+    self.assertTrue(np.isnan(got["test_iou_water"]))
+
+
 class SweepRunTest(absltest.TestCase):
 
   @pytest.mark.slow

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import losses
@@ -82,11 +83,12 @@ class GuardsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "model.name.*'unet3d'"):
       train.check_setup(tiny_config(**{"model.name": "unet3d"}), tiny_dataset(), 1)
 
-  def test_classifier_is_not_segmentation(self):
+  def test_classifier_needs_one_class_per_example(self):
     config = tiny_config()
     with config.unlocked():
       config.model.name = "resnet18"
-    with self.assertRaisesRegex(ValueError, "classifier"):
+    with self.assertRaisesRegex(errors.ConfigError,
+                                "'resnet18' is a classifier.*data.labels='majority'.*'pixels'"):
       train.check_setup(config, tiny_dataset(), 1)
 
   def test_num_classes_must_match_dataset(self):
@@ -211,6 +213,40 @@ def _nan_config(**overrides):
   return tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 1e30,
                         "optim.schedule": "constant", "optim.warmup_steps": 0,
                         "optim.momentum": 0.0, "optim.grad_clip_norm": 0.0, **overrides})
+
+
+class ClassifierTest(absltest.TestCase):
+
+  def test_trains_and_scores_its_classification_accuracy(self):
+    config = tiny_config(**{
+        "model.name": "simple_cnn",
+        "model.kwargs": ml_collections.ConfigDict({"widths": (4, 8)}),
+        "data.labels": "majority", "data.min_purity": 0.3, "data.num_val": 8,
+        "train.num_steps": 2})
+    dataset = data_lib.get_dataset(config.data)
+    self.assertGreater(len(dataset.val), 3)
+    workdir = tempfile.mkdtemp()
+    final = train.train_and_evaluate(config, workdir, dataset)
+    self.assertEqual(final["step"], config.train.num_steps)
+
+    # The last step's state, run as the bare classifier on the val images.
+    checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    state, step = checkpointer.restore_state(
+        train.abstract_state(config, 6, dataset.image_size), "latest")
+    checkpointer.close()
+    self.assertEqual(step, config.train.num_steps)
+    classifier = models.create("simple_cnn", num_classes=6, widths=(4, 8))
+    images = (dataset.val.images - dataset.mean) / dataset.std
+    logits = classifier.apply({"params": state.params, "batch_stats": state.batch_stats},
+                              images, train=False)
+    preds, labels = np.argmax(logits, axis=-1), dataset.val.labels[:, 0, 0]
+    self.assertAlmostEqual(final["pixel_accuracy"], np.mean(preds == labels), places=6)
+    for k, name in enumerate(dataset.class_names):  # recall per class, NaN for an absent one
+      if (labels == k).any():
+        self.assertAlmostEqual(final["accuracy"][name], np.mean(preds[labels == k] == k),
+                               places=6, msg=name)
+      else:
+        self.assertTrue(np.isnan(final["accuracy"][name]), name)
 
 
 class LoopTest(absltest.TestCase):

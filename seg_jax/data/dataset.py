@@ -26,6 +26,7 @@ NAMES = ("synthetic_aerial", "dubai_aerial")
 TFDS_PREFIX = "tfds:"
 SPLIT_MODES = ("tile", "image", "random_patch")
 PREPS = ("resize", "patches")
+LABELS = ("pixels", "majority")
 # Synthetic splits draw scenes from disjoint index ranges, so changing one
 # split's size never changes another split's scenes.
 SYNTHETIC_OFFSETS = {"train": 0, "val": 1 << 30, "test": 1 << 31}
@@ -78,6 +79,8 @@ class Dataset:
   std: np.ndarray
   # (file, reason) of every file left out under on_bad_file="skip".
   skipped: tuple[tuple[str, str], ...] = ()
+  # Examples left out of each split by data.labels="majority" (below data.min_purity).
+  dropped: dict[str, int] = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
@@ -98,6 +101,14 @@ def _check_config(c) -> None:
     raise ValueError(f"data.split must be one of {SPLIT_MODES}, got {c.split!r}.")
   if c.prep not in PREPS:
     raise ValueError(f"data.prep must be one of {PREPS}, got {c.prep!r}.")
+  if c.labels not in LABELS:
+    raise ValueError(f"data.labels must be one of {LABELS}, got {c.labels!r}.")
+  if not 0.0 < c.min_purity <= 1.0:
+    raise ValueError(f"data.min_purity must be in (0, 1], got {c.min_purity}.")
+  if c.labels == "majority" and is_tfds(c.name):
+    raise ValueError(f"data.labels='majority' relabels examples read into memory; {c.name!r} "
+                     "is a prepared TFDS dataset, read as stored: use data.name='dubai_aerial' "
+                     "or 'synthetic_aerial'.")
   if len(tuple(c.image_size)) != 2 or min(c.image_size) < 8:
     raise ValueError(f"data.image_size must be (H, W) with H, W >= 8, got {c.image_size}.")
   if not 0 <= c.ignore_index <= 255:
@@ -191,6 +202,30 @@ def load_folder(root: str, c, palette: palettes.Palette):
     what = f"the {s} split" if c.split != "random_patch" else f"{root} (random_patch split)"
     check_ignored_share(ignored[s], what=what, max_ignored_fraction=c.max_ignored_fraction)
   return out, tuple(log.skipped)
+
+
+def majority_labelled(sources: dict[str, ArraySource], num_classes: int,
+                      min_purity: float) -> tuple[dict[str, ArraySource], dict[str, int]]:
+  """Each split as a classification set (data.labels="majority"), and the count left out of each.
+
+  Every kept example's label map holds its majority class at every pixel
+  (`preprocess.majority_classes`), so a per-pixel loss or confusion matrix counts each image
+  alike; examples whose majority class covers less than `min_purity` of their pixels are left
+  out, and the counts are logged.
+  """
+  out, dropped = {}, {}
+  for split, source in sources.items():
+    classes, kept = preprocess.majority_classes(source.labels, num_classes, min_purity)
+    labels = np.broadcast_to(classes[kept, None, None].astype(np.uint8),
+                             (int(kept.sum()), *source.labels.shape[1:]))
+    names = None if source.names is None else [n for n, k in zip(source.names, kept) if k]
+    out[split] = ArraySource(source.images[kept], np.ascontiguousarray(labels), names)
+    dropped[split] = len(source) - len(out[split])
+  logging.warning(
+      "data.labels='majority': left out %s examples whose majority class covers less than "
+      "data.min_purity=%g of their pixels", ", ".join(
+          f"{split} {dropped[split]} of {len(sources[split])}" for split in sources), min_purity)
+  return out, dropped
 
 
 def _to_source(examples) -> ArraySource:
@@ -289,8 +324,12 @@ def _synthetic_dataset(c) -> Dataset:
   arrays["train"] = ArraySource(train.images[:c.num_train], train.labels[:c.num_train])
   palette = dataclasses.replace(synthetic.PALETTE,
                                 ignore_color=palettes.parse_ignore_color(c.ignore_color))
+  dropped = {}
+  if c.labels == "majority":
+    arrays, dropped = majority_labelled(arrays, len(palette.names), c.min_purity)
   return Dataset(**arrays, class_names=palette.names, palette=palette,
-                 ignore_index=c.ignore_index, image_size=size, mean=mean, std=std)
+                 ignore_index=c.ignore_index, image_size=size, mean=mean, std=std,
+                 dropped=dropped)
 
 
 def _check_root(c) -> None:
@@ -305,11 +344,14 @@ def _folder_dataset(c) -> Dataset:
   palette = folder_palette(c)
   examples, skipped = load_folder(c.root, c, palette)
   sources = {s: _to_source(examples[s]) for s in splits.SPLITS}
+  dropped = {}
+  if c.labels == "majority":
+    sources, dropped = majority_labelled(sources, len(palette.names), c.min_purity)
   mean, std = preprocess.mean_std(sources["train"].images)
   size = preprocess.example_size(c.prep, c.image_size, c.patch_size)
   return Dataset(**sources, class_names=palette.names, palette=palette,
                  ignore_index=c.ignore_index, image_size=tuple(int(v) for v in size),
-                 mean=mean, std=std, skipped=skipped)
+                 mean=mean, std=std, skipped=skipped, dropped=dropped)
 
 
 def _tfds_dataset(c) -> Dataset:
@@ -332,9 +374,14 @@ def full_resolution_examples(c, split: str) -> Iterator[dict[str, Any]]:
   files are listed now and read one by one as the iterator advances.
   Raises:
     ValueError: a TFDS dataset (prepared already resized or cut), a random_patch split (its
-      splits hold patches, not images), or a config or folder `get_dataset` refuses.
+      splits hold patches, not images), majority labels (one class per example, not per pixel
+      of an image), or a config or folder `get_dataset` refuses.
   """
   _check_config(c)
+  if c.labels == "majority":
+    raise ValueError("data.labels='majority' gives each example one class; full-resolution "
+                     "evaluation scores the per-pixel labels of whole images, which such a "
+                     "model does not predict: evaluate at eval.resolution='training'.")
   if split not in splits.SPLITS:
     raise ValueError(f"split must be one of {splits.SPLITS}, got {split!r}.")
   if is_tfds(c.name):

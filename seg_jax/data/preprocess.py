@@ -1,4 +1,4 @@
-"""Resizing, patch extraction and per-channel statistics of image/label pairs."""
+"""Resizing, patch extraction, majority labels and per-channel statistics of image/label pairs."""
 
 from __future__ import annotations
 
@@ -59,6 +59,28 @@ def patchify(image: np.ndarray, label: np.ndarray, patch: int, overlap: int = 0,
       images.append(image[y:y + patch, x:x + patch])
       labels.append(label[y:y + patch, x:x + patch])
   return np.stack(images), np.stack(labels)
+
+
+def majority_classes(labels: np.ndarray, num_classes: int,
+                     min_purity: float) -> tuple[np.ndarray, np.ndarray]:
+  """The majority class of each label map, and whether it is pure enough to keep.
+
+  Args:
+    labels: uint8 (N, H, W); values outside [0, num_classes) (the ignore index) are no class.
+    num_classes: number of classes.
+    min_purity: share of ALL of a map's pixels the majority class must cover, so ignored pixels
+      count against it and a mostly ignored map is not kept.
+  Returns:
+    int32 (N,) majority class of each map (the lower index on a tie) and bool (N,) whether it
+    covers at least `min_purity` of the map (never for a map without a class pixel).
+  """
+  if labels.ndim != 3:
+    raise ValueError(f"labels must be (N, H, W), got shape {labels.shape}.")
+  flat = labels.reshape(len(labels), -1)
+  counts = np.stack([np.count_nonzero(flat == k, axis=1) for k in range(num_classes)], axis=1)
+  best = counts.max(axis=1)
+  kept = (best > 0) & (best >= min_purity * flat.shape[1])
+  return counts.argmax(axis=1).astype(np.int32), kept
 
 
 class MeanStd:

@@ -86,13 +86,16 @@ def settings(name: str, ablation: str = "", **kwargs: Any) -> dict[str, Any]:
 
 
 def create(name: str, *, num_classes: int, dtype: Any = jnp.float32, ablation: str = "",
-           **kwargs: Any) -> nn.Module:
+           dense: bool = False, **kwargs: Any) -> nn.Module:
   """Builds model ``name``; ``kwargs`` are fields of its module (e.g. ``output_stride=8``).
 
   For segmentation models they are ``SegmentationModel`` fields merged into the preset, e.g.
   ``backbone_kwargs={"output_stride": 8}`` (see ``settings``); ``ablation`` names one of
   ``ablations(name)``. ``dtype`` is the compute dtype (a dtype or its name, e.g.
   ``"bfloat16"``); parameters stay ``param_dtype`` (float32 unless given) and logits are float32.
+  ``dense=True`` gives per-pixel logits ``(N, H, W, num_classes)`` for every name: a classifier
+  comes wrapped in ``segmentation.DenseFromClassifier`` (same parameters), which is how the
+  trainer trains it.
   """
   fields = settings(name, ablation, **kwargs)
   if not isinstance(num_classes, int) or num_classes < 1:
@@ -102,9 +105,12 @@ def create(name: str, *, num_classes: int, dtype: Any = jnp.float32, ablation: s
   except TypeError as e:
     raise ValueError(f"dtype must name a JAX dtype, got {dtype!r}") from e
   try:
-    return _REGISTRY[name](num_classes=num_classes, dtype=dtype, **fields)
+    model = _REGISTRY[name](num_classes=num_classes, dtype=dtype, **fields)
   except TypeError as e:
     raise ValueError(f"bad keyword arguments for model {name!r}: {e}") from e
+  if dense and not is_segmentation(name):
+    return segmentation.DenseFromClassifier(model)
+  return model
 
 
 def count_params(variables: Any) -> int:

@@ -116,6 +116,37 @@ def merge_settings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict
   return merged
 
 
+class DenseFromClassifier(nn.Module):
+  """A classifier as a segmentation model: its logits ``(N, C)`` repeated at every pixel.
+
+  Trained on labels whose every pixel holds the image's class (``data.labels="majority"``),
+  each image has the same number of pixels, so the per-pixel cross-entropy is the mean
+  per-image cross-entropy, and the confusion matrix, accuracy and IoU are those of the image
+  classifications, each count multiplied by H * W; pixel accuracy is the classification
+  accuracy. (A pixel ignored by the loss, e.g. one that a random rotation brings in from outside
+  the image, would weigh its image less.) The classifier shares this module's scope: the
+  parameters are the classifier's own tree, so ``classifier.apply`` runs a trained model's
+  variables as they are.
+  """
+
+  classifier: nn.Module
+
+  task: ClassVar[str] = "segmentation"
+
+  def setup(self):
+    nn.share_scope(self, self.classifier)
+
+  @property
+  def parts(self) -> tuple[str, ...]:
+    """No named parts (``optim.backbone="freeze"`` has none to freeze)."""
+    return ()
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Float32 logits ``(N, H, W, C)``: the classifier's logits of each image at its pixels."""
+    logits = self.classifier(x, train=train).astype(jnp.float32)
+    return jnp.broadcast_to(logits[:, None, None, :], (*x.shape[:3], logits.shape[-1]))
+
+
 class SegmentationModel(nn.Module):
   """backbone -> neck -> decoder -> head; see the module docstring.
 

@@ -473,5 +473,42 @@ class DtypeTest(absltest.TestCase):
     np.testing.assert_allclose(out16, out32, atol=0.1 * float(jnp.std(out32)) + 1e-3)
 
 
+
+class DenseFromClassifierTest(parameterized.TestCase):
+  """A classifier trained as a segmentation model: the same parameters, logits at every pixel."""
+
+  @parameterized.parameters(("mlp", {"hidden": (8,), "dropout": 0.5}),
+                            ("simple_cnn", {"widths": (4,)}))
+  def test_same_variables_and_logits_at_every_pixel(self, name, kwargs):
+    x = jax.random.normal(KEY, (2, 16, 24, 3))
+    bare = models.create(name, num_classes=3, **kwargs)
+    dense = models.create(name, num_classes=3, dense=True, **kwargs)
+    self.assertIsInstance(dense, segmentation.DenseFromClassifier)
+
+    @fast_jit
+    def run(x):
+      variables = bare.init(KEY, x, train=False)
+      out = {"dense_init": dense.init(KEY, x, train=False)}
+      for train in (False, True):  # dropout and BatchNorm in training mode alike
+        for key, model in (("bare", bare), ("dense", dense)):
+          out[f"{key} {train}"] = model.apply(variables, x, train=train,
+                                              rngs={"dropout": DROPOUT_KEY},
+                                              mutable=["batch_stats"])
+      return variables, out
+
+    variables, out = run(x)
+    jax.tree.map(np.testing.assert_array_equal, out["dense_init"], variables)
+    for train in (False, True):
+      (logits, updates), (dense_logits, dense_updates) = out[f"bare {train}"], out[f"dense {train}"]
+      self.assertEqual((dense_logits.shape, dense_logits.dtype), ((2, 16, 24, 3), jnp.float32))
+      np.testing.assert_array_equal(dense_logits, np.broadcast_to(
+          np.asarray(logits)[:, None, None, :], dense_logits.shape))
+      jax.tree.map(np.testing.assert_array_equal, dense_updates, updates)
+
+  def test_segmentation_models_are_dense_already(self):
+    model = models.create("unet", num_classes=3, dense=True, backbone_kwargs={"widths": (4,)})
+    self.assertIsInstance(model, segmentation.SegmentationModel)
+
+
 if __name__ == "__main__":
   absltest.main()
