@@ -1,5 +1,6 @@
-"""What the commands (`seg_jax.main`, `seg_jax.sweep`) share: flag parsing whose errors are one
-line on stderr, and the exit with a documented code."""
+"""What the commands (`seg_jax.main`, `seg_jax.sweep`, `seg_jax.predict`) share: the flags they
+have in common, flag parsing whose errors are one line on stderr, and the exit with a documented
+code."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ import sys
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 
 from seg_jax import errors
+
+# The flags several commands take, defined once here so that one process may import several
+# commands (a test, an experiment driver); each command marks the ones it requires.
+CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py, or configs/X.py:arg): the run's config "
+    "(seg_jax.main) or the one every setting starts from (seg_jax.sweep).", lock_config=True)
+WORKDIR = flags.DEFINE_string(
+    "workdir", None, "seg_jax.main: the run folder (checkpoints, logs, metrics); seg_jax.sweep: "
+    "the sweep folder (DIR/<setting>/seed<k> per run); seg_jax.predict: the training run whose "
+    "model predicts.")
 
 
 def verbose(argv: list[str]) -> bool:

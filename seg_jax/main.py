@@ -16,16 +16,14 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from seg_jax import cli
 from seg_jax import errors
 from seg_jax import train
 from seg_jax import writers
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, metrics).")
+_CONFIG = cli.CONFIG
+_WORKDIR = cli.WORKDIR
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Call jax.distributed.initialize() first (multi-host TPU VM pods / GPU clusters).")
@@ -36,7 +34,6 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "With --distributed: number of processes (default: detected).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "With --distributed: this process's index (default: detected).")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -59,4 +56,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

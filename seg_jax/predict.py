@@ -42,6 +42,7 @@ from PIL import Image
 import tqdm
 
 from seg_jax import checkpoint as checkpoint_lib
+from seg_jax import cli
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import inference
@@ -52,7 +53,7 @@ from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import dubai
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (config.json, checkpoints).")
+_WORKDIR = cli.WORKDIR  # the training run: its config.json and checkpoints
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                                 "Checkpoint: best validation mIoU or latest.")
 _INPUT = flags.DEFINE_string("input", None, "Image file, folder of images, or glob.")

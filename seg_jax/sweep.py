@@ -56,7 +56,6 @@ from absl import flags
 from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import cli
@@ -71,10 +70,9 @@ from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.models import summary
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py) every setting starts from.", lock_config=True)
+_CONFIG = cli.CONFIG
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep folder: DIR/<setting>/seed<k> per run.")
+_WORKDIR = cli.WORKDIR
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This process's shard, 0 <= i < count.")
 _SHARD_COUNT = flags.DEFINE_integer("shard_count", 1, "Number of shards the runs are split into.")
 _REPLICAS = flags.DEFINE_integer(
@@ -87,7 +85,6 @@ _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Check every setting, write model.json and the results, list the runs "
     "of this shard and what each needs; train and test nothing.")
 _README = flags.DEFINE_string("readme", "", "Also write the results into this Markdown file.")
-flags.mark_flags_as_required(["sweep", "workdir"])
 
 # Set by the runner for each run, never by a setting.
 RUNNER_FIELDS = ("seed", "train.num_replicas", "train.mode")
@@ -452,4 +449,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["sweep", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

@@ -72,3 +72,13 @@ class MainErrorsTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class CommandsTest(absltest.TestCase):
+
+  def test_one_process_imports_every_command(self):
+    # Tests and experiment drivers import the commands' functions: their flags must not clash.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import seg_jax.main, seg_jax.sweep, seg_jax.predict"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
