@@ -40,7 +40,8 @@ TEST_RESULT = "eval_test.json"
 # Scalar scores of the main table, in order, with their headings.
 MAIN_SCORES = (("val_miou", "val mIoU"), ("test_miou", "test mIoU"),
                ("val_pixel_accuracy", "val pixel acc"), ("test_pixel_accuracy", "test pixel acc"))
-NOT_SCORES = ("step", "split", "checkpoint")
+# Fields of an evaluation record that say how it was made (train.evaluate_checkpoint), not scores.
+NOT_SCORES = ("step", "split", "checkpoint", "resolution", "image_size", "predict")
 
 
 def run_dir(workdir: str, setting: str, seed: int) -> str:

@@ -173,6 +173,26 @@ class ExperimentSweepsTest(parameterized.TestCase):
     self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])
 
 
+class RunScoresTest(absltest.TestCase):
+
+  def test_what_describes_an_evaluation_is_not_a_score(self):
+    # eval_test.json as train.evaluate_checkpoint writes it: how it was evaluated beside the scores.
+    directory = tempfile.mkdtemp()
+    scores = {"miou": 0.5, "iou": {"land": 0.25, "road": None}}
+    for name, extra in ((train.FINAL_METRICS, {"split": "val"}),
+                        (results.TEST_RESULT, {"split": "test", "checkpoint": "best",
+                                               "resolution": "training", "image_size": [32, 48],
+                                               "predict": {"mode": "resize"}})):
+      with open(os.path.join(directory, name), "w") as f:
+        json.dump({"step": 4, **extra, **scores}, f)
+    got = results.run_scores(directory)
+    self.assertEqual({k: v for k, v in got.items() if not np.isnan(v)},
+                     {"val_miou": 0.5, "val_iou_land": 0.25, "test_miou": 0.5,
+                      "test_iou_land": 0.25, "best_step": 4.0})
+    self.assertCountEqual(got, ["val_miou", "val_iou_land", "val_iou_road", "test_miou",
+                                "test_iou_land", "test_iou_road", "best_step", "train_seconds"])
+
+
 class SweepRunTest(absltest.TestCase):
 
   @pytest.mark.slow
@@ -222,7 +242,7 @@ class SweepRunTest(absltest.TestCase):
         records = [_read_json(os.path.join(workdir, setting, f"seed{s}", name)) for s in (0, 1)]
         checked = 0
         for key, value in records[0].items():
-          if key in ("step", "split", "checkpoint"):
+          if key in results.NOT_SCORES:
             continue
           names = ([(f"{split}_{key}", lambda r, k=key: r[k])] if not isinstance(value, dict)
                    else [(f"{split}_{key}_{c}", lambda r, k=key, c=c: r[k][c]) for c in value])
