@@ -115,11 +115,15 @@ def report(runs: Sequence[sweep_lib.Run], runner: sweep_lib.Runner, sweep: sweep
                         title="train loss (while training) and val loss per setting, val mIoU; "
                               f"mean ± std over {len(sweep.seeds)} seeds")
   first = runs[0].config
+  seconds = [writers.read_metrics(run.workdir)[-1]["train_seconds"] for run in runs]
   return [
       f"Training set: {len(runner.dataset(first).train)} images ({first.data.name}, "
       f"{common.dims(first.data.image_size)}); {first.train.num_steps} steps of batch "
       f"{first.train.global_batch_size}; seeds {', '.join(map(str, sweep.seeds))}. Runs in "
-      f"`{workdir}` (the sweep's own results: `{os.path.join(workdir, results.RESULTS_MD)}`).",
+      f"`{workdir}` (the sweep's own results: `{os.path.join(workdir, results.RESULTS_MD)}`). "
+      f"Training loops, when the runs trained: {sum(seconds) / 60:.1f} minutes for the "
+      f"{len(runs)} runs ({min(seconds):.0f}-{max(seconds):.0f} s each; compilation, "
+      "evaluations and checkpoints included, data loading and test scoring not).",
       "Mean ± std over seeds. *train*: the last checkpoint scored on the training images as "
       "evaluation sees them (not augmented, no dropout, BatchNorm's running statistics); "
       "*val*: the same checkpoint on the val tiles; *test*: the best-val checkpoint on the test "

@@ -19,6 +19,7 @@ road pixels among the rest.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -32,10 +33,10 @@ import numpy as np
 
 from configs import dubai as dubai_config
 from experiments import common
-from seg_jax import data as data_lib
+from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import metrics
-from seg_jax import predict
 from seg_jax import train
+from seg_jax import workdir as workdir_lib
 from seg_jax import viz
 from seg_jax.data import augment
 
@@ -95,12 +96,36 @@ def is_module(path: Sequence[str]):
   return lambda module, method: method == "__call__" and tuple(module.path[:len(wanted)]) == wanted
 
 
-def forward(trained: predict.TrainedModel, images: np.ndarray, capture=True,
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A run's trainer (config, model, dataset with its mean/std), variables and step."""
+
+  trainer: train.Trainer
+  variables: dict[str, Any]
+  step: int
+
+
+def load_run(workdir: str) -> Trained:
+  """The best checkpoint of the run in ``workdir``, read only, with the run's own config."""
+  config = workdir_lib.load_config(workdir)
+  if config.model.name != "asym_unet":
+    raise ValueError(f"--workdir={workdir} trained {config.model.name!r}; this experiment "
+                     "reads the SE gates and ASPP branches of an asym_unet run")
+  trainer = train.Trainer(config)
+  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  try:
+    state, step = ckpt.restore_state(trainer.abstract_state, "best")
+  finally:
+    ckpt.close()
+  return Trained(trainer, {"params": state.params, "batch_stats": state.batch_stats}, step)
+
+
+def forward(trained: Trained, images: np.ndarray, capture=True,
             zero: Optional[tuple[str, ...]] = None) -> tuple[jax.Array, dict[str, Any]]:
   """Logits and captured intermediates (module outputs under ``backbone`` and ``neck``, SE
   gates) of ``images`` (uint8 (N, H, W, 3)); ``zero`` names a module whose output is replaced
   by zeros."""
-  x = augment.normalize(images, trained.info.mean, trained.info.std)
+  x = augment.normalize(images, trained.trainer.dataset.mean, trained.trainer.dataset.std)
 
   def zero_output(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
@@ -111,8 +136,8 @@ def forward(trained: predict.TrainedModel, images: np.ndarray, capture=True,
   keep = lambda m, method: capture and (is_module(("backbone",))(m, method)
                                         or is_module(("neck",))(m, method))
   with nn.intercept_methods(zero_output):
-    logits, state = trained.model.apply(trained.variables, x, train=False,
-                                        capture_intermediates=keep, mutable=["intermediates"])
+    logits, state = trained.trainer.model.apply(
+        trained.variables, x, train=False, capture_intermediates=keep, mutable=["intermediates"])
   return logits, state["intermediates"]
 
 
@@ -183,12 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv, workdir=True)
   logging.set_verbosity(logging.INFO)
   workdir = train_run(args)
-  trained = predict.load_workdir(workdir, "best")
-  if trained.config.model.name != "asym_unet":
-    raise ValueError(f"--workdir={workdir} trained {trained.config.model.name!r}; this "
-                     "experiment reads the SE gates and ASPP branches of an asym_unet run")
-  config = trained.config
-  dataset = data_lib.get_dataset(config.data)
+  trained = load_run(workdir)
+  config, dataset = trained.trainer.config, trained.trainer.dataset
   names = list(dataset.class_names)
   images = np.concatenate([dataset.val.images, dataset.test.images])
   labels = np.concatenate([dataset.val.labels, dataset.test.labels])
@@ -207,8 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   kernel = np.asarray(trained.variables["params"]["backbone"]["stage0"]["conv0"]["conv"]["kernel"])
   filters_figure(kernel, os.path.join(args.out, "filters.png"))
 
-  # Feature maps of each encoder stage, on the water-richest image's city counterpart: the
-  # city image with the most building and road pixels.
+  # Feature maps of each encoder stage on the city image with the most building and road.
   one = city[0]
   table = feature_maps_figure(
       images[one], {k: v[one:one + 1] for k, v in stage_outputs(inter).items()},
