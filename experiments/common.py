@@ -171,8 +171,8 @@ def seed_mean(curves: Sequence[Sequence[tuple[int, float]]]
   """(steps, mean, std) over seeds of (step, value) curves, at the steps they all have."""
   steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
   by_step = [dict(c) for c in curves]
-  mean, std = zip(*(results.mean_std([c[s] for c in by_step]) for s in steps)) if steps else ((), ())
-  return steps, list(mean), list(std)
+  pairs = [results.mean_std([c[s] for c in by_step]) for s in steps]
+  return steps, [m for m, _ in pairs], [s for _, s in pairs]
 
 
 def mean_std_text(values: Sequence[float], digits: int = 3) -> str:

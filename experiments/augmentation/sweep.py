@@ -1,5 +1,6 @@
-"""Dubai with augmentation off vs on, the same budget: the proposal of configs/dubai.py at
-72x128, 300 steps of batch 8 (about 44 epochs of the 54 training images), 2 seeds.
+"""Dubai with augmentation off vs on, the same budget: the small asymmetric U-Net of
+configs/default.py on the 54 training images at 72x128, 400 steps of batch 8 (about 59 epochs),
+2 seeds.
 
   python -m seg_jax.sweep --config=configs/dubai.py \
       --sweep=experiments/augmentation/sweep.py --workdir=/tmp/augmentation
@@ -22,8 +23,9 @@ dubai = config_files.load_module(os.path.join(
 SEEDS = [0, 1]
 # The sizes of a full run and of a toy run (what the test runs).
 SIZES = {
-    "full": {"data.image_size": (72, 128), "train.num_steps": 300, "train.eval_every": 50,
-             "train.checkpoint_every": 300, "train.log_every": 10},
+    "full": {"data.image_size": (72, 128), "train.num_steps": 400, "train.eval_every": 50,
+             "train.checkpoint_every": 400, "train.log_every": 10,
+             "model.kwargs": dubai.default.get_config().model.kwargs.to_dict()},
     "toy": {"data.image_size": (32, 32), "train.num_steps": 2, "train.eval_every": 2,
             "train.checkpoint_every": 2, "train.log_every": 1, "data.train_subset": 2,
             "train.global_batch_size": 2, "eval.global_batch_size": 2,
@@ -33,9 +35,7 @@ SIZES = {
 
 
 def get_sweep(size: str = "full"):
-  base = {"model.name": "asym_unet", "model.ablation": "",
-          "model.kwargs": dubai.ARCHITECTURES["asym_unet"], "eval.num_images": 2,
-          **SIZES[size]}
+  base = {"model.name": "asym_unet", "model.ablation": "", "eval.num_images": 2, **SIZES[size]}
   return {"settings": {"off": {**base, "data.augment.enabled": False},
                        "on": {**base, "data.augment.enabled": True}},
           "seeds": SEEDS if size == "full" else SEEDS[:1]}

@@ -90,10 +90,10 @@ def pick_images(labels: np.ndarray, class_names: Sequence[str], size: int
   return water, rest[:size], shares
 
 
-def is_module(path: Sequence[str]):
-  """A ``capture_intermediates`` filter keeping the outputs of the modules at ``path``."""
-  wanted = tuple(path)
-  return lambda module, method: method == "__call__" and tuple(module.path[:len(wanted)]) == wanted
+def is_part_child(module: nn.Module, method: str) -> bool:
+  """A ``capture_intermediates`` filter: the outputs of the direct children of the backbone and
+  the neck (encoder stages, ASPP branches), not of every layer inside them."""
+  return method == "__call__" and len(module.path) == 2 and module.path[0] in ("backbone", "neck")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +133,7 @@ def forward(trained: Trained, images: np.ndarray, capture=True,
       return jnp.zeros_like(out)
     return out
 
-  keep = lambda m, method: capture and (is_module(("backbone",))(m, method)
-                                        or is_module(("neck",))(m, method))
+  keep = is_part_child if capture else False
   with nn.intercept_methods(zero_output):
     logits, state = trained.trainer.model.apply(
         trained.variables, x, train=False, capture_intermediates=keep, mutable=["intermediates"])
@@ -285,14 +284,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   base = miou(logits, labels, len(names), config.data.ignore_index)
   preds = np.asarray(jnp.argmax(logits, -1))
   aspp_table, bars = [], {}
+  rates = tuple(config.model.kwargs.neck_kwargs.rates)
   for name, out in branches.items():
+    label = f"{name} (rate {rates[int(name[6:])]})" if name.startswith("atrous") else name
     norm = np.linalg.norm(out, axis=-1).mean()
     zeroed, _ = forward(trained, images, capture=False, zero=("neck", name))
     changed = np.mean(np.asarray(jnp.argmax(zeroed, -1)) != preds)
     after = miou(zeroed, labels, len(names), config.data.ignore_index)
-    aspp_table.append([name, f"{norm:.3f}", f"{100 * changed:.1f}%", f"{after:.3f}",
+    aspp_table.append([label, f"{norm:.3f}", f"{100 * changed:.1f}%", f"{after:.3f}",
                        f"{after - base:+.3f}"])
-    bars[name] = (norm, 100 * changed, after - base)
+    bars[label] = (norm, 100 * changed, after - base)
   labels_x = list(bars)
   viz.save_curve_panels([
       viz.Curves({"mean L2 norm per pixel": (range(len(bars)), [b[0] for b in bars.values()])},
