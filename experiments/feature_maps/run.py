@@ -3,8 +3,8 @@ encoder stage, its SE gates on water and on city tiles, and what each ASPP branc
 
     python -m experiments.feature_maps.run [--workdir=RUN] [--out=DIR] [--data_root=DIR] [--toy]
 
-``--workdir`` names a trained ``asym_unet`` run (its best checkpoint is read, nothing written
-there); without it, ``configs/dubai.py:asym_unet`` is trained at ``IMAGE_SIZE`` for ``STEPS``
+``--workdir`` names a trained ``asym_unet`` run (its latest checkpoint, the end of training, is
+read; nothing is written there); without it, ``configs/dubai.py:asym_unet`` is trained at ``IMAGE_SIZE`` for ``STEPS``
 steps in ``RUN`` (``<out>/run`` with ``--toy``), or read back if that run is finished. Every
 intermediate comes from the model itself: ``Module.apply(..., capture_intermediates=...)``
 returns each module's output and the SE gates the model sows; ``flax.linen.intercept_methods``
@@ -94,10 +94,11 @@ def pick_images(labels: np.ndarray, class_names: Sequence[str], size: int
   return water, rest[:size], shares
 
 
-def is_part_child(module: nn.Module, method: str) -> bool:
-  """A ``capture_intermediates`` filter: the outputs of the direct children of the backbone and
-  the neck (encoder stages, ASPP branches), not of every layer inside them."""
-  return method == "__call__" and len(module.path) == 2 and module.path[0] in ("backbone", "neck")
+def is_part_or_child(module: nn.Module, method: str) -> bool:
+  """A ``capture_intermediates`` filter: the outputs of the backbone, the neck and their direct
+  children (encoder stages, ASPP branches), not of every layer inside them."""
+  return (method == "__call__" and module.path[:1] in (("backbone",), ("neck",))
+          and len(module.path) <= 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +111,8 @@ class Trained:
 
 
 def load_run(workdir: str) -> Trained:
-  """The best checkpoint of the run in ``workdir``, read only, with the run's own config."""
+  """The latest checkpoint of the run in ``workdir`` (the trained network; the best-val one of a
+  short run can be an early step), read only, with the run's own config."""
   config = workdir_lib.load_config(workdir)
   if config.model.name != "asym_unet":
     raise ValueError(f"--workdir={workdir} trained {config.model.name!r}; this experiment "
@@ -118,7 +120,7 @@ def load_run(workdir: str) -> Trained:
   trainer = train.Trainer(config)
   ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
   try:
-    state, step = ckpt.restore_state(trainer.abstract_state, "best")
+    state, step = ckpt.restore_state(trainer.abstract_state, "latest")
   finally:
     ckpt.close()
   return Trained(trainer, {"params": state.params, "batch_stats": state.batch_stats}, step)
@@ -137,7 +139,7 @@ def forward(trained: Trained, images: np.ndarray, capture=True,
       return jnp.zeros_like(out)
     return out
 
-  keep = is_part_child if capture else False
+  keep = is_part_or_child if capture else False
   with nn.intercept_methods(zero_output):
     logits, state = trained.trainer.model.apply(
         trained.variables, x, train=False, capture_intermediates=keep, mutable=["intermediates"])
@@ -224,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   water, city, shares = pick_images(labels, names, size)
   logits, inter = forward(trained, images)
   sections = [f"Run: `{workdir}` ({config.model.name}, {config.data.name} at "
-              f"{common.dims(config.data.image_size)}, best checkpoint at step {trained.step}). "
+              f"{common.dims(config.data.image_size)}, latest checkpoint, step {trained.step}). "
               f"Images: the {len(images)} val and test images."]
 
   # First-layer filters.
@@ -289,10 +291,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   preds = np.asarray(jnp.argmax(logits, -1))
   aspp_table, bars = [], {}
   rates = tuple(config.model.kwargs.neck_kwargs.rates)
-  for name, out in branches.items():
-    label = f"{name} (rate {rates[int(name[6:])]})" if name.startswith("atrous") else name
+  # Each branch, then the whole ASPP output (the decoder then has only the skips).
+  outputs = {**branches, "": np.asarray(inter["neck"]["__call__"][0])}
+  for name, out in outputs.items():
+    label = (f"{name} (rate {rates[int(name[6:])]})" if name.startswith("atrous")
+             else name or "whole ASPP output")
     norm = np.linalg.norm(out, axis=-1).mean()
-    zeroed, _ = forward(trained, images, capture=False, zero=("neck", name))
+    zeroed, _ = forward(trained, images, capture=False,
+                        zero=("neck", name) if name else ("neck",))
     changed = np.mean(np.asarray(jnp.argmax(zeroed, -1)) != preds)
     after = miou(zeroed, labels, len(names), config.data.ignore_index)
     aspp_table.append([label, f"{norm:.3f}", f"{100 * changed:.1f}%", f"{after:.3f}",
