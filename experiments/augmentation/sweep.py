@@ -36,6 +36,8 @@ SIZES = {
 
 def get_sweep(size: str = "full"):
   base = {"model.name": "asym_unet", "model.ablation": "", "eval.num_images": 2, **SIZES[size]}
-  return {"settings": {"off": {**base, "data.augment.enabled": False},
-                       "on": {**base, "data.augment.enabled": True}},
-          "seeds": SEEDS if size == "full" else SEEDS[:1]}
+  settings = {"off": {**base, "data.augment.enabled": False},
+              "on": {**base, "data.augment.enabled": True}}
+  if size == "toy":  # one training program is enough to run the whole pipeline
+    return {"settings": {"on": settings["on"]}, "seeds": SEEDS[:1]}
+  return {"settings": settings, "seeds": SEEDS}

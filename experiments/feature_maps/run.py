@@ -34,6 +34,7 @@ import numpy as np
 from configs import dubai as dubai_config
 from experiments import common
 from seg_jax import checkpoint as checkpoint_lib
+from seg_jax import data as data_lib
 from seg_jax import metrics
 from seg_jax import train
 from seg_jax import workdir as workdir_lib
@@ -55,10 +56,11 @@ TOY = {"data.image_size": (32, 32), "train.global_batch_size": 2, "eval.global_b
 TOY_MODEL = dict(widths=(4, 8), blocks=1, decoder_widths=(4,), aspp_features=4, se_reduction=2)
 
 
-def train_run(args: argparse.Namespace) -> str:
-  """The folder of a trained proposal: ``--workdir``, or a short Dubai run trained here."""
+def train_run(args: argparse.Namespace) -> tuple[str, Optional[data_lib.Dataset]]:
+  """The folder of a trained proposal, ``--workdir`` or a short Dubai run trained here, and the
+  dataset of the run trained here (None for ``--workdir``: it is read with the run's config)."""
   if args.workdir:
-    return args.workdir
+    return args.workdir, None
   workdir = os.path.join(args.out, "run") if args.toy else RUN
   config = dubai_config.get_config("asym_unet")
   overrides = {"data.image_size": IMAGE_SIZE, "train.num_steps": STEPS,
@@ -74,9 +76,10 @@ def train_run(args: argparse.Namespace) -> str:
     group, field = key.split(".")
     config[group][field] = value
   config.lock()
+  dataset = data_lib.get_dataset(config.data)
   if not os.path.exists(os.path.join(workdir, train.FINAL_METRICS)):
-    train.train_and_evaluate(config, workdir)
-  return workdir
+    train.train_and_evaluate(config, workdir, dataset)
+  return workdir, dataset
 
 
 def pick_images(labels: np.ndarray, class_names: Sequence[str], size: int
@@ -110,14 +113,15 @@ class Trained:
   step: int
 
 
-def load_run(workdir: str) -> Trained:
+def load_run(workdir: str, dataset: Optional[data_lib.Dataset] = None) -> Trained:
   """The latest checkpoint of the run in ``workdir`` (the trained network; the best-val one of a
-  short run can be an early step), read only, with the run's own config."""
+  short run can be an early step), read only, with the run's own config and ``dataset`` (None:
+  read it)."""
   config = workdir_lib.load_config(workdir)
   if config.model.name != "asym_unet":
     raise ValueError(f"--workdir={workdir} trained {config.model.name!r}; this experiment "
                      "reads the SE gates and ASPP branches of an asym_unet run")
-  trainer = train.Trainer(config)
+  trainer = train.Trainer(config, dataset)
   ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
   try:
     state, step = ckpt.restore_state(trainer.abstract_state, "latest")
@@ -212,8 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   """Runs the experiment and writes the README section; see the module docstring."""
   args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv, workdir=True)
   logging.set_verbosity(logging.INFO)
-  workdir = train_run(args)
-  trained = load_run(workdir)
+  workdir, dataset = train_run(args)
+  trained = load_run(workdir, dataset)
   config, dataset = trained.trainer.config, trained.trainer.dataset
   names = list(dataset.class_names)
   images = np.concatenate([dataset.val.images, dataset.test.images])

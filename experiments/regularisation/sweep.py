@@ -71,8 +71,9 @@ def settings(size: str) -> dict:
           for name, overrides in out.items()}
 
 
-# A toy run trains these settings only (every setting's config is still checked by building it).
-TOY_SETTINGS = ("baseline", "group_norm")
+# A toy run trains this setting only (the one whose norm is given by its fields; the test of the
+# sweep builds every setting).
+TOY_SETTINGS = ("group_norm",)
 
 
 def get_sweep(size: str = "full"):
