@@ -121,6 +121,10 @@ def get_config() -> ml_collections.ConfigDict:
   d.num_val = 64
   d.num_test = 32
   d.seed = 0  # Seed of the synthetic scenes and of split assignment.
+  # Folder datasets: train on this many examples of the train split, drawn with data.seed,
+  # e.g. to study overfitting (0 = all of them; mean/std are those of the examples kept).
+  # Synthetic data sets its train split's size with data.num_train instead.
+  d.train_subset = 0
   # Folder where generated synthetic splits are kept, so that a later run reads them instead
   # of generating them again ("" = generate them on every run).
   d.cache_dir = cache_folder("data")
@@ -207,7 +211,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.replica_mode = "auto"
 
   config.eval = e = ml_collections.ConfigDict()
-  e.split = "val"  # Split evaluated during training and by mode = "eval": "val" or "test".
+  # Split evaluated during training and by mode = "eval": "val" or "test", or "train" (its
+  # images as evaluation sees them, not augmented: with val's scores, the generalisation gap).
+  e.split = "val"
   e.global_batch_size = 8  # Evaluation batch (the last partial batch is padded and masked).
   e.checkpoint = "best"  # mode = "eval" restores "best" (val mIoU) or "latest".
   # Folder of mode = "eval" outputs ("" = the workdir); the workdir is only read, so it may be

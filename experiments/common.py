@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -21,10 +22,11 @@ import numpy as np
 from PIL import Image
 
 from configs import dubai as dubai_config
+from seg_jax import results
+from seg_jax import writers
 from seg_jax.data import dubai
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
-from seg_jax import writers
 from seg_jax.data import synthetic
 
 # The Dubai aerial tiles where configs/dubai.py finds them.
@@ -86,14 +88,18 @@ def read_scene(root: str, name: str = DUBAI_IMAGE) -> Scene:
 
 
 def parse_args(description: str, folder: str, argv: Optional[Sequence[str]],
-               images: bool = True) -> argparse.Namespace:
-  """An experiment's flags: ``--out``, ``--toy`` and, if it reads ``images``, ``--data_root``."""
+               images: bool = True, workdir: bool = False) -> argparse.Namespace:
+  """An experiment's flags: ``--out``, ``--toy``, if it reads ``images`` ``--data_root`` and if
+  it reads a trained run ``--workdir``."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--out", default="",
                       help=f"folder for figures and README (default: {folder})")
   if images:
     parser.add_argument("--data_root", default=DUBAI_ROOT,
                         help="Dubai aerial folder; empty for a synthetic scene")
+  if workdir:
+    parser.add_argument("--workdir", default="",
+                        help="a trained run to read (default: train one)")
   parser.add_argument("--toy", action="store_true",
                       help="tiny sizes, for tests (needs --out, so the committed figures stay)")
   args = parser.parse_args(argv)
@@ -152,3 +158,24 @@ def finish(args: argparse.Namespace, module: str, sections: Sequence[str], name:
       f"jax {jax.__version__} on {jax.devices()[0].platform}.")
   path = write_readme_section(args.out, "\n\n".join(list(sections) + [provenance]), name)
   print(f"wrote the figures in {args.out} and {path}")
+
+
+def read_json(path: str) -> Any:
+  """The JSON value stored in ``path``."""
+  with open(path) as f:
+    return json.load(f)
+
+
+def seed_mean(curves: Sequence[Sequence[tuple[int, float]]]
+              ) -> tuple[list[int], list[float], list[float]]:
+  """(steps, mean, std) over seeds of (step, value) curves, at the steps they all have."""
+  steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
+  by_step = [dict(c) for c in curves]
+  pairs = [results.mean_std([c[s] for c in by_step]) for s in steps]
+  return steps, [m for m, _ in pairs], [s for _, s in pairs]
+
+
+def mean_std_text(values: Sequence[float], digits: int = 3) -> str:
+  """"mean ± std" over seeds (the mean alone for one value)."""
+  mean, std = results.mean_std(values)
+  return f"{mean:.{digits}f}" if len(values) < 2 else f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -118,7 +118,11 @@ def load_sweep(path: str) -> Sweep:
     raise errors.ConfigError(f"cannot load {where}: {type(e).__name__}: {e}") from e
   if not hasattr(module, "get_sweep"):
     raise errors.ConfigError(f"{where} defines no get_sweep()")
-  sweep = module.get_sweep()
+  return check_sweep(module.get_sweep(), where)
+
+
+def check_sweep(sweep: Any, where: str) -> Sweep:
+  """A `get_sweep()` value as a Sweep; ConfigError (naming `where` and what is wrong) if bad."""
   if not isinstance(sweep, Mapping) or set(sweep) != {"settings", "seeds"}:
     raise errors.ConfigError(f'{where}: get_sweep() must return {{"settings": {{name: '
                              f'{{dotted_key: value}}}}, "seeds": [...]}}, got {sweep!r:.200}')

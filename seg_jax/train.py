@@ -57,7 +57,7 @@ from seg_jax.errors import NonFiniteLossError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CLASS_WEIGHTINGS = ("none", "inverse", "median", "given")
-SPLITS = ("val", "test")
+SPLITS = ("val", "test", "train")
 REPLICA_MODES = ("auto", "vmap", "unroll")
 RESOLUTIONS = ("training", "full")
 FINAL_METRICS = "final_metrics.json"

@@ -9,6 +9,7 @@ from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -32,6 +33,13 @@ EXPERIMENTS = (
 )
 # Experiments that train, run at toy size by their own tests.
 TRAINED = (("experiments.mlp_vs_cnn.run", "", ("shift.png",), True),)
+# Experiments that train (a toy sweep or run: compilation of a few small programs, ~30 s each).
+TRAINING_EXPERIMENTS = (
+    ("experiments.regularisation.run", "", ("curves.png",), True),
+    ("experiments.augmentation.run", "training", ("curves.png",), True),
+    ("experiments.feature_maps.run", "",
+     ("filters.png", "feature_maps.png", "se_images.png", "se_gates.png", "aspp.png"), True),
+)
 
 
 def _tempdir(test: absltest.TestCase) -> str:
@@ -62,17 +70,25 @@ def run_toy(test: absltest.TestCase, module: str, section: str, figures, out: st
 class ExperimentTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
-      (module.split(".")[1], module, section, figures, images)
+      (module.split(".", 1)[1].replace(".", "_"), module, section, figures, images)
       for module, section, figures, images in EXPERIMENTS)
   def test_toy_run_writes_its_figures_and_only_its_readme_section(self, module, section,
                                                                      figures, images):
-    out = _tempdir(self)
-    run_toy(self, module, section, figures, out,
+    run_toy(self, module, section, figures, _tempdir(self),
             ["--data_root", DATA_ROOT] if images else [])
 
   @parameterized.named_parameters(
-      (module.split(".")[1], module, section, figures)
-      for module, section, figures, _ in EXPERIMENTS + TRAINED)
+      (module.split(".", 1)[1].replace(".", "_"), module, section, figures, images)
+      for module, section, figures, images in TRAINING_EXPERIMENTS)
+  @pytest.mark.slow
+  def test_toy_training_run_writes_its_figures_and_only_its_readme_section(
+      self, module, section, figures, images):
+    run_toy(self, module, section, figures, _tempdir(self),
+            ["--data_root", DATA_ROOT] if images else [])
+
+  @parameterized.named_parameters(
+      (module.split(".", 1)[1].replace(".", "_"), module, section, figures)
+      for module, section, figures, _ in EXPERIMENTS + TRAINING_EXPERIMENTS + TRAINED)
   def test_committed_readme_shows_its_committed_figures(self, module, section, figures):
     folder = os.path.join(os.path.dirname(__file__), "..", *module.split(".")[:2])
     with open(os.path.join(folder, "README.md")) as f:
@@ -213,6 +229,61 @@ class MlpVsCnnTest(absltest.TestCase):
     np.testing.assert_array_equal(shift_set.crops[2, 0][0], image[18:34, 16:32])
     classes, _ = preprocess.majority_classes(label[None, 16:32, 32:48], 6, 0.2)
     self.assertEqual(shift_set.labels[1], classes[0])
+
+
+class RegularisationSweepTest(absltest.TestCase):
+  """Every setting of the regularisation sweep builds the model it names."""
+
+  def test_each_setting_changes_one_regulariser(self):
+    from configs import dubai as dubai_config  # pylint: disable=g-import-not-at-top
+    from seg_jax import models, sweep as sweep_lib, train  # pylint: disable=g-import-not-at-top
+    from seg_jax.models import summary  # pylint: disable=g-import-not-at-top
+    module = importlib.import_module("experiments.regularisation.sweep")
+    sweep = sweep_lib.check_sweep(module.get_sweep(), "regularisation")
+    runs = sweep_lib.expand(dubai_config.get_config(), sweep, _tempdir(self))
+    built = {}
+    for run in runs[::len(sweep.seeds)]:
+      variables = summary.abstract_variables(train.build_model(run.config, num_classes=6),
+                                             (1, *run.config.data.image_size, 3))
+      built[run.setting] = (run.config, variables)
+    self.assertEqual(list(built), ["baseline", "weight_decay", "dropout", "group_norm",
+                                   "no_norm"])
+    baseline, variables = built["baseline"]
+    self.assertEqual((baseline.data.train_subset, baseline.data.augment.enabled,
+                      baseline.optim.weight_decay), (8, False, 0.0))
+    self.assertEqual(models.count_params(variables), 169_990)
+    self.assertEqual(built["weight_decay"][0].optim.weight_decay, module.WEIGHT_DECAY)
+    backbone = built["dropout"][0].model.kwargs.backbone_kwargs
+    self.assertEqual((backbone.dropout_rate, built["dropout"][0].model.kwargs.neck_kwargs
+                      .dropout_rate), (0.5, 0.5))
+    paths = {name: {"/".join(str(getattr(k, "key", k)) for k in path)
+                    for path, _ in jax.tree_util.tree_flatten_with_path(v)[0]}
+             for name, (_, v) in built.items()}
+    self.assertTrue(any("/bn/" in p for p in paths["baseline"]))
+    for name, norm in (("group_norm", "/gn/"), ("no_norm", None)):
+      self.assertFalse(any("/bn/" in p or p.startswith("batch_stats") for p in paths[name]),
+                       name)
+      self.assertEqual(any(norm in p for p in paths[name]) if norm else False, bool(norm), name)
+    self.assertEqual(models.count_params(built["group_norm"][1]), 169_990)  # scale, bias: as BN
+    self.assertLess(models.count_params(built["no_norm"][1]), 169_990)  # conv biases only
+
+
+class FeatureMapsTest(absltest.TestCase):
+
+  def test_water_and_city_images_are_picked_by_their_labels(self):
+    run = importlib.import_module("experiments.feature_maps.run")
+    names = ("building", "land", "road", "vegetation", "water", "unlabeled")
+    labels = np.full((5, 4, 4), 1, np.uint8)  # land everywhere
+    labels[0, :3] = 4  # 75 % water
+    labels[1, :2] = 4  # 50 % water, and 25 % road
+    labels[1, 2] = 2
+    labels[2, :1] = 0  # 25 % building
+    labels[3, :3] = 2  # 75 % road
+    labels[4, :] = 255  # nothing labelled: no share of anything
+    water, city, shares = run.pick_images(labels, names, 2)
+    self.assertEqual((water, city), ([0, 1], [3, 2]))
+    np.testing.assert_allclose(shares[4], 0.0)
+    np.testing.assert_allclose(shares[1], [0, 0.25, 0.25, 0, 0.5, 0])
 
 
 class CheckShapeTest(absltest.TestCase):

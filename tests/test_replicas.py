@@ -1,6 +1,5 @@
 """Replicas trained in one program (`train.num_replicas`) end exactly like each seed trained alone."""
 
-import glob
 import json
 import os
 import signal

@@ -317,6 +317,11 @@ class LoopTest(absltest.TestCase):
                                            "eval.checkpoint": "latest"}), straight)
     self.assertEqual((test_record["split"], test_record["step"]), ("test", 4))
     self.assertTrue(os.path.exists(os.path.join(straight, "eval_test.json")))
+    train_record = train.run(tiny_config(**{"train.mode": "eval", "eval.split": "train",
+                                            "eval.checkpoint": "latest"}), straight)
+    self.assertEqual((train_record["split"], train_record["step"]), ("train", 4))
+    self.assertNotEqual(train_record["miou"], test_record["miou"])
+    self.assertTrue(os.path.exists(os.path.join(straight, "eval_train.json")))
 
     # A rerun with another learning rate is refused, and config.json stays as it was.
     before = _snapshot(straight)

@@ -1,6 +1,5 @@
 """Tests of seg_jax.workdir: the stored config, loading it back and refusing a changed one."""
 
-import os
 import tempfile
 
 from absl.testing import absltest

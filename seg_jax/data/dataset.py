@@ -120,6 +120,14 @@ def _check_config(c) -> None:
   if c.palette and c.name != "dubai_aerial":
     raise ValueError(f"data.palette names class colours of a folder dataset (data.name="
                      f"'dubai_aerial'); {c.name!r} brings its own, got {c.palette!r}.")
+  if c.train_subset < 0:
+    raise ValueError(f"data.train_subset must be >= 0 (0 = every training example), got "
+                     f"{c.train_subset}.")
+  if c.train_subset and c.name != "dubai_aerial":
+    hint = ("set data.num_train instead" if c.name == "synthetic_aerial"
+            else "prepare a smaller one")
+    raise ValueError(f"data.train_subset={c.train_subset} takes a subset of a folder dataset "
+                     f"(data.name='dubai_aerial'), not of {c.name!r}: {hint}, or leave it 0.")
   if is_tfds(c.name) and not c.tfds_dir:
     raise ValueError(f"data.tfds_dir must name the TFDS data folder of {c.name!r}, got ''.")
 
@@ -226,6 +234,18 @@ def majority_labelled(sources: dict[str, ArraySource], num_classes: int,
       "data.min_purity=%g of their pixels", ", ".join(
           f"{split} {dropped[split]} of {len(sources[split])}" for split in sources), min_purity)
   return out, dropped
+
+
+def train_subset(examples: list, size: int, seed: int) -> list:
+  """`size` of the training `examples` drawn without replacement by `seed`, in their order
+  (all of them for size 0); ValueError if there are fewer than `size`."""
+  if not size:
+    return examples
+  if size > len(examples):
+    raise ValueError(f"data.train_subset={size} but the train split holds only "
+                     f"{len(examples)} examples.")
+  keep = np.random.default_rng(seed).choice(len(examples), size, replace=False)
+  return [examples[i] for i in sorted(keep)]
 
 
 def _to_source(examples) -> ArraySource:
@@ -343,6 +363,7 @@ def _folder_dataset(c) -> Dataset:
   _check_root(c)
   palette = folder_palette(c)
   examples, skipped = load_folder(c.root, c, palette)
+  examples["train"] = train_subset(examples["train"], c.train_subset, c.seed)
   sources = {s: _to_source(examples[s]) for s in splits.SPLITS}
   dropped = {}
   if c.labels == "majority":

@@ -20,6 +20,7 @@ Spatial layout is channels-last: ``(batch, *spatial, channels)``; kernels are
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -287,10 +288,19 @@ def _patches(x: jax.Array, kernel_size, strides, pads, dilation, sizes) -> jax.A
   return jnp.stack(views, axis=-1).reshape(n, h, w, c * len(views))
 
 
-def _make_norm(norm: Union[str, Callable[..., nn.Module], None], dtype, param_dtype, name: str):
+def _make_norm(norm: Union[str, Mapping[str, Any], Callable[..., nn.Module], None], dtype,
+               param_dtype, name: str):
+  """The norm module of a name, a mapping of ``Norm`` fields or a factory taking ``name=``."""
   if norm is None or isinstance(norm, str):
     return Norm(kind=norm or "none", dtype=dtype, param_dtype=param_dtype, name=name)
+  if isinstance(norm, Mapping):
+    return Norm(**norm, dtype=dtype, param_dtype=param_dtype, name=name)
   return norm(name=name)
+
+
+def _norm_kind(norm: Any) -> Any:
+  """The ``Norm`` kind of a norm given by name or by a mapping of ``Norm`` fields."""
+  return norm.get("kind", Norm.kind) if isinstance(norm, Mapping) else norm
 
 
 def _make_act(act: Union[str, Callable[[jax.Array], jax.Array], None]):
@@ -303,8 +313,9 @@ class ConvNormAct(nn.Module):
   """Convolution, then normalisation, then activation; each part injectable.
 
   ``conv`` is a module class or partial (default ``Conv``); ``norm`` a name understood by
-  ``Norm`` or a module factory taking ``name=``; ``act`` a name understood by ``activation`` or a
-  callable. With a normalisation the convolution bias is redundant, so ``use_bias=None`` (the
+  ``Norm``, a mapping of ``Norm``'s fields (``{"kind": "group", "num_groups": 4}``, so a config
+  can set the group count) or a module factory taking ``name=``; ``act`` a name understood by
+  ``activation`` or a callable. With a normalisation the convolution bias is redundant, so ``use_bias=None`` (the
   default) means "a bias only when ``norm`` is ``"none"``/``None``".
   """
   features: int
@@ -322,7 +333,8 @@ class ConvNormAct(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    use_bias = self.norm in (None, "none") if self.use_bias is None else self.use_bias
+    use_bias = (_norm_kind(self.norm) in (None, "none") if self.use_bias is None
+                else self.use_bias)
     x = self.conv(features=self.features, kernel_size=self.kernel_size, strides=self.strides,
                   padding=self.padding, dilation=self.dilation, groups=self.groups,
                   use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -373,7 +385,7 @@ class SeparableConvNormAct(nn.Module):
   kernel_size: Sequence[int] = (3, 3)
   strides: Union[int, Sequence[int]] = 1
   dilation: Union[int, Sequence[int]] = 1
-  norm: str = "batch"
+  norm: Any = "batch"  # a name or a mapping of Norm fields, as in ConvNormAct
   act: str = "relu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -384,6 +396,6 @@ class SeparableConvNormAct(nn.Module):
     x = SeparableConv(self.features, self.kernel_size, strides=self.strides,
                       dilation=self.dilation, mid_norm=self.norm, mid_act=self.act, **kw,
                       name="conv")(x, train=train)
-    x = Norm(kind=self.norm, **kw, name="norm")(x, train=train)
+    x = _make_norm(self.norm, self.dtype, self.param_dtype, "norm")(x, train=train)
     return activation(self.act)(x)
 

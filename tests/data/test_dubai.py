@@ -91,6 +91,32 @@ class DubaiReaderTest(parameterized.TestCase):
     np.testing.assert_allclose(ds.mean, px.astype(np.float64).mean(0), rtol=1e-6)
     np.testing.assert_allclose(ds.std, px.astype(np.float64).std(0), rtol=1e-5)
 
+  def test_train_subset_keeps_that_many_training_examples_drawn_by_the_seed(self):
+    fixtures.make_flat_layout(self.root, n=10)
+    full = data.get_dataset(_config(self.root, split="image", seed=1))
+    kept = {}
+    for seed in range(4):  # data.seed also assigns the splits: a subset of its own train split
+      ds = data.get_dataset(_config(self.root, split="image", seed=seed, train_subset=3))
+      self.assertLen(ds.train, 3)
+      self.assertTrue(set(ds.train.names) <= set(
+          data.get_dataset(_config(self.root, split="image", seed=seed)).train.names))
+      kept[seed] = ds.train.names
+    self.assertGreater(len({tuple(names) for names in kept.values()}), 1)
+    ds = data.get_dataset(_config(self.root, split="image", seed=1, train_subset=3))
+    self.assertEqual(ds.train.names, kept[1])  # the same draw again
+    self.assertEqual((ds.val.names, ds.test.names), (full.val.names, full.test.names))
+    px = ds.train.images.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(ds.mean, px.mean(0), rtol=1e-6)  # statistics of what trains
+
+  @parameterized.parameters(
+      (dict(train_subset=9), r"data.train_subset=9 but the train split holds only 8"),
+      (dict(train_subset=-1), r"data.train_subset must be >= 0"),
+      (dict(name="synthetic_aerial", train_subset=2), r"train_subset=2 .*data.num_train"))
+  def test_bad_train_subset_is_named(self, fields, message):
+    fixtures.make_flat_layout(self.root, n=10)
+    with self.assertRaisesRegex(ValueError, message):
+      data.get_dataset(_config(self.root, split="image", seed=1, **fields))
+
   @parameterized.parameters("resize", "patches")
   def test_full_resolution_examples_are_the_files_unresized(self, prep):
     written = fixtures.make_tile_layout(self.root)

@@ -270,6 +270,23 @@ class SeparableAndConvNormActTest(parameterized.TestCase):
     self.assertGreaterEqual(float(y.min()), 0.0)
     self.assertEqual("bias" in variables["params"]["conv"], norm == "none")
 
+  def test_norm_given_by_its_fields(self):
+    # A config can hold the group count: GroupNorm of 4 groups of 2 channels, no conv bias.
+    x = rand((2, 6, 6, 4))
+    for block in (layers.ConvNormAct(8, norm={"kind": "group", "num_groups": 4}),
+                  layers.SeparableConvNormAct(8, norm={"kind": "group", "num_groups": 4})):
+      variables = block.init(KEY, x, train=False)
+      self.assertNotIn("batch_stats", variables)
+      self.assertGreaterEqual(float(block.apply(variables, x, train=True).min()), 0.0)
+    self.assertNotIn("bias", variables["params"]["conv"]["pointwise"])
+    pre = layers.ConvNormAct(8, norm={"kind": "group", "num_groups": 4}, act="identity")
+    y = np.asarray(pre.apply(pre.init(KEY, x, train=False), x, train=False))
+    groups = y.reshape(2, 36, 4, 2).transpose(0, 2, 1, 3).reshape(2, 4, -1)
+    np.testing.assert_allclose(groups.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(groups.std(-1), 1.0, atol=1e-2)
+    none = layers.ConvNormAct(8, norm={"kind": "none"})
+    self.assertIn("bias", none.init(KEY, x, train=False)["params"]["conv"])
+
   def test_conv_norm_act_injected_parts(self):
     x = rand((1, 5, 5, 2))
     block = layers.ConvNormAct(3, (1, 1), norm="none", act=lambda v: v * 0 + 7.0)

@@ -1,0 +1,43 @@
+"""Dubai with augmentation off vs on, the same budget: the small asymmetric U-Net of
+configs/default.py on the 54 training images at 72x128, 400 steps of batch 8 (about 59 epochs),
+2 seeds.
+
+  python -m seg_jax.sweep --config=configs/dubai.py \
+      --sweep=experiments/augmentation/sweep.py --workdir=/tmp/augmentation
+
+`python -m experiments.augmentation.run` runs this sweep, scores every run on its training
+images too and writes the README's tables and figures.
+
+"on" is configs/dubai.py's `data.augment`: flips, quarter turns (half turns on these non-square
+images), scale 1-1.25, rotation ±10° and colour jitter, drawn anew for every image of every step
+inside the train step; "off" trains on the images as stored.
+"""
+
+import os
+
+from seg_jax import config_files
+
+dubai = config_files.load_module(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "dubai.py"))
+
+SEEDS = [0, 1]
+# The sizes of a full run and of a toy run (what the test runs).
+SIZES = {
+    "full": {"data.image_size": (72, 128), "train.num_steps": 400, "train.eval_every": 50,
+             "train.checkpoint_every": 400, "train.log_every": 10,
+             "model.kwargs": dubai.default.get_config().model.kwargs.to_dict()},
+    "toy": {"data.image_size": (32, 32), "train.num_steps": 2, "train.eval_every": 2,
+            "train.checkpoint_every": 2, "train.log_every": 1, "data.train_subset": 2,
+            "train.global_batch_size": 2, "eval.global_batch_size": 2,
+            "model.kwargs": dubai.default.asym_unet_kwargs(
+                widths=(4, 8), blocks=1, decoder_widths=(4,), aspp_features=4, se_reduction=2)},
+}
+
+
+def get_sweep(size: str = "full"):
+  base = {"model.name": "asym_unet", "model.ablation": "", "eval.num_images": 2, **SIZES[size]}
+  settings = {"off": {**base, "data.augment.enabled": False},
+              "on": {**base, "data.augment.enabled": True}}
+  if size == "toy":  # one training program is enough to run the whole pipeline
+    return {"settings": {"on": settings["on"]}, "seeds": SEEDS[:1]}
+  return {"settings": settings, "seeds": SEEDS}
