@@ -229,27 +229,5 @@ class FaultInjectionTest(_UninterruptedRunTest):
     self.assertSameAsUninterrupted(workdir, rtol=1e-5)
 
 
-class ReplicaFaultInjectionTest(_UninterruptedRunTest):
-  """Two replicas in one program (seeds 0 and 1): each replica's folder ends like the replica's
-  folder of one uninterrupted run of the same command."""
-
-  FLAGS = ("--config.train.num_replicas=2",)
-  RUNS = ("seed0", "seed1")
-
-  @pytest.mark.slow
-  def test_kill_between_the_replicas_checkpoints_then_sigterm(self):
-    workdir = self.new_workdir()
-    code, _ = self.run_main(workdir, kill_at=("checkpoint", 4))  # after seed 0 saved step 4
-    self.assertEqual(code, -signal.SIGKILL)
-    latest = [max(int(d) for d in os.listdir(os.path.join(workdir, run, "checkpoints"))
-                  if d.isdigit()) for run in self.RUNS]
-    self.assertEqual(latest, [4, 3])
-    code, err = self.run_main(workdir, signal_after_log=(signal.SIGTERM, 4))
-    self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
-    self.assertIn("resumes from step 3 with the other replicas (it holds step 4)", err)
-    self.assertIn("preempted: checkpoint saved at step 5", err)
-    self.assertIn("resumed from step 5", self.rerun_to_the_end(workdir))
-
-
 if __name__ == "__main__":
   absltest.main()

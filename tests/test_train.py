@@ -459,7 +459,8 @@ print("LOSSES" + json.dumps(losses))
 class ShardingTest(absltest.TestCase):
 
   def test_four_devices_match_one_device(self):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "") +
+               " --xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     script = _FOUR_DEVICE_SCRIPT
