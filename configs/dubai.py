@@ -8,8 +8,8 @@ notebook. The part after a colon picks the architecture at CPU-friendly widths:
 `--config=configs/dubai.py:unet` (plain U-Net, same budget), or
 `--config=configs/dubai.py:deeplabv3plus` (DeepLabV3+ on a full ResNet-50, accelerator-sized,
 for fine-tuning ImageNet weights: `--config.model.init_from=torchvision:resnet50:IMAGENET1K_V2`).
-Measured on the 2-core CPU: see experiments/dubai_proposal_vs_unet/README.md and
-experiments/transfer_learning/README.md.
+Measured on the 2-core CPU: see experiments/dubai_proposal_vs_unet/README.md,
+experiments/dubai_ablation/README.md and experiments/transfer_learning/README.md.
 """
 
 import os

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from seg_jax import errors
 from seg_jax import viz
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
@@ -66,16 +67,27 @@ def _nan(value: Any) -> float:
   return math.nan if value is None else float(value)
 
 
-def _split_scores(prefix: str, record: dict[str, Any]) -> dict[str, float]:
-  """`prefix_<score>` (and `prefix_<score>_<class>` for per-class dicts) of one record."""
+def _is_score(value: Any) -> bool:
+  """A number, or None for a score that has no value (NaN)."""
+  return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _split_scores(prefix: str, record: dict[str, Any], path: str) -> dict[str, float]:
+  """`prefix_<score>` (and `prefix_<score>_<class>` for per-class dicts) of the record read from
+  `path`; WorkdirError naming the file and field if a field is neither a score nor in
+  NOT_SCORES."""
   out = {}
   for key, value in record.items():
     if key in NOT_SCORES:
       continue
-    if isinstance(value, dict):
+    if isinstance(value, dict) and all(_is_score(v) for v in value.values()):
       out.update({f"{prefix}_{key}_{name}": _nan(v) for name, v in value.items()})
-    else:
+    elif _is_score(value):
       out[f"{prefix}_{key}"] = _nan(value)
+    else:
+      raise errors.WorkdirError(
+          f"{path}: field {key!r} holds {value!r:.80}, which is neither a score (a number, or "
+          f"one per class) nor a field that describes the evaluation {NOT_SCORES}")
   return out
 
 
@@ -85,9 +97,10 @@ def run_scores(directory: str) -> dict[str, float] | None:
   final, test = (os.path.join(directory, name) for name in (FINAL_METRICS, TEST_RESULT))
   if not (os.path.exists(final) and os.path.exists(test)):
     return None
-  final, test = _read_json(final), _read_json(test)
-  scores = {**_split_scores("val", final), **_split_scores("test", test),
-            "best_step": float(test["step"])}
+  final_record, test_record = _read_json(final), _read_json(test)
+  scores = {**_split_scores("val", final_record, final),
+            **_split_scores("test", test_record, test),
+            "best_step": float(test_record["step"])}
   records = _read_jsonl(os.path.join(directory, writers.METRICS_FILE))
   scores["train_seconds"] = _nan(records[-1].get("train_seconds")) if records else math.nan
   return scores

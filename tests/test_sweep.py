@@ -148,13 +148,18 @@ class SweepFileTest(parameterized.TestCase):
 class ExperimentSweepsTest(parameterized.TestCase):
   """The committed sweep files: every setting is a valid config whose model builds."""
 
-  def models(self, sweep_file):
+  def models(self, sweep_file, only=None):
+    """{setting: parameters} of a sweep file's settings, None for those not in `only` (if
+    given); every setting's overrides are applied to configs/dubai.py."""
     dubai = config_files.load_module(os.path.join(REPO, "configs", "dubai.py"))
     sweep = sweep_lib.load_sweep(os.path.join(REPO, "experiments", sweep_file))
     runs = sweep_lib.expand(dubai.get_config(), sweep, tempfile.mkdtemp())
     self.assertLen(runs, len(sweep.settings) * len(sweep.seeds))
     out = {}
     for run in runs[::len(sweep.seeds)]:
+      if only is not None and run.setting not in only:
+        out[run.setting] = None
+        continue
       model = train.build_model(run.config, num_classes=6)
       variables = summary.abstract_variables(model, (1, *run.config.data.image_size, 3))
       out[run.setting] = models.count_params(variables)
@@ -164,30 +169,46 @@ class ExperimentSweepsTest(parameterized.TestCase):
     self.assertEqual(self.models("dubai_proposal_vs_unet/sweep.py"),
                      {"asym_unet": 680_478, "unet": 482_822})
 
-  def test_ablation_baselines_match_the_proposal_in_parameters(self):
-    params = self.models("dubai_ablation/sweep.py")
-    self.assertEqual(list(params), [*asym_unet.ABLATIONS, "unet", "deeplabv3plus", "fcn8s"])
-    self.assertEqual(params["full"], 680_478)
-    for baseline in ("unet", "deeplabv3plus", "fcn8s"):
+  @parameterized.named_parameters(("cpu", "sweep.py", 680_478),
+                                  ("full_width", "sweep_full_width.py", 12_766_158))
+  def test_ablation_baselines_match_the_proposal_in_parameters(self, sweep_file, proposal):
+    baselines = ("unet", "deeplabv3plus", "fcn8s")
+    params = self.models(f"dubai_ablation/{sweep_file}", only=("full", *baselines))
+    self.assertEqual(list(params), [*asym_unet.ABLATIONS, *baselines])
+    self.assertEqual(params["full"], proposal)
+    for baseline in baselines:
       self.assertAlmostEqual(params[baseline] / params["full"], 1.0, delta=0.004, msg=baseline)
+
+  def test_ablation_pilot(self):
     self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])
 
 
 class RunScoresTest(absltest.TestCase):
+  """results.run_scores reads the scores of a run folder and nothing else."""
 
-  def test_fields_describing_the_evaluation_are_not_scores(self):
+  def write_run(self, test_record):
     directory = tempfile.mkdtemp()
-    scores = {"miou": 0.5, "pixel_accuracy": 0.75, "iou": {"land": 0.5, "water": None}}
-    with open(os.path.join(directory, train.FINAL_METRICS), "w") as f:
-      json.dump({"step": 4, "split": "val", **scores}, f)
-    with open(os.path.join(directory, results.TEST_RESULT), "w") as f:  # as evaluate_checkpoint
-      json.dump({"step": 2, "split": "test", **scores, "checkpoint": "best",
-                 "resolution": "training", "image_size": [32, 32]}, f)
-    got = results.run_scores(directory)
-    self.assertCountEqual([k for k in got if k.startswith("test_")],
-                          ["test_miou", "test_pixel_accuracy", "test_iou_land", "test_iou_water"])
-    self.assertEqual((got["test_pixel_accuracy"], got["best_step"]), (0.75, 2.0))
-    self.assertTrue(np.isnan(got["test_iou_water"]))
+    for name, record in ((train.FINAL_METRICS, {"step": 4, "split": "val", "miou": 0.5}),
+                         (results.TEST_RESULT, test_record)):
+      with open(os.path.join(directory, name), "w") as f:
+        json.dump(record, f)
+    return directory
+
+  def test_fields_that_describe_the_evaluation_are_not_scores(self):
+    scores = results.run_scores(self.write_run({
+        "step": 2, "split": "test", "checkpoint": "best", "resolution": "full",
+        "predict": {"mode": "slide", "window": [32, 32], "overlap": 0.25},
+        "image_size": [32, 64], "miou": 0.25, "iou": {"road": 0.5, "water": None}}))
+    self.assertTrue(np.isnan(scores.pop("train_seconds")))  # no metrics.jsonl
+    self.assertTrue(np.isnan(scores.pop("test_iou_water")))
+    self.assertEqual(scores, {"val_miou": 0.5, "test_miou": 0.25, "test_iou_road": 0.5,
+                              "best_step": 2.0})
+
+  def test_a_field_that_is_no_score_is_named_with_its_file(self):
+    directory = self.write_run({"step": 2, "split": "test", "miou": 0.25, "note": "x"})
+    with self.assertRaisesRegex(errors.WorkdirError,
+                                f"{results.TEST_RESULT}: field 'note' holds 'x'"):
+      results.run_scores(directory)
 
 
 class SweepRunTest(absltest.TestCase):

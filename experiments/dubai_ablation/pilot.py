@@ -1,4 +1,4 @@
-"""A pilot of the Dubai ablation sweep: its "full" setting (the proposal) only, same seeds.
+r"""A pilot of the Dubai ablation sweep: its "full" setting (the proposal) only, same seeds.
 
   python -m seg_jax.sweep --config=configs/dubai.py --sweep=experiments/dubai_ablation/pilot.py \
       --workdir=/tmp/dubai_ablation_pilot --config.train.num_steps=50

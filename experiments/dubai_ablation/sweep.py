@@ -1,8 +1,11 @@
-"""The proposal's ablations and three baselines on the Dubai tiles, matched in parameters.
+r"""The proposal's ablations and three baselines on the Dubai tiles, matched in parameters.
 
   python -m seg_jax.sweep --config=configs/dubai.py --sweep=experiments/dubai_ablation/sweep.py \
-      --workdir=/tmp/dubai_ablation --readme=experiments/dubai_ablation/README.md
+      --workdir=/tmp/dubai_ablation --readme=experiments/dubai_ablation/README.md \
+      --config.data.image_size='(72,128)' --config.train.num_steps=100 \
+      --config.train.eval_every=20 --config.train.checkpoint_every=20 --config.train.log_every=20
 
+(the 2-core CPU budget of README.md; sweep_full_width.py is the same study for an accelerator).
 The seven `asym_unet` ablation settings (seg_jax.models.asym_unet.ABLATIONS) switch parts of the
 proposal on and off at the widths of configs/dubai.py ("full" is the proposal itself). The
 baselines are sized to the full proposal's 680,478 parameters (each within 0.4 % of it at 6
@@ -12,6 +15,7 @@ stride 16 with 64-channel ASPP and decoder, `fcn8s` on VGG-16 widths 8-16-32-64-
 """
 
 import os
+from typing import Any
 
 from seg_jax import config_files
 
@@ -28,12 +32,21 @@ BASELINES = {
     "fcn8s": dict(backbone_kwargs=dict(widths=(8, 16, 32, 64, 64)),
                   neck_kwargs=dict(features=136)),
 }
-SETTINGS = {
-    **{name: {"model.name": "asym_unet", "model.ablation": name,
-              "model.kwargs": dubai.ARCHITECTURES["asym_unet"]} for name in ABLATIONS},
-    **{name: {"model.name": name, "model.ablation": "", "model.kwargs": kwargs}
-       for name, kwargs in BASELINES.items()},
-}
+
+
+def settings(proposal: dict[str, Any], baselines: dict[str, dict[str, Any]]
+             ) -> dict[str, dict[str, Any]]:
+  """The ablations of the proposal (asym_unet with model.kwargs `proposal`), then the
+  `baselines` ({model name: model.kwargs})."""
+  return {
+      **{name: {"model.name": "asym_unet", "model.ablation": name, "model.kwargs": proposal}
+         for name in ABLATIONS},
+      **{name: {"model.name": name, "model.ablation": "", "model.kwargs": kwargs}
+         for name, kwargs in baselines.items()},
+  }
+
+
+SETTINGS = settings(dubai.ARCHITECTURES["asym_unet"], BASELINES)
 
 
 def get_sweep():
