@@ -77,8 +77,9 @@ _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This process's shard, 0 <
 _SHARD_COUNT = flags.DEFINE_integer("shard_count", 1, "Number of shards the runs are split into.")
 _REPLICAS = flags.DEFINE_integer(
     "replicas", 0, "Most seeds of a setting trained together in one program (1 = one run per "
-    "program); 0 = automatic: 1 on a CPU, where replicas were measured slower than runs one "
-    "after the other (benchmarks/README.md), all seeds of a setting on an accelerator.")
+    "program); 0 = automatic: 1 on a CPU (vmapped replicas run there several times slower per "
+    "image, unrolled ones compile S copies of the step: benchmarks/README.md), all seeds of a "
+    "setting on an accelerator.")
 _SUMMARIZE = flags.DEFINE_bool("summarize", False,
                                "Only write the results of the finished runs; train nothing.")
 _DRY_RUN = flags.DEFINE_bool(
