@@ -156,7 +156,7 @@ class TransferLearningTest(absltest.TestCase):
     runs = "/runs"
     for name in ("pretrain", *self.run.ARMS):
       overrides = self.run.overrides_for(name, 1, 150, runs, False, "/data/dubai")
-      config = self.run.make_config(overrides)  # raises on a field the config lacks
+      config = self.run.make_config(overrides, name)  # raises on a field the config lacks
       self.assertEqual(config.seed, 1)
       self.assertEqual(config.model.init_from, "" if name in ("pretrain", "scratch")
                        else "/runs/pretrain")
@@ -164,7 +164,7 @@ class TransferLearningTest(absltest.TestCase):
       self.assertStartsWith(line, "python -m seg_jax.main --config=configs/dubai.py:asym_unet "
                             f"--workdir=/runs/{name} --config.seed=1 ")
     self.assertEqual(self.run.make_config(self.run.overrides_for(
-        "frozen", 0, 150, runs, False, "")).optim.backbone, "freeze")
+        "frozen", 0, 150, runs, False, ""), "frozen").optim.backbone, "freeze")
 
   def test_tables_pair_each_arm_with_scratch_at_the_same_seed(self):
     classes = {"building": 0.1, "land": 0.2, "road": 0.3, "vegetation": 0.4, "water": 0.5,

@@ -24,7 +24,7 @@ from seg_jax import train
 from seg_jax.models import asym_unet
 from seg_jax.models import summary
 
-from tests.train_testing import REPO, tiny_config
+from tests.train_testing import REPO, snapshot, tiny_config
 
 TESTS = os.path.join(REPO, "tests")
 SWEEP = os.path.join(TESTS, "sweep_testing.py")
@@ -51,17 +51,6 @@ def _write_sweep(text):
   with open(path, "w") as f:
     f.write(text)
   return path
-
-
-def _snapshot(directory):
-  """(path, size, mtime) of everything under `directory`."""
-  out = set()
-  for root, dirs, files in os.walk(directory):
-    for name in dirs + files:
-      path = os.path.join(root, name)
-      info = os.stat(path)
-      out.add((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
-  return out
 
 
 def _read_json(path):
@@ -230,10 +219,10 @@ class SweepRunTest(absltest.TestCase):
 
     run_shard(0, max_replicas=2)  # both seeds of lr3e-3 as replicas of one program
     self.assertEqual(sorted(os.listdir(workdir)), ["lr3e-3"])
-    first = _snapshot(workdir)
+    first = snapshot(workdir)
     run_shard(1, max_replicas=1)  # lr1e-2 one run at a time
     self.assertEqual(sorted(os.listdir(workdir)), ["lr1e-2", "lr3e-3"])
-    self.assertEqual(_snapshot(os.path.join(workdir, "lr3e-3")),
+    self.assertEqual(snapshot(os.path.join(workdir, "lr3e-3")),
                      {(os.path.relpath(p, "lr3e-3"), s, t) for p, s, t in first
                       if p.startswith("lr3e-3" + os.sep)})
     for run in runs:  # every run trained exactly once, tested on its best checkpoint
@@ -243,11 +232,11 @@ class SweepRunTest(absltest.TestCase):
       self.assertEqual((test["split"], test["checkpoint"]), ("test", "best"))
 
     # The whole sweep again, by the command: nothing trained or rewritten, results written.
-    before = _snapshot(workdir)
+    before = snapshot(workdir)
     code, err = run_sweep(f"--workdir={workdir}")
     self.assertEqual(code, 0, err[-3000:])
     self.assertIn("4 runs in this shard: 4 trained already, 0 to train", err)
-    after = {entry for entry in _snapshot(workdir) if not entry[0].startswith(
+    after = {entry for entry in snapshot(workdir) if not entry[0].startswith(
         ("results.", "curves.png"))}
     self.assertEqual(after, before)
 

@@ -28,7 +28,7 @@ from seg_jax import viz
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 
-from tests.train_testing import REPO, TINY_KWARGS, default_config, tiny_config, tiny_dataset  # pylint: disable=g-multiple-import
+from tests.train_testing import REPO, TINY_KWARGS, default_config, snapshot, tiny_config, tiny_dataset  # pylint: disable=g-multiple-import
 
 
 class ModelsTrainTest(parameterized.TestCase):
@@ -203,17 +203,6 @@ def _read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
-def _snapshot(directory):
-  """(path, size, mtime) of everything under `directory`: any write shows up as a difference."""
-  out = set()
-  for root, dirs, files in os.walk(directory):
-    for name in dirs + files:
-      path = os.path.join(root, name)
-      info = os.stat(path)
-      out.add((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
-  return out
-
-
 def _nan_config(**overrides):
   """A config whose SGD step at learning rate 1e30 makes the loss non-finite at step 2."""
   return tiny_config(**{"optim.name": "sgd", "optim.learning_rate": 1e30,
@@ -309,11 +298,11 @@ class LoopTest(absltest.TestCase):
     self.assertEqual(resumed, final)
 
     # Eval-only reads the run folder only (it may be read-only) and writes elsewhere.
-    before = _snapshot(straight)
+    before = snapshot(straight)
     output_dir = os.path.join(tempfile.mkdtemp(), "eval")
     record = train.run(tiny_config(**{"train.mode": "eval", "eval.output_dir": output_dir}),
                        straight)
-    self.assertEqual(_snapshot(straight), before)
+    self.assertEqual(snapshot(straight), before)
     best = max(records, key=lambda r: r["miou"])
     self.assertEqual(record["step"], best["step"])
     self.assertAlmostEqual(record["miou"], best["miou"], places=6)
@@ -330,11 +319,11 @@ class LoopTest(absltest.TestCase):
     self.assertTrue(os.path.exists(os.path.join(straight, "eval_train.json")))
 
     # A rerun with another learning rate is refused, and config.json stays as it was.
-    before = _snapshot(straight)
+    before = snapshot(straight)
     with self.assertRaisesRegex(
         errors.WorkdirError, r"another config .*optim.learning_rate: 0.003 -> 0.01"):
       train.train_and_evaluate(tiny_config(**{"optim.learning_rate": 0.01}), straight, dataset)
-    self.assertEqual(_snapshot(straight), before)
+    self.assertEqual(snapshot(straight), before)
 
   def test_larger_num_steps_extends_a_finished_run(self):
     constant = {"optim.schedule": "constant"}  # the same schedule whatever num_steps is

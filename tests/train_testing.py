@@ -74,6 +74,17 @@ def tiny_dataset():
   return _DATASET
 
 
+def snapshot(directory):
+  """(path, size, mtime) of everything under `directory`: any write shows up as a difference."""
+  out = set()
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      info = os.stat(path)
+      out.add((os.path.relpath(path, directory), info.st_size, info.st_mtime_ns))
+  return out
+
+
 def get_config(model: str = "asym_unet") -> ml_collections.ConfigDict:
   """`tiny_config(model)` as a config file for `python -m seg_jax.main`."""
   return tiny_config(model)

@@ -33,6 +33,7 @@ import numpy as np
 
 from configs import dubai as dubai_config
 from experiments import common
+from seg_jax import sweep
 from seg_jax import train
 from seg_jax import viz
 from seg_jax import writers
@@ -85,17 +86,9 @@ def overrides_for(name: str, seed: int, steps: int, runs: str, toy: bool,
   return {**out, **{k: (pretrain if v == "<pretrain>" else v) for k, v in ARMS[name].items()}}
 
 
-def make_config(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-  """``configs/dubai.py:asym_unet`` with ``overrides`` applied, locked."""
-  config = dubai_config.get_config(ARCH)
-  for key, value in overrides.items():
-    *groups, field = key.split(".")
-    node = config
-    for group in groups:
-      node = node[group]
-    node[field] = value
-  config.lock()
-  return config
+def make_config(overrides: dict[str, Any], name: str) -> ml_collections.ConfigDict:
+  """``configs/dubai.py:asym_unet`` with the run's ``overrides`` applied, locked."""
+  return sweep.apply_overrides(dubai_config.get_config(ARCH), overrides, name)
 
 
 def command(workdir: str, overrides: dict[str, Any]) -> str:
@@ -216,7 +209,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     overrides = overrides_for(name, seed, steps, runs, args.toy, args.data_root)
     workdir = os.path.join(runs, name if name == "pretrain" else f"{name}_seed{seed}")
     commands.append(command(workdir, overrides))
-    configs[name] = make_config(overrides)
+    configs[name] = make_config(overrides, name)
     return run(workdir, configs[name])
 
   pretrain = one("pretrain", 0, pretrain_steps)
