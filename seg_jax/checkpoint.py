@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: one folder per saved step, each complete on its own.
 
-`<workdir>/checkpoints/<step>/state` holds the train state and `<step>/run` a JSON record: the
+`<directory>/<step>/state` holds the train state and `<step>/run` a JSON record: the
 input-pipeline position, a fingerprint of the state's bits, the training time so far and, when the
 step was evaluated, the validation mIoU. The latest `keep` checkpoints and the one with the highest mIoU are kept, so
 "latest" and "best" are two views of one set of checkpoints and cannot disagree.
@@ -8,7 +8,8 @@ step was evaluated, the validation mIoU. The latest `keep` checkpoints and the o
 Restoring walks back past a checkpoint that cannot be read (a truncated or garbled array file, a
 missing or garbled metadata file, bits that do not match their fingerprint) to the newest intact
 one, and logs which it skipped and why. When resuming, a skipped checkpoint newer than the one
-restored is moved to `<workdir>/checkpoints_unreadable/` so that its step can be saved again.
+restored is moved to the folder of unreadable checkpoints so that its step can be saved again.
+Where both folders lie in a run folder is `seg_jax.workdir.RunDir`'s to say.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ import orbax.checkpoint as ocp
 
 from seg_jax import errors
 
-CHECKPOINTS = "checkpoints"
-UNREADABLE = "checkpoints_unreadable"
 WHICH = ("best", "latest")
 
 
@@ -73,17 +72,19 @@ def _reason(exc: BaseException) -> str:
 
 
 class Checkpointer:
-  """Saves, keeps and restores the checkpoints of one workdir.
+  """Saves, keeps and restores the checkpoints in one folder.
 
   With `read_only=True` nothing is created, moved or deleted (eval-only runs and inference on a
-  run folder that may be read-only).
+  run folder that may be read-only). Unreadable checkpoints skipped when resuming are moved to
+  `unreadable`.
   """
 
-  def __init__(self, workdir: str, keep: int = 2, *, read_only: bool = False):
+  def __init__(self, directory: str, unreadable: str, keep: int = 2, *,
+               read_only: bool = False):
     if keep < 1:
       raise errors.ConfigError(f"train.keep_checkpoints must be >= 1, got {keep}")
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, CHECKPOINTS)
+    self.directory = os.path.abspath(directory)
+    self.unreadable = os.path.abspath(unreadable)
     self.keep = keep
     self.read_only = read_only
     self._manager = None
@@ -158,8 +159,7 @@ class Checkpointer:
     if fingerprint(restored.state) != saved:
       raise _Unreadable("the restored arrays do not match the fingerprint saved with them "
                         "(a garbled array file)")
-    # Checkpoints written before the training time was recorded count it from zero.
-    return Restored(restored.state, step, record["pipeline"], record.get("seconds", 0.0))
+    return Restored(restored.state, step, record["pipeline"], record["seconds"])
 
   def _first_intact(self, candidates: list[int], abstract_state: Any, what: str
                     ) -> tuple[Restored, list[int]]:
@@ -188,7 +188,7 @@ class Checkpointer:
 
     `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (with shardings) shaped like the
     state; restoring into it keeps optax NamedTuples and places arrays on the mesh. Unless read
-    only, skipped newer checkpoints are moved to `<workdir>/checkpoints_unreadable/`. With
+    only, skipped newer checkpoints are moved to the folder of unreadable ones. With
     `at_most`, steps after it are left alone (neither restored nor moved).
     """
     steps = [s for s in self.steps() if at_most is None or s <= at_most]
@@ -200,9 +200,9 @@ class Checkpointer:
     return restored
 
   def _set_aside(self, steps: list[int]) -> None:
-    """Moves the given step folders to `<workdir>/checkpoints_unreadable/` (process 0)."""
+    """Moves the given step folders to the folder of unreadable checkpoints (process 0)."""
     if jax.process_index() == 0:
-      target_root = os.path.join(self.workdir, UNREADABLE)
+      target_root = self.unreadable
       os.makedirs(target_root, exist_ok=True)
       for step in steps:
         target = os.path.join(target_root, str(step))

@@ -1,26 +1,95 @@
-"""What the commands (`seg_jax.main`, `seg_jax.sweep`, `seg_jax.predict`) share: the flags they
-have in common, flag parsing whose errors are one line on stderr, and the exit with a documented
-code."""
+"""The command-line contract of every seg_jax command: flags, one error line, documented exit codes.
+
+A command module defines no flag at import. It holds a `define_flags()` for its own flags and a
+`main(argv)` that returns an exit code of `seg_jax.errors` (None = 0), and ends with
+
+  if __name__ == "__main__":
+    cli.run(main, define_flags=define_flags, required=["config", "workdir"])
+
+`run` defines the shared flags it names (`--config`, `--workdir`, defined here once) and the
+command's own, parses them (a bad flag or config is one line, exit code 2), quiets library logs,
+calls `main` and exits with its code; a `RunError` from `main` is one line
+`error (kind): message` on stderr and its exit code (`--verbosity=1` shows the traceback).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+import functools
+import os
 import sys
+from typing import NoReturn
 
+from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from seg_jax import errors
+from seg_jax import writers
 
-# The flags several commands take, defined once here so that one process may import several
-# commands (a test, an experiment driver); each command marks the ones it requires.
-CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py, or configs/X.py:arg): the run's config "
-    "(seg_jax.main) or the one every setting starts from (seg_jax.sweep).", lock_config=True)
-WORKDIR = flags.DEFINE_string(
-    "workdir", None, "seg_jax.main: the run folder (checkpoints, logs, metrics); seg_jax.sweep: "
-    "the sweep folder (DIR/<setting>/seed<k> per run); seg_jax.predict: the training run whose "
-    "model predicts.")
+SHARED_FLAGS = ("config", "workdir")
+_CONFIG_HELP = (
+    "Config file (configs/X.py, or configs/X.py:arg) and --config.a.b=v overrides (locked: a "
+    "misspelled field fails): the run's config (seg_jax.main), the one every setting starts from "
+    "(seg_jax.sweep), whose data group is shown (seg_jax.data.inspect) or whose model is "
+    "summarised (seg_jax.models.summary).")
+_WORKDIR_HELP = (
+    "seg_jax.main: the run folder (checkpoints, logs, metrics); seg_jax.sweep: the sweep folder "
+    "(DIR/<setting>/seed<k> per run); seg_jax.predict: the training run whose model predicts "
+    "(seg_jax.models.summary takes it but does not read it yet).")
+
+
+def define_shared_flags(names: Sequence[str] = SHARED_FLAGS, *,
+                        config_default: str | None = None) -> None:
+  """Defines the shared flags `names` (of "config", "workdir") that are not defined yet.
+
+  A process may run the definitions of several commands (a test, an experiment driver), so a
+  flag defined already is kept as it is, `config_default` included.
+  """
+  unknown = set(names) - set(SHARED_FLAGS)
+  if unknown:
+    raise ValueError(f"no shared flag {sorted(unknown)}; the shared flags are {SHARED_FLAGS}")
+  if "config" in names and "config" not in flags.FLAGS:
+    config_flags.DEFINE_config_file("config", config_default, _CONFIG_HELP, lock_config=True)
+  if "workdir" in names and "workdir" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None, _WORKDIR_HELP)
+
+
+def run(main: Callable[[list[str]], int | None], *,
+        define_flags: Callable[[], None] | None = None,
+        shared: Sequence[str] = SHARED_FLAGS, required: Sequence[str] = (),
+        config_default: str | None = None) -> NoReturn:
+  """Defines the flags, parses them, runs `main` and exits with its code (None = 0).
+
+  Args:
+    main: the command; takes argv (the program name only) and returns an exit code.
+    define_flags: defines the command's own flags; run once per process (wrap it in
+      `functools.cache` so a test may call it as well).
+    shared: which of the shared flags (`SHARED_FLAGS`) the command takes.
+    required: flags that must be given.
+    config_default: the config file `--config` loads when none is given.
+  """
+  define_shared_flags(shared, config_default=config_default)
+  if define_flags is not None:
+    define_flags()
+  flags.mark_flags_as_required(required)
+  app.run(functools.partial(_call, main), flags_parser=parse_flags)
+
+
+def _call(main: Callable[[list[str]], int | None], argv: list[str]) -> int | None:
+  """`main(argv)` after the checks every command shares; a RunError becomes its exit code."""
+  if len(argv) > 1:
+    fail("flags", f"unexpected arguments {argv[1:]}: every option is a --flag=value",
+         errors.EXIT_USER_ERROR)
+  writers.quiet_library_logs()
+  # Keras 3 (weight import from Keras files) picks its backend once, at import: JAX, never
+  # TensorFlow, which seg_jax does not install.
+  os.environ.setdefault("KERAS_BACKEND", "jax")
+  try:
+    return main(argv)
+  except errors.RunError as e:
+    fail_on_run_error(e)
 
 
 def verbose(argv: list[str]) -> bool:
@@ -35,10 +104,15 @@ def verbose(argv: list[str]) -> bool:
   return False
 
 
-def fail(kind: str, message: str, code: int) -> None:
-  """Prints `error (kind): message` as one line on stderr and exits with `code`."""
+def print_error(kind: str, message: str) -> None:
+  """Prints `error (kind): message` as one line on stderr (the one error line of every command)."""
   message = " ".join(line.strip() for line in message.splitlines() if line.strip())
   sys.stderr.write(f"error ({kind}): {message}\n")
+
+
+def fail(kind: str, message: str, code: int) -> NoReturn:
+  """Prints `error (kind): message` as one line on stderr and exits with `code`."""
+  print_error(kind, message)
   sys.exit(code)
 
 
@@ -69,7 +143,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail("flags", _flag_error(e, argv), errors.EXIT_USER_ERROR)
 
 
-def fail_on_run_error(e: errors.RunError) -> None:
+def fail_on_run_error(e: errors.RunError) -> NoReturn:
   """Exits with the error's code and one line (re-raises for a traceback at --verbosity=1)."""
   if logging.get_verbosity() >= 1:
     raise e

@@ -1,10 +1,14 @@
-"""Errors a user can act on, and the exit codes of `python -m seg_jax.main`.
+"""Errors a user can act on, and the exit codes of every seg_jax command.
 
-A `RunError` stops a run for a reason its message states together with the fix; the command line
-prints it as one line (the traceback only with `--verbosity=1`) and exits with its `exit_code`.
+A `RunError` stops a command for a reason its message states together with the fix; the command
+line prints it as one line (the traceback only with `--verbosity=1`) and exits with its
+`exit_code`. The codes below are the one table every command (`seg_jax.cli.run`) exits with; the
+README's "Exit codes" section repeats it.
 """
 
-EXIT_USER_ERROR = 2  # Bad config, data or workdir: nothing was trained; fix it and rerun.
+EXIT_OK = 0  # Done: everything asked for was done.
+EXIT_SOME_FAILED = 1  # Finished, but some inputs failed (runs, images): each is named.
+EXIT_USER_ERROR = 2  # Bad flag, config, data, workdir or input: nothing ran; fix it and rerun.
 EXIT_NON_FINITE = 3  # The loss became NaN/Inf; the checkpoints before it are kept.
 EXIT_PREEMPTED = 75  # SIGTERM: a checkpoint was saved; rerun the same command to resume.
 
@@ -14,6 +18,12 @@ class RunError(Exception):
 
   exit_code = EXIT_USER_ERROR
   kind = "run"
+
+
+class FlagError(RunError, ValueError):
+  """A command-line flag whose value cannot work (beyond what the flag parser checks)."""
+
+  kind = "flags"
 
 
 class ConfigError(RunError, ValueError):

@@ -29,11 +29,8 @@ the last partial batch is padded and its padding discarded). Blending happens on
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,9 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from seg_jax import writers
 from seg_jax.data import augment
-from seg_jax.data import palettes
 from seg_jax.data import preprocess
 
 MODES = ("resize", "slide")
@@ -56,61 +51,6 @@ TTA_TRANSFORMS = {
     "flips": ((0, False), (0, True), (2, True), (2, False)),
     "flips_rot90": tuple((k, flip) for k in range(4) for flip in (False, True)),
 }
-DATA_INFO_FILE = "dataset.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class DataInfo:
-  """What prediction needs from a model's training data: classes and colours, mean/std, size."""
-
-  palette: palettes.Palette
-  mean: tuple[float, ...]  # per channel, [0, 255] units, as normalised in training
-  std: tuple[float, ...]
-  image_size: tuple[int, int]  # (H, W) the model was trained on
-
-  @property
-  def class_names(self) -> tuple[str, ...]:
-    """Class names in class-index order."""
-    return self.palette.names
-
-  @classmethod
-  def from_dataset(cls, dataset) -> DataInfo:
-    """The info of a `seg_jax.data.Dataset`."""
-    return cls(palette=dataset.palette, mean=tuple(float(v) for v in dataset.mean),
-               std=tuple(float(v) for v in dataset.std),
-               image_size=tuple(int(v) for v in dataset.image_size))
-
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-ready fields."""
-    return {"class_names": list(self.palette.names),
-            "colors": [list(c) for c in self.palette.colors],
-            "ignore_color": list(self.palette.ignore_color),
-            "mean": list(self.mean), "std": list(self.std), "image_size": list(self.image_size)}
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> DataInfo:
-    """Inverse of `to_dict`."""
-    palette = palettes.Palette(names=tuple(d["class_names"]),
-                               colors=tuple(tuple(c) for c in d["colors"]),
-                               ignore_color=tuple(d["ignore_color"]))
-    return cls(palette=palette, mean=tuple(d["mean"]), std=tuple(d["std"]),
-               image_size=tuple(d["image_size"]))
-
-
-def save_data_info(workdir: str, dataset) -> None:
-  """Writes `workdir/dataset.json`, so a workdir predicts without its training data."""
-  writers.write_json(os.path.join(workdir, DATA_INFO_FILE),
-                     DataInfo.from_dataset(dataset).to_dict())
-
-
-def load_data_info(workdir: str) -> DataInfo:
-  """Reads `workdir/dataset.json`; FileNotFoundError if absent, ValueError naming it if bad."""
-  path = os.path.join(workdir, DATA_INFO_FILE)
-  with open(path) as f:
-    try:
-      return DataInfo.from_dict(json.load(f))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-      raise ValueError(f"{path}: not a valid dataset info file ({e!r})") from e
 
 
 class _ByIdentity:

@@ -34,7 +34,8 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -42,9 +43,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import errors
-from seg_jax import inference
+from seg_jax import state as state_lib
 from seg_jax import weights
 from seg_jax import workdir as workdir_lib
 from seg_jax.weights import common as weights_common
@@ -60,10 +60,6 @@ KERAS_APPLICATIONS = {"xception": "Xception"}
 # torchvision's segmentation models carry an auxiliary head that seg_jax's have not.
 TORCH_AUX = "aux_classifier."
 IMPORTED = "imported"
-
-StateShapes = Callable[[ml_collections.ConfigDict, int, tuple[int, int]], Any]
-"""``(config, num_classes, image_size) ->`` the shapes of a run's train state."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Initial:
@@ -128,7 +124,9 @@ def _download(library: str, name: str, weights_name: str) -> Any:
   if name not in KERAS_APPLICATIONS:
     raise ValueError(f"Keras applications seg_jax has are {sorted(KERAS_APPLICATIONS)}, got "
                      f"{name!r}")
-  os.environ.setdefault("KERAS_BACKEND", "jax")  # Keras 3 without TensorFlow
+  if "keras" not in sys.modules and os.environ.get("KERAS_BACKEND") != "jax":
+    raise ValueError("Keras must run on JAX here: set KERAS_BACKEND=jax before starting Python "
+                     "(the seg_jax commands set it)")
   try:
     import keras  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -171,23 +169,12 @@ def _read_weights(spec: str, kind: str, arch: str, arch_kwargs: dict[str, Any], 
           skipped)
 
 
-def _read_workdir(path: str, part: str, state_shapes: StateShapes
-                  ) -> tuple[str, dict[str, Any]]:
+def _read_workdir(path: str, part: str) -> tuple[str, dict[str, Any]]:
   """(description, variables) of the best checkpoint of a seg_jax workdir (its backbone only
   when ``part`` is "backbone")."""
-  config = workdir_lib.load_config(path)
-  try:
-    info = inference.load_data_info(path)
-  except FileNotFoundError as e:
-    raise ValueError(f"{path} has no {inference.DATA_INFO_FILE}, so its class count is "
-                     "unknown") from e
-  abstract = state_shapes(config, len(info.class_names), tuple(info.image_size))
-  ckpt = checkpoint_lib.Checkpointer(path, read_only=True)
-  try:
-    state, step = ckpt.restore_state(abstract, "best")
-  finally:
-    ckpt.close()
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  run_dir = workdir_lib.RunDir(path)
+  config = run_dir.load_config()
+  variables, step = state_lib.restore_variables(run_dir, config, run_dir.data_info(), "best")
   if part == "backbone":
     variables = {c: tree["backbone"] for c, tree in variables.items() if "backbone" in tree}
   return f"the best checkpoint of {path} (step {step}, model {config.model.name!r})", variables
@@ -251,8 +238,8 @@ def _place(imported: Mapping[str, Any], shapes: Mapping[str, Any], part: str,
   return {p: flat[p] for p, how in provenance.items() if how == IMPORTED}, provenance
 
 
-def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes: Any,
-         source_state_shapes: StateShapes) -> Initial | None:
+def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes: Any
+         ) -> Initial | None:
   """Reads ``model.init_from`` and checks it against the model; None when it is empty.
 
   Args:
@@ -260,7 +247,6 @@ def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes
       ``kwargs``, ``ablation``).
     model: the model being trained (a ``SegmentationModel``).
     state_shapes: the shapes of its train state (``params`` and ``batch_stats`` are read).
-    source_state_shapes: the train-state shapes of another run's config, to restore a workdir.
 
   Raises:
     ConfigError: naming the source and what is wrong with it (missing, not readable, another
@@ -272,11 +258,11 @@ def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes
   part = model_config.init_part
   if part not in INIT_PARTS:
     raise errors.ConfigError(f"model.init_part must be one of {INIT_PARTS}, got {part!r}")
-  shapes = {"params": state_shapes.params, "batch_stats": state_shapes.batch_stats}
+  shapes = state_lib.variables(state_shapes)
   try:
     kind = _spec_kind(spec)
     if kind == "workdir":
-      description, imported = _read_workdir(spec, part, source_state_shapes)
+      description, imported = _read_workdir(spec, part)
       skipped = []
     else:
       arch, arch_kwargs = _architecture(model_config, model, part)
@@ -293,7 +279,7 @@ def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes
 def apply(state: Any, initial: Initial) -> Any:
   """The fresh train ``state`` with ``initial``'s variables in place and its optimizer state
   initialised for them (each array keeps the fresh one's dtype and sharding)."""
-  fresh = weights_common.flatten({"params": state.params, "batch_stats": state.batch_stats})
+  fresh = weights_common.flatten(state_lib.variables(state))
   flat = {path: (jax.device_put(jnp.asarray(initial.variables[path], value.dtype),
                                 value.sharding) if path in initial.variables else value)
           for path, value in fresh.items()}

@@ -15,10 +15,11 @@ Images are read as 8-bit RGB. Greyscale is repeated into three channels and an a
 dropped (the colours stored under transparent pixels are predicted), each with a warning naming
 the file, since the model was trained on opaque colour images; 16-bit, 32-bit and float images
 are refused. Normalisation uses the training data's mean and std, read from the workdir's
-dataset.json (recomputed from the training data for workdirs written before it existed).
+dataset.json.
 
-Exit code: 0 when every image was predicted; 1 when nothing could run (bad flags, workdir or
-input); 2 when some images failed (each one named; the others are still predicted).
+Exit codes (`seg_jax.errors`, as every seg_jax command): 0 when every image was predicted; 1 when
+some images failed (each one named; the others are still predicted); 2 when nothing could run (bad
+flags, workdir or input; one line on stderr). Before this table, 1 and 2 were the other way round.
 """
 
 from __future__ import annotations
@@ -32,93 +33,54 @@ import sys
 import time
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 import tqdm
 
-from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import cli
-from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import inference
 from seg_jax import models
-from seg_jax import train
+from seg_jax import state as state_lib
 from seg_jax import viz
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import dubai
 
-_WORKDIR = cli.WORKDIR  # the training run: its config.json and checkpoints
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
-                                "Checkpoint: best validation mIoU or latest.")
-_INPUT = flags.DEFINE_string("input", None, "Image file, folder of images, or glob.")
-_OUTPUT = flags.DEFINE_string("output", None, "Folder receiving the masks and overlays.")
-# Flag defaults are those of inference.predict.
-_DEFAULTS = {k: p.default for k, p in inspect.signature(inference.predict).parameters.items()}
-_MODE = flags.DEFINE_enum("mode", _DEFAULTS["mode"], list(inference.MODES),
-                          "resize: to the training size and back; slide: windows at full size.")
-_WINDOW = flags.DEFINE_list("window", [], "H,W of the window / resize target (default: the "
-                            "training image size).")
-_OVERLAP = flags.DEFINE_float("overlap", _DEFAULTS["overlap"],
-                              "Share of a window overlapped by its neighbours.")
-_BLEND = flags.DEFINE_enum("blend", _DEFAULTS["blend"], list(inference.BLENDS),
-                           "Weighting of overlapping windows.")
-_TTA = flags.DEFINE_enum("tta", _DEFAULTS["tta"], list(inference.TTA_TRANSFORMS),
-                         "Test-time augmentation.")
-_SCALES = flags.DEFINE_list("scales", [str(s) for s in _DEFAULTS["scales"]],
-                            "Scale factors whose predictions are averaged.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS["batch_size"],
-                                   "Windows per jitted call.")
-_SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write <stem>_probs.npy.")
+FLAGS = flags.FLAGS
+
+
+@functools.cache
+def define_flags() -> None:
+  """Defines this command's flags besides --workdir (once per process)."""
+  # Flag defaults are those of inference.predict.
+  defaults = {k: p.default for k, p in inspect.signature(inference.predict).parameters.items()}
+  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                    "Checkpoint: best validation mIoU or latest.")
+  flags.DEFINE_string("input", None, "Image file, folder of images, or glob.")
+  flags.DEFINE_string("output", None, "Folder receiving the masks and overlays.")
+  flags.DEFINE_enum("mode", defaults["mode"], list(inference.MODES),
+                    "resize: to the training size and back; slide: windows at full size.")
+  flags.DEFINE_list("window", [], "H,W of the window / resize target (default: the training "
+                    "image size).")
+  flags.DEFINE_float("overlap", defaults["overlap"],
+                     "Share of a window overlapped by its neighbours.")
+  flags.DEFINE_enum("blend", defaults["blend"], list(inference.BLENDS),
+                    "Weighting of overlapping windows.")
+  flags.DEFINE_enum("tta", defaults["tta"], list(inference.TTA_TRANSFORMS),
+                    "Test-time augmentation.")
+  flags.DEFINE_list("scales", [str(s) for s in defaults["scales"]],
+                    "Scale factors whose predictions are averaged.")
+  flags.DEFINE_integer("batch_size", defaults["batch_size"], "Windows per jitted call.")
+  flags.DEFINE_bool("save_probs", False, "Also write <stem>_probs.npy.")
+
 
 # Modes read as they are or converted by PIL to RGB; alpha ("A", "a") is dropped.
 GREY_MODES = ("1", "L", "LA", "La")
 COLOUR_MODES = ("P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr")
-EXIT_OK, EXIT_NOTHING_RAN, EXIT_SOME_FAILED = 0, 1, 2
-
-
-WorkdirError = errors.WorkdirError
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with, from its config.json (locked)."""
-  return workdir_lib.load_config(workdir)
-
-
-def load_data_info(workdir: str, config: ml_collections.ConfigDict) -> inference.DataInfo:
-  """The workdir's dataset.json, or for older workdirs the same recomputed from the training data."""
-  path = os.path.join(workdir, inference.DATA_INFO_FILE)
-  try:
-    return inference.load_data_info(workdir)
-  except FileNotFoundError:
-    pass
-  except ValueError as e:
-    raise WorkdirError(str(e)) from e
-  logging.warning("%s not found: recomputing the class palette and mean/std from the training "
-                  "data (data.name=%r, data.root=%r)", path, config.data.name, config.data.root)
-  try:
-    return inference.DataInfo.from_dataset(data_lib.get_dataset(config.data))
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f"{path} is missing and the training data cannot be read to recompute "
-                       f"it: {e}") from e
-
-
-def restore_variables(workdir: str, config: ml_collections.ConfigDict, model,
-                      image_size: tuple[int, int], which: str) -> tuple[dict[str, Any], int]:
-  """(model variables, step) of the workdir's "best" or "latest" checkpoint, opened read-only."""
-  abstract_state = jax.eval_shape(
-      functools.partial(train.init_state, config, model, tuple(image_size)), jax.random.key(0))
-  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  try:
-    state, step = ckpt.restore_state(abstract_state, which)
-  finally:
-    ckpt.close()
-  return {"params": state.params, "batch_stats": state.batch_stats}, int(step)
 
 
 @dataclasses.dataclass
@@ -128,7 +90,7 @@ class TrainedModel:
   model: Any
   variables: dict[str, Any]
   config: ml_collections.ConfigDict
-  info: inference.DataInfo
+  info: workdir_lib.DataInfo
   step: int
 
   def predict(self, image: np.ndarray, **kwargs) -> np.ndarray:
@@ -136,19 +98,20 @@ class TrainedModel:
     kwargs.setdefault("window", self.info.image_size)
     return inference.predict(self.model, self.variables, image, mean=self.info.mean,
                              std=self.info.std,
-                             dtype=train.dtype_from_name(self.config.model.dtype), **kwargs)
+                             dtype=state_lib.dtype_from_name(self.config.model.dtype), **kwargs)
 
 
 def load_workdir(workdir: str, which: str = "best") -> TrainedModel:
   """Config, dataset info, model and variables of a training workdir, without writing to it."""
-  config = load_config(workdir)
-  info = load_data_info(workdir, config)
+  run_dir = workdir_lib.RunDir(workdir)
+  config = run_dir.load_config()
+  info = run_dir.data_info()
   num_classes = len(info.class_names)
   if config.model.num_classes not in (0, num_classes):
-    raise WorkdirError(f"{workdir}: config model.num_classes={config.model.num_classes} but "
-                       f"{inference.DATA_INFO_FILE} lists {num_classes} classes")
-  model = train.build_model(config, num_classes)
-  variables, step = restore_variables(workdir, config, model, info.image_size, which)
+    raise errors.WorkdirError(f"{workdir}: config model.num_classes={config.model.num_classes} "
+                              f"but {workdir_lib.DATA_INFO_FILE} lists {num_classes} classes")
+  model = state_lib.build_model(config, num_classes)
+  variables, step = state_lib.restore_variables(run_dir, config, info, which, model)
   return TrainedModel(model, variables, config, info, step)
 
 
@@ -246,8 +209,8 @@ def run(workdir: str, input_spec: str, output: str, *, checkpoint: str,
     paths = find_images(input_spec)
     os.makedirs(output, exist_ok=True)
   except (OSError, ValueError, errors.RunError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return EXIT_NOTHING_RAN
+    cli.print_error(getattr(e, "kind", "input"), str(e))
+    return errors.EXIT_USER_ERROR
   logging.info("%s checkpoint (step %d) of %s; %d images", checkpoint, trained.step, workdir,
                len(paths))
   failures: list[str] = []
@@ -278,27 +241,24 @@ def run(workdir: str, input_spec: str, output: str, *, checkpoint: str,
     print(f"{len(failures)} failed:", file=sys.stderr)
     for message in failures:
       print(f"  {message}", file=sys.stderr)
-    return EXIT_SOME_FAILED
-  return EXIT_OK
+    return errors.EXIT_SOME_FAILED
+  return errors.EXIT_OK
 
 
 def main(argv) -> int:
-  """Parses the flags and runs `run`."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  writers.quiet_library_logs()
+  """Runs `run` with the parsed flags; returns the exit code."""
+  del argv
   try:
-    window = tuple(int(v) for v in _WINDOW.value) or None
-    scales = tuple(float(v) for v in _SCALES.value)
+    window = tuple(int(v) for v in FLAGS.window) or None
+    scales = tuple(float(v) for v in FLAGS.scales)
   except ValueError as e:
-    print(f"error: --window must be H,W integers and --scales numbers ({e})", file=sys.stderr)
-    return EXIT_NOTHING_RAN
-  return run(_WORKDIR.value, _INPUT.value, _OUTPUT.value, checkpoint=_CHECKPOINT.value,
-             window=window, save_probs=_SAVE_PROBS.value, mode=_MODE.value,
-             overlap=_OVERLAP.value, blend=_BLEND.value, tta=_TTA.value, scales=scales,
-             batch_size=_BATCH_SIZE.value)
+    raise errors.FlagError(f"--window must be H,W integers and --scales numbers ({e})") from e
+  return run(FLAGS.workdir, FLAGS.input, FLAGS.output, checkpoint=FLAGS.checkpoint,
+             window=window, save_probs=FLAGS.save_probs, mode=FLAGS.mode,
+             overlap=FLAGS.overlap, blend=FLAGS.blend, tta=FLAGS.tta, scales=scales,
+             batch_size=FLAGS.batch_size)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir", "input", "output"])
-  app.run(main)
+  cli.run(main, define_flags=define_flags, shared=["workdir"],
+          required=["workdir", "input", "output"])

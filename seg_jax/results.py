@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -36,8 +35,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_MD = "results.md"
 CURVES_PNG = "curves.png"
 MODEL_JSON = "model.json"  # per setting: {"params", "gflops", "image_size"}
-FINAL_METRICS = "final_metrics.json"
-TEST_RESULT = "eval_test.json"
+TEST_SPLIT = "test"  # a run's test scores are its eval-only record of this split
 # Scalar scores of the main table, in order, with their headings.
 MAIN_SCORES = (("val_miou", "val mIoU"), ("test_miou", "test mIoU"),
                ("val_pixel_accuracy", "val pixel acc"), ("test_pixel_accuracy", "test pixel acc"))
@@ -48,19 +46,7 @@ NOT_SCORES = ("step", "split", "checkpoint", "resolution", "image_size", "predic
 def run_dir(workdir: str, setting: str, seed: int) -> str:
   """The folder of run (setting, seed) of the sweep in `workdir`: where the setting's replicas
   trained together in DIR/<setting> put that seed."""
-  return workdir_lib.replica_workdir(os.path.join(workdir, setting), seed)
-
-
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return workdir_lib.RunDir(os.path.join(workdir, setting)).replica(seed).path
 
 
 def _nan(value: Any) -> float:
@@ -94,22 +80,22 @@ def _split_scores(prefix: str, record: dict[str, Any], path: str) -> dict[str, f
 def run_scores(directory: str) -> dict[str, float] | None:
   """Every score of the finished run in `directory`, or None if it is not finished (no
   final_metrics.json or no eval_test.json)."""
-  final, test = (os.path.join(directory, name) for name in (FINAL_METRICS, TEST_RESULT))
-  if not (os.path.exists(final) and os.path.exists(test)):
+  run = workdir_lib.RunDir(directory)
+  final_record, test_record = run.final_record(), run.eval_record(TEST_SPLIT)
+  if final_record is None or test_record is None:
     return None
-  final_record, test_record = _read_json(final), _read_json(test)
-  scores = {**_split_scores("val", final_record, final),
-            **_split_scores("test", test_record, test),
+  scores = {**_split_scores("val", final_record, run.file(workdir_lib.FINAL_METRICS)),
+            **_split_scores("test", test_record, run.eval_file(TEST_SPLIT)),
             "best_step": float(test_record["step"])}
-  records = _read_jsonl(os.path.join(directory, writers.METRICS_FILE))
+  records = run.metrics()
   scores["train_seconds"] = _nan(records[-1].get("train_seconds")) if records else math.nan
   return scores
 
 
 def val_curve(directory: str) -> dict[int, float]:
   """{step: val mIoU} of a run's evaluations (metrics.jsonl)."""
-  return {r["step"]: _nan(r["miou"]) for r in _read_jsonl(
-      os.path.join(directory, writers.METRICS_FILE)) if r["split"] == "val"}
+  return {r["step"]: _nan(r["miou"]) for r in workdir_lib.RunDir(directory).metrics()
+          if r["split"] == "val"}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -136,7 +122,7 @@ def setting_row(setting: str, runs: Sequence[dict[str, float]], model: dict[str,
 def read_model(workdir: str, setting: str) -> dict[str, Any] | None:
   """DIR/<setting>/model.json (written by the sweep runner), or None."""
   path = os.path.join(workdir, setting, MODEL_JSON)
-  return _read_json(path) if os.path.exists(path) else None
+  return workdir_lib.read_json(path)
 
 
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -148,12 +134,16 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
   return out.getvalue()
 
 
-def cell(row: dict[str, Any], score: str) -> str:
-  """"mean ± std" of a score (3 decimals), or "-" if there is none."""
-  mean, std = row.get(f"{score}_mean", math.nan), row.get(f"{score}_std", math.nan)
+def mean_std_text(mean: float, std: float) -> str:
+  """"mean ± std" (3 decimals), the mean alone without a std (one run), "-" without a mean."""
   if math.isnan(mean):
     return "-"
   return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def cell(row: dict[str, Any], score: str) -> str:
+  """`mean_std_text` of a score of a results row."""
+  return mean_std_text(row.get(f"{score}_mean", math.nan), row.get(f"{score}_std", math.nan))
 
 
 def duration(seconds: float) -> str:
@@ -162,11 +152,6 @@ def duration(seconds: float) -> str:
     return "-"
   minutes, secs = divmod(int(round(seconds)), 60)
   return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size: Any) -> str:
@@ -185,17 +170,17 @@ def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size:
       "eval-mode forward (a multiply-add counts 2). Train time: wall time of one run's training "
       "loop (compilation, evaluations and checkpoints included; S replicas trained in one "
       "program count 1/S of its time each).",
-      _table(["setting", "n", *(h for _, h in MAIN_SCORES), "params", "GFLOPs", "train time"],
-             main)]
+      writers.markdown_table(
+          ["setting", "n", *(h for _, h in MAIN_SCORES), "params", "GFLOPs", "train time"], main)]
   for split in ("test", "val"):
     prefix = f"{split}_iou_"
     classes = list(dict.fromkeys(k[len(prefix):-len("_mean")] for row in rows for k in row
                                  if k.startswith(prefix) and k.endswith("_mean")))
     if classes:
       parts.append(f"IoU per class, {split}:")
-      parts.append(_table(["setting", "n", *classes],
-                          [[r["setting"], r["n"], *(cell(r, prefix + c) for c in classes)]
-                           for r in rows]))
+      parts.append(writers.markdown_table(
+          ["setting", "n", *classes],
+          [[r["setting"], r["n"], *(cell(r, prefix + c) for c in classes)] for r in rows]))
   if missing:
     parts.append("Not finished (left out of the table): " + ", ".join(missing) + ".")
   return "\n\n".join(parts)

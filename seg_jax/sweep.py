@@ -36,14 +36,16 @@ At the end (or with --summarize alone) seg_jax.results writes DIR/results.csv, D
 DIR/curves.png from the finished run folders; --readme=PATH also writes the tables into PATH's
 generated "results" section and curves.png beside it.
 
-Exit codes: 0 every run of the shard finished; 1 some runs failed (each named in the log, the
-others finished); 2 a bad flag, sweep file, config or workdir (one line on stderr, nothing
-trained); 75 preempted (SIGTERM): rerun the same command to resume.
+Exit codes (`seg_jax.errors`, as every seg_jax command): 0 every run of the shard finished; 1 some
+runs failed (each named in the log, the others finished); 2 a bad flag, sweep file, config or
+workdir (one line on stderr, nothing trained); 75 preempted (SIGTERM): rerun the same command to
+resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -51,41 +53,48 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 import ml_collections
 
-from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import cli
+from seg_jax import compilation
 from seg_jax import config_files
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import models
 from seg_jax import preemption
 from seg_jax import results
+from seg_jax import evaluate
+from seg_jax import state as state_lib
+from seg_jax import steps
 from seg_jax import train
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.models import summary
 
-_CONFIG = cli.CONFIG
-_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
-_WORKDIR = cli.WORKDIR
-_SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This process's shard, 0 <= i < count.")
-_SHARD_COUNT = flags.DEFINE_integer("shard_count", 1, "Number of shards the runs are split into.")
-_REPLICAS = flags.DEFINE_integer(
-    "replicas", 0, "Most seeds of a setting trained together in one program (1 = one run per "
-    "program); 0 = automatic: 1 on a CPU (vmapped replicas run there several times slower per "
-    "image, unrolled ones compile S copies of the step: benchmarks/README.md), all seeds of a "
-    "setting on an accelerator.")
-_SUMMARIZE = flags.DEFINE_bool("summarize", False,
-                               "Only write the results of the finished runs; train nothing.")
-_DRY_RUN = flags.DEFINE_bool(
-    "dry_run", False, "Check every setting, write model.json and the results, list the runs "
-    "of this shard and what each needs; train and test nothing.")
-_README = flags.DEFINE_string("readme", "", "Also write the results into this Markdown file.")
+FLAGS = flags.FLAGS
+
+
+@functools.cache
+def define_flags() -> None:
+  """Defines this command's flags besides --config and --workdir (once per process)."""
+  flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
+  flags.DEFINE_integer("shard_index", 0, "This process's shard, 0 <= i < count.")
+  flags.DEFINE_integer("shard_count", 1, "Number of shards the runs are split into.")
+  flags.DEFINE_integer(
+      "replicas", 0, "Most seeds of a setting trained together in one program (1 = one run per "
+      "program); 0 = automatic: 1 on a CPU (vmapped replicas run there several times slower per "
+      "image, unrolled ones compile S copies of the step: benchmarks/README.md), all seeds of a "
+      "setting on an accelerator.")
+  flags.DEFINE_bool("summarize", False,
+                    "Only write the results of the finished runs; train nothing.")
+  flags.DEFINE_bool(
+      "dry_run", False, "Check every setting, write model.json and the results, list the runs "
+      "of this shard and what each needs; train and test nothing.")
+  flags.DEFINE_string("readme", "", "Also write the results into this Markdown file.")
+
 
 # Set by the runner for each run, never by a setting.
 RUNNER_FIELDS = ("seed", "train.num_replicas", "train.mode")
@@ -239,41 +248,16 @@ def test_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def _best_step(workdir: str) -> int | None:
-  """The best-val checkpoint step of a run folder (None: none evaluated)."""
-  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  try:
-    return ckpt.best_step()
-  finally:
-    ckpt.close()
-
-
-def _latest_step(workdir: str) -> int:
-  """The newest checkpoint step of a run folder, 0 if none."""
-  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  try:
-    steps = ckpt.steps()
-    return steps[-1] if steps else 0
-  finally:
-    ckpt.close()
-
-
 def trained(run: Run) -> bool:
   """Whether the run's final_metrics.json is that of its last step."""
-  path = os.path.join(run.workdir, train.FINAL_METRICS)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f).get("step") == run.config.train.num_steps
+  return workdir_lib.RunDir(run.workdir).final_record(run.config.train.num_steps) is not None
 
 
 def tested(run: Run) -> bool:
   """Whether eval_test.json holds the test scores of the run's best checkpoint."""
-  path = os.path.join(run.workdir, results.TEST_RESULT)
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return json.load(f).get("step") == _best_step(run.workdir)
+  run_dir = workdir_lib.RunDir(run.workdir)
+  record = run_dir.eval_record(results.TEST_SPLIT)
+  return record is not None and record.get("step") == run_dir.best_step()
 
 
 def groups(runs: Sequence[Run], max_replicas: int) -> list[list[Run]]:
@@ -285,7 +269,7 @@ def groups(runs: Sequence[Run], max_replicas: int) -> list[list[Run]]:
   out: list[list[Run]] = []
   previous = None
   for run in runs:
-    start = _latest_step(run.workdir)
+    start = workdir_lib.RunDir(run.workdir).latest_step()
     key = (run.setting, start)
     if (out and previous == key and len(out[-1]) < max_replicas
         and run.seed == out[-1][-1].seed + 1):
@@ -340,25 +324,24 @@ class Runner:
             f"sweep setting {run.setting!r}: eval.split={run.config.eval.split!r}; a sweep "
             "picks checkpoints on 'val' and scores 'test' separately")
       try:
-        workdir_lib.check_config(run.config, run.workdir)
+        workdir_lib.RunDir(run.workdir).check_config(run.config)
       except errors.WorkdirError as e:
         raise errors.WorkdirError(f"sweep setting {run.setting!r}, seed {run.seed}: {e}") from e
       if run.setting in checked:
         continue
       checked.add(run.setting)
       try:
-        trainer = train.Trainer(run.config, self.dataset(run.config))
+        trainer = steps.Trainer(run.config, self.dataset(run.config))
       except errors.RunError as e:
         raise type(e)(f"sweep setting {run.setting!r}: {e}") from e
       self._write_model(run, trainer)
 
-  def _write_model(self, run: Run, trainer: train.Trainer) -> None:
+  def _write_model(self, run: Run, trainer: steps.Trainer) -> None:
     """DIR/<setting>/model.json: parameters and forward GFLOPs at batch 1 (if missing)."""
     path = os.path.join(self.workdir, run.setting, results.MODEL_JSON)
     if os.path.exists(path) or jax.process_index() != 0:
       return
-    state = trainer.abstract_state
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = state_lib.variables(trainer.abstract_state)
     shape = (1, *trainer.dataset.image_size, 3)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     writers.write_json(path, {
@@ -374,7 +357,8 @@ class Runner:
     planned = groups(to_train, self.max_replicas)
     for group in planned:
       logging.info("to train in one program: %s seeds %s from step %d (%s)", group[0].setting,
-                   ", ".join(str(run.seed) for run in group), _latest_step(group[0].workdir),
+                   ", ".join(str(run.seed) for run in group),
+                   workdir_lib.RunDir(group[0].workdir).latest_step(),
                    group[0].workdir if len(group) == 1 else os.path.dirname(group[0].workdir))
     return planned
 
@@ -390,8 +374,8 @@ class Runner:
         return False
       if trained(run) and not tested(run):
         logging.info("testing %s seed %d (best val checkpoint)", run.setting, run.seed)
-        train.evaluate_checkpoint(test_config(run.config), run.workdir,
-                                  self.dataset(run.config))
+        evaluate.evaluate_checkpoint(test_config(run.config), run.workdir,
+                                     self.dataset(run.config))
     return True
 
   def _train(self, group: list[Run]) -> bool:
@@ -409,7 +393,7 @@ class Runner:
       logging.warning("replicas %s of %s stopped (%s); training them one at a time", names,
                       group[0].setting, e)
       return all(self._train([run]) for run in group)
-    return not result.get("preempted")
+    return not result.preempted
 
 
 def _max_replicas(flag: int) -> int:
@@ -421,38 +405,38 @@ def _max_replicas(flag: int) -> int:
   return 1 if jax.devices()[0].platform == "cpu" else sys.maxsize
 
 
-def main(argv):
-  """Runs (or only summarizes) the sweep; exits with a documented code."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  writers.quiet_library_logs()
-  workdir = _WORKDIR.value
-  try:
-    sweep = load_sweep(_SWEEP.value)
-    if not _SUMMARIZE.value:
-      if _CONFIG.value is None:
-        raise errors.ConfigError("--config is required unless --summarize is given")
-      runs = shard(expand(_CONFIG.value, sweep, workdir), _SHARD_INDEX.value, _SHARD_COUNT.value)
-      runner = Runner(runs, workdir, _max_replicas(_REPLICAS.value))
-      runner.check()
-      if _DRY_RUN.value:
-        runner.plan()
-      else:
-        with preemption.PreemptionWatch() as preempt:
-          finished = runner.run(preempt)
-        if not finished:
+def main(argv) -> int:
+  """Runs (or only summarizes) the sweep; returns the exit code."""
+  del argv
+  workdir = FLAGS.workdir
+  sweep = load_sweep(FLAGS.sweep)
+  failed = []
+  if not FLAGS.summarize:
+    config = FLAGS.config
+    if config is None:
+      raise errors.ConfigError("--config is required unless --summarize is given")
+    # The cache is process-wide: every run uses the base config's folder (a setting's
+    # train.compilation_cache_dir would not change it).
+    compilation.use_persistent_cache(config.train.compilation_cache_dir)
+    runs = shard(expand(config, sweep, workdir), FLAGS.shard_index, FLAGS.shard_count)
+    runner = Runner(runs, workdir, _max_replicas(FLAGS.replicas))
+    runner.check()
+    if FLAGS.dry_run:
+      runner.plan()
+    else:
+      with preemption.PreemptionWatch() as preempt:
+        if not runner.run(preempt):
           logging.warning("preempted: rerun the same command to resume")
-          sys.exit(errors.EXIT_PREEMPTED)
-    rows = results.summarize(workdir, list(sweep.settings), sweep.seeds, _README.value)
-  except errors.RunError as e:
-    cli.fail_on_run_error(e)
+          return errors.EXIT_PREEMPTED
+      failed = runner.failed
+  rows = results.summarize(workdir, list(sweep.settings), sweep.seeds, FLAGS.readme)
   logging.info("wrote %s: %s", os.path.join(workdir, results.RESULTS_MD),
                ", ".join(f"{r['setting']} n={r['n']}" for r in rows))
-  if not (_SUMMARIZE.value or _DRY_RUN.value) and runner.failed:
-    logging.error("failed runs: %s", ", ".join(runner.failed))
-    sys.exit(1)
+  if failed:
+    logging.error("failed runs: %s", ", ".join(failed))
+    return errors.EXIT_SOME_FAILED
+  return errors.EXIT_OK
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["sweep", "workdir"])
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags=define_flags, required=["sweep", "workdir"])

@@ -62,22 +62,15 @@ def save_curves(runs: dict[str, list[dict]], path: str, keys: Sequence[str] = ("
     path: output PNG path.
     keys: scalar record fields to plot.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
-  for ax, key in zip(axes[0], keys):
+  panels = []
+  for key in keys:
+    curves = {}
     for label, records in runs.items():
       points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-      ax.plot(*zip(*points), marker="o", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"val {key}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+      if points:
+        curves[label] = tuple(zip(*points))
+    panels.append(Curves(curves, xlabel="step", ylabel=f"val {key}", markers=True))
+  save_curve_panels(panels, path, ncols=len(keys), panel_inches=5, height_inches=3.5)
 
 
 ERROR_COLOR = (255, 0, 0)
@@ -200,27 +193,17 @@ def save_run_curves(records: Sequence[dict], path: str, title: str = "") -> None
   records ("val", "test") their "loss" and "miou". Left panel: the loss of every split;
   right panel: the mIoU of every evaluated split.
   """
-  plt = _pyplot()
-  fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(10, 3.8))
   splits = sorted({r["split"] for r in records}, key=lambda s: (s != "train", s))
-  for split in splits:
-    rows = sorted((r for r in records if r["split"] == split), key=lambda r: r["step"])
-    marker = None if split == "train" else "o"
-    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_miou, "miou", "mIoU")):
+  panels = []
+  for key, name in (("loss", "loss"), ("miou", "mIoU")):
+    curves = {}
+    for split in splits:
+      rows = sorted((r for r in records if r["split"] == split), key=lambda r: r["step"])
       points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
       if points:
-        ax.plot(*zip(*points), marker=marker, markersize=4, label=f"{split} {name}")
-  for ax, name in ((ax_loss, "loss"), (ax_miou, "mIoU")):
-    ax.set_xlabel("step")
-    ax.set_ylabel(name)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-      ax.legend()
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+        curves[f"{split} {name}"] = tuple(zip(*points))
+    panels.append(Curves(curves, xlabel="step", ylabel=name, markers=True))
+  save_curve_panels(panels, path, ncols=2, title=title, panel_inches=5, height_inches=3.8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,15 +329,19 @@ class Curves:
 
 
 def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, title: str = "",
-                      panel_inches: float = 3.2) -> None:
-  """Writes a PNG grid of line plots, ``ncols`` per row, each with its legend."""
+                      panel_inches: float = 3.2, height_inches: float | None = None) -> None:
+  """Writes a PNG grid of line plots, ``ncols`` per row, each with its legend.
+
+  A panel is ``panel_inches`` wide and 0.8 of that high, unless ``height_inches`` gives the
+  figure's height.
+  """
   if not panels:
     raise ValueError(f"save_curve_panels({path!r}) got no Curves to draw")
   plt = _pyplot()
   nrows = -(-len(panels) // ncols)
   ncols = min(ncols, len(panels))
-  fig, axes = plt.subplots(nrows, ncols, squeeze=False,
-                           figsize=(panel_inches * ncols, 0.8 * panel_inches * nrows + 0.4))
+  height = height_inches or 0.8 * panel_inches * nrows + 0.4
+  fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=(panel_inches * ncols, height))
   for ax in axes.flat[len(panels):]:
     ax.set_visible(False)
   for ax, panel in zip(axes.flat, panels):
@@ -370,7 +357,8 @@ def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, ti
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if panel.curves:
+      ax.legend(fontsize=8)
   if title:
     fig.suptitle(title)
   _save_quantized(fig, path)

@@ -1,16 +1,15 @@
-"""Run outputs: TensorBoard events (tensorboardX, no TensorFlow), metrics.jsonl, JSON, PNGs."""
+"""File formats of run outputs: TensorBoard events (tensorboardX, no TensorFlow), JSON lines,
+JSON, PNGs, written atomically; where they go in a run folder is `seg_jax.workdir`'s to say."""
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
-import re
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import jax
@@ -20,11 +19,8 @@ from tensorboardX import summary as tb_summary
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-METRICS_FILE = "metrics.jsonl"
+# TensorBoard's own file naming: events.out.tfevents.<time>.<host>.<pid>.
 EVENT_FILES = "events.out.tfevents.*"
-# <workdir>/predictions/step_<N>.png: the prediction grid of the evaluation after step N.
-PREDICTIONS_DIR = "predictions"
-_PREDICTION_GRID = re.compile(r"^step_(\d+)\.png$")
 
 
 def to_jsonable(value: Any) -> Any:
@@ -43,6 +39,11 @@ def to_jsonable(value: Any) -> Any:
   if isinstance(value, np.bool_):
     return bool(value)
   return value
+
+
+def makedirs_for(path: str) -> None:
+  """Creates the folder that `path` goes into, if it does not exist."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 
 
 def write_text(path: str, text: str) -> None:
@@ -74,26 +75,10 @@ def write_png(path: str, picture: np.ndarray) -> None:
   write_atomic(path, lambda f: Image.fromarray(picture).save(f, format="PNG"))
 
 
-def prediction_grid_path(workdir: str, step: int) -> str:
-  """Where the prediction grid of the evaluation after `step` goes."""
-  return os.path.join(workdir, PREDICTIONS_DIR, f"step_{step}.png")
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of the workdir's metrics.jsonl ([] if it does not exist)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
-def read_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
-  """(step, value) of TensorBoard scalar `tag` over every event file of the workdir, by step."""
+def read_scalars(event_files: list[str], tag: str) -> list[tuple[int, float]]:
+  """(step, value) of TensorBoard scalar `tag` over the given event files, by step."""
   values = {}
-  for path in sorted(glob.glob(os.path.join(workdir, EVENT_FILES))):
-    if path.endswith(".tmp"):
-      continue
+  for path in event_files:
     for event in read_events(path):
       for value in event.summary.value:
         if value.tag == tag:
@@ -102,22 +87,23 @@ def read_scalars(workdir: str, tag: str) -> list[tuple[int, float]]:
 
 
 class MetricWriter:
-  """Writes scalars and images to a TensorBoard event file and evaluation records to metrics.jsonl.
+  """Writes scalars and images to a TensorBoard event file and evaluation records to a JSON-lines
+  file.
 
   Events are written by this process (no background queue), so after `flush()` everything
   logged so far is in the files: a checkpoint saved after a flush never runs ahead of the logs.
   Only process 0 writes, so a multi-host run leaves one set of files.
   """
 
-  def __init__(self, workdir: str):
-    """Opens a new event file (one per process start) in `workdir`."""
-    self.workdir = workdir
+  def __init__(self, events_dir: str, jsonl_path: str):
+    """Opens a new event file (one per process start) in `events_dir`."""
+    self.jsonl_path = jsonl_path
     self.enabled = jax.process_index() == 0
     self._events = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
+      os.makedirs(events_dir, exist_ok=True)
       name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-      self._events = open(os.path.join(workdir, name), "ab")
+      self._events = open(os.path.join(events_dir, name), "ab")
       self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
   def _write(self, event: event_pb2.Event) -> None:
@@ -143,10 +129,10 @@ class MetricWriter:
       self._summary(step, tb_summary.image(name, np.asarray(image), dataformats="HWC"))
 
   def jsonl(self, record: Mapping[str, Any]) -> None:
-    """Appends one JSON object (one line) to metrics.jsonl in the workdir."""
+    """Appends one JSON object (one line) to the JSON-lines file."""
     if not self.enabled:
       return
-    with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
+    with open(self.jsonl_path, "a") as f:
       f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
 
   def flush(self) -> None:
@@ -190,37 +176,31 @@ def _write_events(path: str, events: list[event_pb2.Event]) -> None:
   os.replace(tmp, path)
 
 
-def discard_after(workdir: str, step: int) -> None:
-  """Drops the metrics.jsonl records, TensorBoard events and prediction grids of steps after `step`.
+def discard_jsonl_after(path: str, step: int) -> None:
+  """Drops the records of a JSON-lines log whose "step" is after `step`, and lines cut short."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if record["step"] <= step:
+      kept.append(line)
+  if kept != lines:
+    write_text(path, "".join(line + "\n" for line in kept))
 
-  A run killed after its last checkpoint logged steps it will replay when resumed from that
-  checkpoint; dropping them first keeps each step logged once. A line or event cut short by the
-  kill goes too.
+
+def discard_events_after(event_files: list[str], step: int) -> None:
+  """Drops the events of steps after `step` from TensorBoard event files, and events cut short.
+
+  A `.tmp` file is a rewrite cut short by a kill (the original is intact): it is removed.
   """
-  predictions = os.path.join(workdir, PREDICTIONS_DIR)
-  for name in os.listdir(predictions) if os.path.isdir(predictions) else ():
-    match = _PREDICTION_GRID.match(name)
-    if name.endswith(".tmp") or (match and int(match.group(1)) > step):
-      os.remove(os.path.join(predictions, name))
-  path = os.path.join(workdir, METRICS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      lines = f.read().splitlines()
-    kept = []
-    for line in lines:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if record["step"] <= step:
-        kept.append(line)
-    if kept != lines:
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(line + "\n" for line in kept)
-      os.replace(tmp, path)
-  for path in glob.glob(os.path.join(workdir, EVENT_FILES)):
-    if path.endswith(".tmp"):  # a rewrite cut short by a kill; the original is intact
+  for path in event_files:
+    if path.endswith(".tmp"):
       os.remove(path)
       continue
     events = read_events(path)
@@ -258,6 +238,13 @@ def write_section(path: str, text: str, name: str = "") -> None:
     new = old + ("\n" if old and not old.endswith("\n") else "") + block + "\n"
   with open(path, "w") as f:
     f.write(new)
+
+
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table; cells are written with `str`, their `|` escaped."""
+  def line(cells):
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+  return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
 
 
 class _LibraryInfoFilter:

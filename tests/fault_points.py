@@ -21,8 +21,8 @@ def _die():
 
 def _kill_during_evaluation(step: int) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from seg_jax import train  # pylint: disable=g-import-not-at-top
-  evaluate = train.Trainer.evaluate_replicas
+  from seg_jax import steps  # pylint: disable=g-import-not-at-top
+  evaluate = steps.Trainer.evaluate_all
 
   def patched(self, state, *args, **kwargs):
     if int(np.max(state.step)) == step:  # one step per replica
@@ -38,7 +38,7 @@ def _kill_during_evaluation(step: int) -> None:
       self.eval_step = eval_step
     return evaluate(self, state, *args, **kwargs)
 
-  train.Trainer.evaluate_replicas = patched
+  steps.Trainer.evaluate_all = patched
 
 
 def _kill_in_temporary_folder(step: int) -> None:

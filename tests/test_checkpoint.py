@@ -14,6 +14,7 @@ import numpy as np
 
 from seg_jax import checkpoint
 from seg_jax import errors
+from seg_jax import workdir as workdir_lib
 
 # (step, mIoU of its evaluation or None): step 2 is the best, step 3 was not evaluated.
 SAVES = ((1, 0.5), (2, 0.9), (3, None), (4, 0.6), (5, 0.7))
@@ -73,7 +74,7 @@ class CheckpointerTest(parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.saved = tempfile.mkdtemp()
-    ckpt = checkpoint.Checkpointer(cls.saved, keep=2)
+    ckpt = workdir_lib.RunDir(cls.saved).checkpointer(2)
     for step, miou in SAVES:
       ckpt.save(step, _state(step), {"next_batch": step}, miou=miou)
     ckpt.close()
@@ -92,7 +93,7 @@ class CheckpointerTest(parameterized.TestCase):
   def test_keeps_latest_and_best(self):
     self.assertEqual(sorted(os.listdir(os.path.join(self.saved, "checkpoints"))),
                      ["2", "4", "5"])
-    ckpt = checkpoint.Checkpointer(self.saved, keep=2, read_only=True)
+    ckpt = workdir_lib.RunDir(self.saved).checkpointer(2, read_only=True)
     self.assertEqual(ckpt.best_step(), 2)
     state, step = ckpt.restore_state(_abstract(), "best")
     self.assertEqual(step, 2)
@@ -104,7 +105,7 @@ class CheckpointerTest(parameterized.TestCase):
   def test_resume_walks_back_past_a_corrupt_latest(self, corrupt):
     workdir = self.copy()
     corrupt(os.path.join(workdir, "checkpoints", "5"))
-    ckpt = checkpoint.Checkpointer(workdir, keep=2)
+    ckpt = workdir_lib.RunDir(workdir).checkpointer(2)
     with self.assertLogs(level="WARNING") as logs:
       restored = ckpt.restore_latest(_abstract())
     self.assertRestored(restored, 4)
@@ -113,18 +114,18 @@ class CheckpointerTest(parameterized.TestCase):
     self.assertTrue(os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "5")))
     ckpt.save(5, _state(5), {"next_batch": 5}, miou=0.7)  # the replayed step saves again
     ckpt.close()
-    self.assertRestored(checkpoint.Checkpointer(workdir).restore_latest(_abstract()), 5)
+    self.assertRestored(workdir_lib.RunDir(workdir).checkpointer().restore_latest(_abstract()), 5)
 
   def test_missing_tree_metadata_is_rebuilt_from_the_target_and_verified(self):
     workdir = self.copy()
     os.remove(os.path.join(workdir, "checkpoints", "5", "state", "_METADATA"))
-    self.assertRestored(checkpoint.Checkpointer(workdir).restore_latest(_abstract()), 5)
+    self.assertRestored(workdir_lib.RunDir(workdir).checkpointer().restore_latest(_abstract()), 5)
 
   def test_read_only_restore_skips_a_corrupt_best_and_writes_nothing(self):
     workdir = self.copy()
     garble(os.path.join(workdir, "checkpoints", "2"))
     before = _files(workdir)
-    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+    ckpt = workdir_lib.RunDir(workdir).checkpointer(read_only=True)
     state, step = ckpt.restore_state(_abstract(), "best")
     self.assertEqual(step, 5)  # the next best score, 0.7
     np.testing.assert_array_equal(state["w"], _state(5)["w"])
@@ -137,12 +138,12 @@ class CheckpointerTest(parameterized.TestCase):
       truncate(os.path.join(workdir, "checkpoints", str(step)))
     with self.assertRaisesRegex(errors.WorkdirError,
                                 r"no readable checkpoint .*step 5: .*step 4: .*step 2: "):
-      checkpoint.Checkpointer(workdir).restore_latest(_abstract())
+      workdir_lib.RunDir(workdir).checkpointer().restore_latest(_abstract())
     self.assertFalse(os.path.exists(os.path.join(workdir, "checkpoints_unreadable")))
 
   def test_read_only_without_checkpoints_creates_nothing(self):
     workdir = os.path.join(tempfile.mkdtemp(), "missing")
-    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+    ckpt = workdir_lib.RunDir(workdir).checkpointer(read_only=True)
     self.assertIsNone(ckpt.restore_latest(_abstract()))
     with self.assertRaisesRegex(errors.WorkdirError, "no 'latest' checkpoint"):
       ckpt.restore_state(_abstract(), "latest")

@@ -17,7 +17,8 @@ from ml_collections import config_flags
 from seg_jax import data as data_lib
 from seg_jax import models
 from seg_jax import optim
-from seg_jax import train
+from seg_jax import state as state_lib
+from seg_jax import steps
 from seg_jax.models import asym_unet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,7 @@ def parse(*args):
 
 def param_tree(config):
   """Parameter shapes of the model ``config`` builds, at 6 classes and 64x64."""
-  model = train.build_model(config, num_classes=6)
+  model = state_lib.build_model(config, num_classes=6)
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
                         jnp.zeros((1, 64, 64, 3)))["params"]
 
@@ -150,12 +151,12 @@ class ConfigsTest(parameterized.TestCase):
     self.assertIn(config.data.name, data_lib.dataset.NAMES)
     self.assertIn(config.optim.name, optim.OPTIMIZERS)
     self.assertIn(config.optim.backbone, optim.BACKBONE_MODES)
-    self.assertIn(config.loss.class_weighting, train.CLASS_WEIGHTINGS)
+    self.assertIn(config.loss.class_weighting, steps.CLASS_WEIGHTINGS)
     self.assertIn(config.train.mode, ("train", "eval"))
     self.assertIn(config.eval.split, ("val", "test"))
     self.assertIn(config.eval.checkpoint, ("best", "latest"))
     optim.create_schedule(config.optim, config.train.num_steps)
-    model = train.build_model(config, num_classes=6)
+    model = state_lib.build_model(config, num_classes=6)
     shape = jax.eval_shape(
         lambda x: model.init(jax.random.key(0), x, train=False), jnp.zeros((1, 64, 64, 3)))
     self.assertIn("params", shape)
@@ -193,7 +194,7 @@ class ConfigsTest(parameterized.TestCase):
   def test_unknown_ablation_fails_when_the_model_is_built(self):
     config = parse(f"--config={REPO}/configs/default.py", "--config.model.ablation=no_se")
     with self.assertRaisesRegex(ValueError, "ablation of model 'asym_unet' must be one of"):
-      train.build_model(config, num_classes=6)
+      state_lib.build_model(config, num_classes=6)
 
   def test_dubai_rejects_unknown_architecture(self):
     with self.assertRaisesRegex(ValueError, "arch.*'segformer'"):

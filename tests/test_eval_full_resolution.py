@@ -16,13 +16,15 @@ from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 
-from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import data as data_lib
 from seg_jax import errors
+from seg_jax import evaluate
 from seg_jax import inference
+from seg_jax import steps
 from seg_jax import train
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
+from seg_jax import workdir as workdir_lib
 from tests.data import fixtures
 from tests.train_testing import default_config, tiny_config
 
@@ -51,8 +53,8 @@ def _add_water_line(mask_path, column):
 
 def _restored(config, workdir):
   """(trainer, best state) of a workdir, as eval mode restores them."""
-  trainer = train.Trainer(config)
-  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  trainer = steps.Trainer(config)
+  ckpt = workdir_lib.RunDir(workdir).checkpointer(read_only=True)
   try:
     state, _ = ckpt.restore_state(trainer.abstract_state, "best")
   finally:
@@ -86,10 +88,10 @@ class FullResolutionEvalTest(parameterized.TestCase):
       self.assertNotIn(WATER, small)
     config = _eval_config(self.root)
     trainer, state = _restored(config, self.workdir)
-    options = train.full_resolution_options(trainer)
+    options = evaluate.full_resolution_options(trainer)
     self.assertEqual(options["window"], (32, 32))
     examples = data_lib.full_resolution_examples(config.data, "val")
-    _, cm = train.evaluate_full_resolution(trainer, state, examples, options)
+    _, cm = evaluate.evaluate_full_resolution(trainer, state, examples, options)
     counts = sum(np.bincount(label[label < 6], minlength=6) for label in self.labels)
     np.testing.assert_array_equal(cm.sum(axis=1), counts)
     self.assertEqual(cm[WATER].sum(), 43 + 44)  # the 1-pixel column of both images
@@ -99,8 +101,8 @@ class FullResolutionEvalTest(parameterized.TestCase):
     trainer, state = _restored(_eval_config(self.root), self.workdir)
     val = trainer.dataset.val
     examples = ({**val[i], "name": str(i)} for i in range(len(val)))
-    result, cm = train.evaluate_full_resolution(trainer, state, examples,
-                                                train.full_resolution_options(trainer))
+    result, cm = evaluate.evaluate_full_resolution(trainer, state, examples,
+                                                evaluate.full_resolution_options(trainer))
     expected, expected_cm, _ = trainer.evaluate(state)
     np.testing.assert_array_equal(cm, expected_cm)
     self.assertAlmostEqual(result["miou"], expected["miou"], places=6)
@@ -114,7 +116,7 @@ class FullResolutionEvalTest(parameterized.TestCase):
     output_dir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, output_dir, ignore_errors=True)
     record = train.run(_eval_config(self.root, **{"eval.output_dir": output_dir, **overrides}),
-                       self.workdir)
+                       self.workdir).final
     self.assertEqual(sorted(os.listdir(output_dir)),
                      sorted([f"eval_{name}.json", f"eval_{name}_table.txt",
                              f"confusion_matrix_{name}.png"]))

@@ -16,6 +16,7 @@ import pytest
 
 from experiments import common
 from seg_jax.data import preprocess
+from seg_jax import state as state_lib
 from tests.data import fixtures
 
 # The real Dubai tiles when this checkout has them, otherwise a synthetic scene.
@@ -243,7 +244,7 @@ class RegularisationSweepTest(absltest.TestCase):
     runs = sweep_lib.expand(dubai_config.get_config(), sweep, _tempdir(self))
     built = {}
     for run in runs[::len(sweep.seeds)]:
-      variables = summary.abstract_variables(train.build_model(run.config, num_classes=6),
+      variables = summary.abstract_variables(state_lib.build_model(run.config, num_classes=6),
                                              (1, *run.config.data.image_size, 3))
       built[run.setting] = (run.config, variables)
     self.assertEqual(list(built), ["baseline", "weight_decay", "dropout", "group_norm",

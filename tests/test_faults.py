@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from seg_jax import errors
+from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +91,7 @@ def _free_port():
 
 
 def _read_jsonl(workdir):
-  with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, workdir_lib.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
 
 
@@ -165,7 +166,7 @@ class _UninterruptedRunTest(absltest.TestCase):
     for name in ("confusion_matrix.png", "curves.png"):
       self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
     # One prediction grid per evaluation of the uninterrupted run.
-    self.assertEqual(set(os.listdir(os.path.join(workdir, writers.PREDICTIONS_DIR))),
+    self.assertEqual(set(os.listdir(os.path.join(workdir, workdir_lib.PREDICTIONS_DIR))),
                      {f"step_{r['step']}.png" for r in _read_jsonl(straight)})
 
   @classmethod

@@ -1,8 +1,6 @@
 """Tests of seg_jax.inference: sliding windows, blending, TTA, scales, sizes, dataset info."""
 
 import functools
-import os
-import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -14,7 +12,6 @@ import numpy as np
 from seg_jax import inference
 from seg_jax import models
 from seg_jax.data import augment
-from seg_jax.data import palettes
 from tests import test_train
 
 MEAN = (120.0, 110.0, 100.0)
@@ -214,34 +211,6 @@ class ArgumentsTest(parameterized.TestCase):
     model = ConvStack(depth=1)
     with self.assertRaisesRegex(ValueError, expected.replace("(", r"\(").replace(")", r"\)")):
       inference.predict(model, None, **kwargs)
-
-
-class DataInfoTest(absltest.TestCase):
-
-  def test_round_trip_through_the_workdir(self):
-    dataset = test_train.tiny_dataset()
-    workdir = tempfile.mkdtemp()
-    inference.save_data_info(workdir, dataset)
-    info = inference.load_data_info(workdir)
-    self.assertEqual(info.palette, dataset.palette)
-    self.assertEqual(info.class_names, dataset.class_names)
-    np.testing.assert_allclose(info.mean, dataset.mean, rtol=1e-6)
-    np.testing.assert_allclose(info.std, dataset.std, rtol=1e-6)
-    self.assertEqual(info.image_size, (32, 32))
-
-  def test_black_class_colour_survives(self):
-    palette = palettes.Palette(names=("a", "b"), colors=((0, 0, 0), (9, 9, 9)),
-                               ignore_color=(255, 0, 255))
-    info = inference.DataInfo(palette, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (8, 8))
-    self.assertEqual(inference.DataInfo.from_dict(info.to_dict()), info)
-
-  def test_bad_file_is_named(self):
-    workdir = tempfile.mkdtemp()
-    path = os.path.join(workdir, inference.DATA_INFO_FILE)
-    with open(path, "w") as f:
-      f.write('{"mean": [1, 2, 3]}')
-    with self.assertRaisesRegex(ValueError, path):
-      inference.load_data_info(workdir)
 
 
 if __name__ == "__main__":

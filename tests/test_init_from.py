@@ -16,11 +16,11 @@ import ml_collections
 import numpy as np
 from safetensors.numpy import save_file
 
-from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import errors
-from seg_jax import inference
 from seg_jax import init_from
 from seg_jax import models
+from seg_jax import state as state_lib
+from seg_jax import steps
 from seg_jax import train
 from seg_jax import weights
 from seg_jax import workdir as workdir_lib
@@ -48,9 +48,8 @@ def _config(model="deeplabv3plus", kwargs=None, **overrides):
 
 def _load(config):
   """init_from.load for `config` against its model's shapes (nothing is compiled)."""
-  trainer = train.Trainer(config, tiny_dataset())
-  return init_from.load(config.model, trainer.model, trainer.abstract_state,
-                        train.abstract_state)
+  trainer = steps.Trainer(config, tiny_dataset())
+  return init_from.load(config.model, trainer.model, trainer.abstract_state)
 
 
 def _torch_file(folder, name, num_classes=10, extra=None, **kwargs):
@@ -211,9 +210,9 @@ class FilesAndNamesTest(parameterized.TestCase):
 
 def _restore(workdir, config, which="latest"):
   """Flat {path: array} of the variables of a workdir's checkpoint."""
-  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  ckpt = workdir_lib.RunDir(workdir).checkpointer(read_only=True)
   try:
-    state, _ = ckpt.restore_state(train.abstract_state(config, 6, (32, 32)), which)
+    state, _ = ckpt.restore_state(state_lib.abstract_state(config, 6, (32, 32)), which)
   finally:
     ckpt.close()
   return weights_common.flatten(jax.tree.map(
@@ -223,15 +222,15 @@ def _restore(workdir, config, which="latest"):
 def _workdir(config):
   """A workdir of a run of `config` whose best checkpoint holds random variables."""
   workdir = tempfile.mkdtemp()
-  trainer = train.Trainer(config, tiny_dataset())
+  trainer = steps.Trainer(config, tiny_dataset())
   state = trainer.initial_state()
   rng = np.random.default_rng(0)
   state = state.replace(**{k: jax.tree.map(
       lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape), x.dtype), getattr(state, k))
                            for k in ("params", "batch_stats")})
-  workdir_lib.save_config(config, workdir)
-  inference.save_data_info(workdir, trainer.dataset)
-  ckpt = checkpoint_lib.Checkpointer(workdir)
+  workdir_lib.RunDir(workdir).save_config(config)
+  workdir_lib.RunDir(workdir).save_data_info(trainer.dataset)
+  ckpt = workdir_lib.RunDir(workdir).checkpointer()
   ckpt.save(3, state, trainer.train_pipeline().get_state(), miou=0.5)
   ckpt.close()
   return workdir
@@ -273,7 +272,7 @@ class WorkdirTest(absltest.TestCase):
     shutil.rmtree(source)
     overrides["train.num_steps"] = 4
     with mock.patch.object(init_from, "load", side_effect=AssertionError("read")) as load:
-      final = train.train_and_evaluate(tiny_config(**overrides), workdir, tiny_dataset())
+      final = train.train_and_evaluate(tiny_config(**overrides), workdir, tiny_dataset()).final
     load.assert_not_called()
     self.assertEqual(final["step"], 4)
 
@@ -283,19 +282,19 @@ class WorkdirTest(absltest.TestCase):
                           ("backbone", r"mis-shaped \['batch_stats/stage2/conv0/norm/bn/mean: "
                                        r"\(8,\) vs \(16,\)'")]:
       config = tiny_config("unet", **{"model.init_from": self.source, "model.init_part": part})
-      with mock.patch.object(train, "_train") as loop:
+      with mock.patch.object(train._Loop, "run") as loop:
         with self.assertRaisesRegex(errors.ConfigError,
                                     rf"^model.init_from='{self.source}': .*{message}"):
           train.train_and_evaluate(config, workdir, tiny_dataset())
       loop.assert_not_called()
-      self.assertFalse(os.path.exists(workdir_lib.config_path(workdir)))
-      self.assertEqual(checkpoint_lib.Checkpointer(workdir, read_only=True).steps(), [])
+      self.assertFalse(workdir_lib.RunDir(workdir).has_config())
+      self.assertEqual(workdir_lib.RunDir(workdir).checkpointer(read_only=True).steps(), [])
 
   def test_for_another_class_count(self):
     for part in ("model", "backbone"):
       config = tiny_config(**{"model.init_from": self.source, "model.init_part": part})
-      initial = init_from.load(config.model, train.build_model(config, 4),
-                               train.abstract_state(config, 4, (32, 32)), train.abstract_state)
+      initial = init_from.load(config.model, state_lib.build_model(config, 4),
+                               state_lib.abstract_state(config, 4, (32, 32)))
       for path, how in initial.provenance.items():
         if part == "backbone" and path.split("/")[1] != "backbone":
           self.assertEqual(how, "initialised", path)

@@ -63,15 +63,11 @@ class MainErrorsTest(absltest.TestCase):
 
   def test_workdir_of_another_run(self):
     workdir = tempfile.mkdtemp()
-    workdir_lib.save_config(tiny_config(), workdir)
+    workdir_lib.RunDir(workdir).save_config(tiny_config())
     code, lines = run_main(TINY, f"--workdir={workdir}", "--config.optim.learning_rate=0.01")
     self.assertOneLineError(code, lines, "workdir", "optim.learning_rate: 0.003 -> 0.01",
                             "use a new --workdir")
     self.assertEqual(os.listdir(workdir), ["config.json"])
-
-
-if __name__ == "__main__":
-  absltest.main()
 
 
 class CommandsTest(absltest.TestCase):
@@ -82,3 +78,7 @@ class CommandsTest(absltest.TestCase):
         [sys.executable, "-c", "import seg_jax.main, seg_jax.sweep, seg_jax.predict"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+
+
+if __name__ == "__main__":
+  absltest.main()

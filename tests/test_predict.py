@@ -14,9 +14,10 @@ from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 
-from seg_jax import inference
+from seg_jax import errors
 from seg_jax import predict
 from seg_jax import train
+from seg_jax import workdir as workdir_lib
 from tests import test_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +76,7 @@ class PredictCommandTest(parameterized.TestCase):
         [sys.executable, "-m", "seg_jax.predict", f"--workdir={trained_workdir()}",
          f"--input={inputs}", f"--output={out}", "--mode=slide"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    self.assertEqual(result.returncode, predict.EXIT_SOME_FAILED, result.stderr)
+    self.assertEqual(result.returncode, errors.EXIT_SOME_FAILED, result.stderr)
     self.assertIn(os.path.join(inputs, "broken.jpg"), result.stderr.split("1 failed:")[-1])
     self.assertIn("predicted 2 of 3 images", result.stdout)
     self.assertCountEqual(os.listdir(out), ["odd_mask.png", "odd_overlay.png",
@@ -92,7 +93,7 @@ class PredictCommandTest(parameterized.TestCase):
     _write(os.path.join(inputs, "odd.png"), _rgb(45, 71))
     code, err = _run(trained_workdir(), os.path.join(inputs, "*.png"), out, save_probs=True,
                      **options)
-    self.assertEqual(code, predict.EXIT_OK, err)
+    self.assertEqual(code, errors.EXIT_OK, err)
     probs = np.load(os.path.join(out, "odd_probs.npy"))
     self.assertEqual(probs.shape, (45, 71, 6))
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
@@ -110,35 +111,52 @@ class PredictCommandTest(parameterized.TestCase):
     _write(os.path.join(inputs, "a.png"), _rgb(40, 40))
     _write(os.path.join(inputs, "a.jpg"), _rgb(40, 40))
     code, err = _run(trained_workdir(), inputs, out)
-    self.assertEqual(code, predict.EXIT_SOME_FAILED)
+    self.assertEqual(code, errors.EXIT_SOME_FAILED)
     self.assertIn(f"{os.path.join(inputs, 'a.png')}: its outputs would overwrite", err)
 
   def test_missing_config_is_named(self):
     code, err = _run(tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp())
-    self.assertEqual(code, predict.EXIT_NOTHING_RAN)
+    self.assertEqual(code, errors.EXIT_USER_ERROR)
     self.assertIn("config.json does not exist", err)
 
   def test_missing_checkpoint_is_named(self):
     workdir = tempfile.mkdtemp()
-    for name in ("config.json", inference.DATA_INFO_FILE):
+    for name in ("config.json", workdir_lib.DATA_INFO_FILE):
       shutil.copy(os.path.join(trained_workdir(), name), workdir)
     code, err = _run(workdir, tempfile.mkdtemp(), tempfile.mkdtemp())
-    self.assertEqual(code, predict.EXIT_NOTHING_RAN)
+    self.assertEqual(code, errors.EXIT_USER_ERROR)
     self.assertIn(f"no 'best' checkpoint in {os.path.join(workdir, 'checkpoints')}", err)
 
   def test_window_below_the_model_minimum_is_refused(self):
     inputs = tempfile.mkdtemp()
     _write(os.path.join(inputs, "a.png"), _rgb(40, 40))
     code, err = _run(trained_workdir(), inputs, tempfile.mkdtemp(), window=(16, 32))
-    self.assertEqual(code, predict.EXIT_NOTHING_RAN)
+    self.assertEqual(code, errors.EXIT_USER_ERROR)
     self.assertIn("smaller than the model accepts (32 pixels)", err)
+
+  @parameterized.named_parameters(
+      ("no_run_in_workdir", (), "workdir", "config.json does not exist"),
+      ("bad_window", ("--window=a,b",), "flags", "--window must be H,W integers"),
+      ("missing_output", None, "flags", "--output"))
+  def test_nothing_ran_is_one_line_and_exit_code_2(self, args, kind, expected):
+    workdir, inputs = tempfile.mkdtemp(), tempfile.mkdtemp()
+    _write(os.path.join(inputs, "a.png"), _rgb(40, 40))
+    output = () if args is None else (f"--output={tempfile.mkdtemp()}", *args)
+    result = subprocess.run(
+        [sys.executable, "-m", "seg_jax.predict", f"--workdir={workdir}", f"--input={inputs}",
+         *output], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    self.assertEqual(result.returncode, errors.EXIT_USER_ERROR, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    self.assertStartsWith(lines[-1], f"error ({kind}): ")
+    self.assertIn(expected, lines[-1])
+    self.assertFalse(any("Traceback" in line for line in lines), result.stderr)
 
 
 class WorkdirTest(absltest.TestCase):
 
   def test_training_writes_the_dataset_info(self):
-    info = inference.load_data_info(trained_workdir())
-    self.assertEqual(info, inference.DataInfo.from_dataset(test_train.tiny_dataset()))
+    info = workdir_lib.RunDir(trained_workdir()).data_info()
+    self.assertEqual(info, workdir_lib.DataInfo.from_dataset(test_train.tiny_dataset()))
 
   def test_restore_writes_nothing_and_works_on_a_read_only_workdir(self):
     workdir = os.path.join(tempfile.mkdtemp(), "run")
@@ -157,13 +175,13 @@ class WorkdirTest(absltest.TestCase):
     probs = trained.predict(_rgb(40, 50))
     self.assertEqual(probs.shape, (40, 50, 6))
 
-  def test_older_workdir_without_dataset_info_recomputes_it(self):
+  def test_workdir_without_dataset_info_is_named(self):
     workdir = os.path.join(tempfile.mkdtemp(), "run")
     shutil.copytree(trained_workdir(), workdir)
-    os.remove(os.path.join(workdir, inference.DATA_INFO_FILE))
-    config = predict.load_config(workdir)
-    self.assertEqual(predict.load_data_info(workdir, config),
-                     inference.load_data_info(trained_workdir()))
+    path = os.path.join(workdir, workdir_lib.DATA_INFO_FILE)
+    os.remove(path)
+    with self.assertRaisesRegex(errors.WorkdirError, f"{path} does not exist"):
+      predict.load_workdir(workdir)
 
 
 class ReadImageTest(parameterized.TestCase):

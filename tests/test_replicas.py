@@ -10,9 +10,10 @@ from absl.testing import absltest
 import jax
 import numpy as np
 
-from seg_jax import checkpoint
+from seg_jax import replicas
+from seg_jax import steps
 from seg_jax import train
-from seg_jax import writers
+from seg_jax import workdir as workdir_lib
 
 from tests.train_testing import tiny_config, tiny_dataset
 
@@ -28,7 +29,7 @@ def _read_json(path):
 
 
 def _read_jsonl(workdir):
-  with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+  with open(os.path.join(workdir, workdir_lib.METRICS_FILE)) as f:
     return [json.loads(line) for line in f]
 
 
@@ -68,8 +69,8 @@ class ReplicasTest(absltest.TestCase):
     for config in configs:
       del config["train"]["replica_mode"]
     self.assertEqual(*configs)
-    self.assertRecordsClose(_read_json(os.path.join(replica_dir, train.FINAL_METRICS)),
-                            _read_json(os.path.join(alone_dir, train.FINAL_METRICS)))
+    self.assertRecordsClose(_read_json(os.path.join(replica_dir, workdir_lib.FINAL_METRICS)),
+                            _read_json(os.path.join(alone_dir, workdir_lib.FINAL_METRICS)))
     got, expected = _read_jsonl(replica_dir), _read_jsonl(alone_dir)
     self.assertEqual([r["step"] for r in got], [r["step"] for r in expected])
     for g, e in zip(got, expected):
@@ -82,7 +83,7 @@ class ReplicasTest(absltest.TestCase):
     super().setUpClass()
     cls.alone = {seed: tempfile.mkdtemp() for seed in cls.SEEDS}
     cls.alone_finals = {seed: train.train_and_evaluate(tiny_config(seed=seed), workdir,
-                                                       tiny_dataset())
+                                                       tiny_dataset()).final
                         for seed, workdir in cls.alone.items()}
 
   def train_together(self, mode):
@@ -90,16 +91,16 @@ class ReplicasTest(absltest.TestCase):
     config = tiny_config(**{"seed": self.SEEDS[0], "train.num_replicas": len(self.SEEDS),
                             "train.replica_mode": mode})
     together = tempfile.mkdtemp()
-    result = train.train_and_evaluate(config, together, tiny_dataset())
+    result = train.train_and_evaluate(config, together, tiny_dataset()).finals
     self.assertEqual(sorted(os.listdir(together)), ["seed3", "seed4"])
-    self.assertLen(result["replicas"], 2)
-    abstract_state = train.Trainer(tiny_config(), tiny_dataset()).abstract_state
-    for seed, final in zip(self.SEEDS, result["replicas"]):
+    self.assertLen(result, 2)
+    abstract_state = steps.Trainer(tiny_config(), tiny_dataset()).abstract_state
+    for seed, final in zip(self.SEEDS, result):
       self.assertRecordsClose(final, self.alone_finals[seed])
       replica = os.path.join(together, f"seed{seed}")
       self.assertSameRun(replica, self.alone[seed])
       # Each replica's own checkpoints: parameters, BatchNorm statistics and optimizer state.
-      states = [checkpoint.Checkpointer(d, read_only=True).restore_state(
+      states = [workdir_lib.RunDir(d).checkpointer(read_only=True).restore_state(
           abstract_state, "latest") for d in (replica, self.alone[seed])]
       self.assertEqual(states[0][1], states[1][1])
       # Adam moves a parameter whose gradient is rounding noise by up to the learning rate,
@@ -107,7 +108,7 @@ class ReplicasTest(absltest.TestCase):
       jax.tree.map(lambda a, b: self.assertLessEqual(
           np.linalg.norm(np.asarray(a, np.float64) - b), 1e-2 * np.linalg.norm(b) + 1e-6),
                    states[0][0], states[1][0])
-    self.assertNotEqual(result["replicas"][0]["miou"], result["replicas"][1]["miou"])
+    self.assertNotEqual(result[0]["miou"], result[1]["miou"])
     return config, together, result
 
   def test_vmapped_replicas_equal_each_seed_trained_alone(self):
@@ -121,7 +122,7 @@ class ReplicasTest(absltest.TestCase):
     # Preempted after step 3, with the last save of seed 4 lost (a kill between the saves of
     # the two replicas): seed 3 resumes from step 2 with seed 4 and keeps its own step 3.
     interrupted = tempfile.mkdtemp()
-    next_batch = train.Trainer.next_batch
+    next_batch = replicas.Replicas.next_batch
     calls = []
 
     def next_batch_with_sigterm(trainer, pipelines):
@@ -130,19 +131,19 @@ class ReplicasTest(absltest.TestCase):
         os.kill(os.getpid(), signal.SIGTERM)
       return next_batch(trainer, pipelines)
 
-    with mock.patch.object(train.Trainer, "next_batch", next_batch_with_sigterm):
-      self.assertEqual(train.train_and_evaluate(config, interrupted, dataset),
-                       {"preempted": True, "step": 3})
+    with mock.patch.object(replicas.Replicas, "next_batch", next_batch_with_sigterm):
+      out = train.train_and_evaluate(config, interrupted, dataset)
+      self.assertEqual((out.preempted, out.step, out.finals), (True, 3, []))
     checkpoint_3 = os.path.join(interrupted, "seed3", "checkpoints", "3")
     saved_3 = os.stat(os.path.join(checkpoint_3, "run")).st_mtime_ns
     os.rename(os.path.join(interrupted, "seed4", "checkpoints", "3"),
               os.path.join(tempfile.mkdtemp(), "3"))
     with self.assertLogs(level="WARNING") as logs:
-      resumed = train.train_and_evaluate(config, interrupted, dataset)
+      resumed = train.train_and_evaluate(config, interrupted, dataset).finals
     self.assertTrue(any("resumes from step 2 with the other replicas (it holds step 3)" in line
                         for line in logs.output), logs.output)
     self.assertEqual(os.stat(os.path.join(checkpoint_3, "run")).st_mtime_ns, saved_3)
-    for seed, final, expected in zip(seeds, resumed["replicas"], result["replicas"]):
+    for seed, final, expected in zip(seeds, resumed, result):
       self.assertRecordsClose(final, expected)
       self.assertSameRun(os.path.join(interrupted, f"seed{seed}"),
                          os.path.join(together, f"seed{seed}"), checkpoints=False)

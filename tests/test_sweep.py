@@ -19,10 +19,11 @@ from seg_jax import errors
 from seg_jax import models
 from seg_jax import preemption
 from seg_jax import results
+from seg_jax import state as state_lib
 from seg_jax import sweep as sweep_lib
-from seg_jax import train
 from seg_jax.models import asym_unet
 from seg_jax.models import summary
+from seg_jax import workdir as workdir_lib
 
 from tests.train_testing import REPO, snapshot, tiny_config
 
@@ -149,7 +150,7 @@ class ExperimentSweepsTest(parameterized.TestCase):
       if only is not None and run.setting not in only:
         out[run.setting] = None
         continue
-      model = train.build_model(run.config, num_classes=6)
+      model = state_lib.build_model(run.config, num_classes=6)
       variables = summary.abstract_variables(model, (1, *run.config.data.image_size, 3))
       out[run.setting] = models.count_params(variables)
     return out
@@ -177,8 +178,8 @@ class RunScoresTest(absltest.TestCase):
 
   def write_run(self, test_record):
     directory = tempfile.mkdtemp()
-    for name, record in ((train.FINAL_METRICS, {"step": 4, "split": "val", "miou": 0.5}),
-                         (results.TEST_RESULT, test_record)):
+    for name, record in ((workdir_lib.FINAL_METRICS, {"step": 4, "split": "val", "miou": 0.5}),
+                         ("eval_test.json", test_record)):
       with open(os.path.join(directory, name), "w") as f:
         json.dump(record, f)
     return directory
@@ -196,7 +197,7 @@ class RunScoresTest(absltest.TestCase):
   def test_a_field_that_is_no_score_is_named_with_its_file(self):
     directory = self.write_run({"step": 2, "split": "test", "miou": 0.25, "note": "x"})
     with self.assertRaisesRegex(errors.WorkdirError,
-                                f"{results.TEST_RESULT}: field 'note' holds 'x'"):
+                                "eval_test.json: field 'note' holds 'x'"):
       results.run_scores(directory)
 
 
@@ -228,7 +229,7 @@ class SweepRunTest(absltest.TestCase):
     for run in runs:  # every run trained exactly once, tested on its best checkpoint
       with open(os.path.join(run.workdir, "metrics.jsonl")) as f:
         self.assertEqual([json.loads(line)["step"] for line in f], [2, 4])
-      test = _read_json(os.path.join(run.workdir, results.TEST_RESULT))
+      test = _read_json(os.path.join(run.workdir, "eval_test.json"))
       self.assertEqual((test["split"], test["checkpoint"]), ("test", "best"))
 
     # The whole sweep again, by the command: nothing trained or rewritten, results written.
@@ -239,13 +240,17 @@ class SweepRunTest(absltest.TestCase):
     after = {entry for entry in snapshot(workdir) if not entry[0].startswith(
         ("results.", "curves.png"))}
     self.assertEqual(after, before)
+    self.check_results(workdir)
 
+  def check_results(self, workdir):
+    """results.csv holds each setting's mean and std over seeds of every score; results.md and
+    curves.png are written."""
     with open(os.path.join(workdir, results.RESULTS_CSV)) as f:
       rows = {row["setting"]: row for row in csv.DictReader(f)}
     self.assertEqual(list(rows), ["lr3e-3", "lr1e-2"])
     for setting, row in rows.items():
       self.assertEqual(row["n"], "2")
-      for split, name in (("val", train.FINAL_METRICS), ("test", results.TEST_RESULT)):
+      for split, name in (("val", workdir_lib.FINAL_METRICS), ("test", "eval_test.json")):
         records = [_read_json(os.path.join(workdir, setting, f"seed{s}", name)) for s in (0, 1)]
         checked = 0
         for key, value in records[0].items():

@@ -17,14 +17,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from seg_jax import checkpoint as checkpoint_lib
+from seg_jax import checks
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import losses
 from seg_jax import models
 from seg_jax import optim
+from seg_jax import state as state_lib
+from seg_jax import steps
 from seg_jax import train
 from seg_jax import viz
+from seg_jax import watchdog
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 
@@ -46,7 +49,7 @@ class ModelsTrainTest(parameterized.TestCase):
                               if n not in ("fcn32s", "fcn16s", "deeplabv3")])
   def test_one_train_step_and_evaluation(self, name, dtype):
     dataset = tiny_dataset()
-    trainer = train.Trainer(tiny_config(name, **{"model.dtype": dtype}), dataset)
+    trainer = steps.Trainer(tiny_config(name, **{"model.dtype": dtype}), dataset)
     state = trainer.initial_state()
     params_before = jax.tree.map(np.array, state.params)  # a copy: state is donated
     batch = next(trainer.train_pipeline())
@@ -72,10 +75,10 @@ class ModelsTrainTest(parameterized.TestCase):
   def test_initial_state_has_the_bits_of_a_default_compile(self):
     # Initialisation is compiled at a lower LLVM level to start faster; that must not change it.
     config = tiny_config()
-    trainer = train.Trainer(config, tiny_dataset())
+    trainer = steps.Trainer(config, tiny_dataset())
     # XLA's default level (3), which the suite's quick-compile flags (conftest.py) lower.
-    reference = jax.jit(lambda: train.init_state(config, trainer.model, (32, 32),
-                                                 train._seed_key(config.seed, 0)),
+    reference = jax.jit(lambda: state_lib.init_state(config, trainer.model, (32, 32),
+                                                 steps.seed_key(config.seed, 0)),
                         compiler_options={"xla_backend_optimization_level": 3})()
     state = trainer.initial_state()
     for name in ("params", "batch_stats", "opt_state"):
@@ -87,7 +90,7 @@ class GuardsTest(parameterized.TestCase):
 
   def test_unknown_model(self):
     with self.assertRaisesRegex(ValueError, "model.name.*'unet3d'"):
-      train.check_setup(tiny_config(**{"model.name": "unet3d"}), tiny_dataset(), 1)
+      checks.check_setup(tiny_config(**{"model.name": "unet3d"}), tiny_dataset(), 1)
 
   def test_classifier_needs_one_class_per_example(self):
     config = tiny_config()
@@ -95,38 +98,38 @@ class GuardsTest(parameterized.TestCase):
       config.model.name = "resnet18"
     with self.assertRaisesRegex(errors.ConfigError,
                                 "'resnet18' is a classifier.*data.labels='majority'.*'pixels'"):
-      train.check_setup(config, tiny_dataset(), 1)
+      checks.check_setup(config, tiny_dataset(), 1)
 
   def test_num_classes_must_match_dataset(self):
     with self.assertRaisesRegex(ValueError, "model.num_classes=5.*6 classes"):
-      train.check_setup(tiny_config(**{"model.num_classes": 5}), tiny_dataset(), 1)
+      checks.check_setup(tiny_config(**{"model.num_classes": 5}), tiny_dataset(), 1)
 
   def test_palette_must_match_class_names(self):
     dataset = tiny_dataset()
     broken = data_lib.Dataset(**{**dataset.__dict__, "class_names": dataset.class_names[:5]})
     with self.assertRaisesRegex(ValueError, "5 class names but 6 palette colours"):
-      train.check_setup(tiny_config(), broken, 1)
+      checks.check_setup(tiny_config(), broken, 1)
 
   def test_image_smaller_than_model_minimum(self):
     dataset = tiny_dataset()
     small = data_lib.Dataset(**{**dataset.__dict__, "image_size": (16, 24)})
     with self.assertRaisesRegex(ValueError, r"\(16, 24\).*at least 32x32"):
-      train.check_setup(tiny_config(), small, 1)
+      checks.check_setup(tiny_config(), small, 1)
 
   @parameterized.parameters("train.global_batch_size", "eval.global_batch_size")
   def test_batch_not_divisible_by_devices(self, field):
     config = tiny_config(**{"train.global_batch_size": 4, "eval.global_batch_size": 4,
                             field: 6})
     with self.assertRaisesRegex(ValueError, f"{field}=6 .* device count 4"):
-      train.check_setup(config, tiny_dataset(), 4)
+      checks.check_setup(config, tiny_dataset(), 4)
 
   def test_unknown_dataset(self):
     with self.assertRaisesRegex(ValueError, "data.name.*'cityscapes'"):
-      train.Trainer(tiny_config(**{"data.name": "cityscapes"}))
+      steps.Trainer(tiny_config(**{"data.name": "cityscapes"}))
 
   def test_bad_dtype(self):
     with self.assertRaisesRegex(ValueError, "dtype.*'float8'"):
-      train.check_setup(tiny_config(**{"model.dtype": "float8"}), tiny_dataset(), 1)
+      checks.check_setup(tiny_config(**{"model.dtype": "float8"}), tiny_dataset(), 1)
 
   @parameterized.parameters("train", "eval")
   def test_empty_eval_split_is_refused_before_compiling(self, mode):
@@ -136,9 +139,9 @@ class GuardsTest(parameterized.TestCase):
     no_val = data_lib.Dataset(**{**dataset.__dict__, "val": empty})
     with mock.patch.object(jax, "jit") as jit:
       with self.assertRaisesRegex(errors.DataError, "the 'val' split .* is empty"):
-        train.Trainer(tiny_config(**{"train.mode": mode}), no_val)
+        steps.Trainer(tiny_config(**{"train.mode": mode}), no_val)
       jit.assert_not_called()
-    train.check_setup(tiny_config(**{"train.mode": "eval", "eval.split": "test"}), no_val, 1)
+    checks.check_setup(tiny_config(**{"train.mode": "eval", "eval.split": "test"}), no_val, 1)
 
   def test_smoke_test_length_runs_on_the_default_config(self):
     config = default_config.get_config()
@@ -146,29 +149,29 @@ class GuardsTest(parameterized.TestCase):
     config.data.num_train, config.data.num_val, config.data.num_test = 64, 8, 8  # start fast
     config.lock()
     with self.assertLogs(level="WARNING") as logs:
-      trainer = train.Trainer(config)
+      trainer = steps.Trainer(config)
     self.assertTrue(any("warming up over 5 updates" in line for line in logs.output))
     self.assertAlmostEqual(float(trainer.schedule(5)), config.optim.learning_rate, places=7)
 
   def test_guards_run_before_compiling(self):
     with mock.patch.object(jax, "jit") as jit:
       with self.assertRaises(ValueError):
-        train.Trainer(tiny_config(**{"model.num_classes": 3}), tiny_dataset())
+        steps.Trainer(tiny_config(**{"model.num_classes": 3}), tiny_dataset())
       jit.assert_not_called()
 
   def test_class_weights(self):
     dataset = tiny_dataset()
-    counts = train.class_pixel_counts(dataset.train, 6)
+    counts = data_lib.class_pixel_counts(dataset.train, 6)
     labels = np.stack([dataset.train[i]["label"] for i in range(len(dataset.train))])
     np.testing.assert_array_equal(counts, [(labels == c).sum() for c in range(6)])
     config = tiny_config(**{"loss.class_weighting": "given"})
     with self.assertRaisesRegex(ValueError, "class_weights has 1 entries"):
-      train.class_weights(config.loss, dataset, 6)
+      steps.class_weights(config.loss, dataset, 6)
     config = tiny_config(**{"loss.class_weighting": "sqrt"})
     with self.assertRaisesRegex(ValueError, "class_weighting"):
-      train.class_weights(config.loss, dataset, 6)
+      steps.class_weights(config.loss, dataset, 6)
     for mode in ("median", "inverse"):
-      weights = train.class_weights(tiny_config(**{"loss.class_weighting": mode}).loss,
+      weights = steps.class_weights(tiny_config(**{"loss.class_weighting": mode}).loss,
                                     dataset, 6)
       np.testing.assert_allclose(
           weights, losses.class_weights_from_counts([(labels == c).sum() for c in range(6)],
@@ -188,7 +191,7 @@ class FreezeTest(parameterized.TestCase):
     with mock.patch.object(jax, "jit") as jit:
       with self.assertRaisesRegex(errors.ConfigError, rf"backbone_modules.*{unknown}.*"
                                   r"\['backbone', 'decoder', 'head'\]"):
-        train.Trainer(config, tiny_dataset())
+        steps.Trainer(config, tiny_dataset())
       jit.assert_not_called()
 
 
@@ -221,13 +224,13 @@ class ClassifierTest(absltest.TestCase):
     dataset = data_lib.get_dataset(config.data)
     self.assertGreater(len(dataset.val), 3)
     workdir = tempfile.mkdtemp()
-    final = train.train_and_evaluate(config, workdir, dataset)
+    final = train.train_and_evaluate(config, workdir, dataset).final
     self.assertEqual(final["step"], config.train.num_steps)
 
     # The last step's state, run as the bare classifier on the val images.
-    checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    checkpointer = workdir_lib.RunDir(workdir).checkpointer(read_only=True)
     state, step = checkpointer.restore_state(
-        train.abstract_state(config, 6, dataset.image_size), "latest")
+        state_lib.abstract_state(config, 6, dataset.image_size), "latest")
     checkpointer.close()
     self.assertEqual(step, config.train.num_steps)
     classifier = models.create("simple_cnn", num_classes=6, widths=(4, 8))
@@ -250,7 +253,23 @@ class LoopTest(absltest.TestCase):
     dataset = tiny_dataset()
     config = tiny_config()
     straight = tempfile.mkdtemp()
-    final = train.train_and_evaluate(config, straight, dataset)
+    final = train.train_and_evaluate(config, straight, dataset).final
+    records = self.check_outputs(straight, dataset, final)
+    again = train.train_and_evaluate(config, straight, dataset).final  # finished: nothing retrained
+    self.assertEqual(again["miou"], final["miou"])
+    self.assertLen(_read_jsonl(os.path.join(straight, "metrics.jsonl")), 2)
+    self.check_sigterm_resume(config, dataset, final)
+    self.check_eval_only(straight, records)
+
+    # A rerun with another learning rate is refused, and config.json stays as it was.
+    before = snapshot(straight)
+    with self.assertRaisesRegex(
+        errors.WorkdirError, r"another config .*optim.learning_rate: 0.003 -> 0.01"):
+      train.train_and_evaluate(tiny_config(**{"optim.learning_rate": 0.01}), straight, dataset)
+    self.assertEqual(snapshot(straight), before)
+
+  def check_outputs(self, straight, dataset, final):
+    """The files of a finished run; returns its metrics.jsonl records."""
     for name in ("config.json", "metrics.jsonl", "final_metrics.json", "confusion_matrix.png",
                  "curves.png", "predictions/step_2.png", "predictions/step_4.png"):
       self.assertTrue(os.path.exists(os.path.join(straight, name)), name)
@@ -263,13 +282,12 @@ class LoopTest(absltest.TestCase):
     self.assertEqual([r["step"] for r in records], [2, 4])
     self.assertEqual(sorted(records[0]["iou"]), sorted(dataset.class_names))
     self.assertEqual(final["miou"], records[-1]["miou"])
-    again = train.train_and_evaluate(config, straight, dataset)  # finished: nothing retrained
-    self.assertEqual(again["miou"], final["miou"])
-    self.assertLen(_read_jsonl(os.path.join(straight, "metrics.jsonl")), 2)
+    return records
 
-    # A SIGTERM during step 3's input fetch: the loop finishes step 3, saves, and returns.
+  def check_sigterm_resume(self, config, dataset, final):
+    """A SIGTERM during step 3's input fetch: the loop finishes step 3, saves, and returns."""
     interrupted = tempfile.mkdtemp()
-    make_pipeline = train.Trainer.train_pipeline
+    make_pipeline = steps.Trainer.train_pipeline
 
     def pipeline_with_sigterm(trainer, seed=None):
       inner = make_pipeline(trainer, seed)
@@ -288,20 +306,21 @@ class LoopTest(absltest.TestCase):
       inner._calls = 0
       return inner
 
-    with mock.patch.object(train.Trainer, "train_pipeline", pipeline_with_sigterm):
+    with mock.patch.object(steps.Trainer, "train_pipeline", pipeline_with_sigterm):
       out = train.train_and_evaluate(config, interrupted, dataset)
-    self.assertEqual(out, {"preempted": True, "step": 3})
+    self.assertEqual((out.preempted, out.step, out.finals), (True, 3, []))
     self.assertFalse(os.path.exists(os.path.join(interrupted, "final_metrics.json")))
     self.assertTrue(os.path.isdir(os.path.join(interrupted, "checkpoints", "3")))
 
-    resumed = train.train_and_evaluate(config, interrupted, dataset)
+    resumed = train.train_and_evaluate(config, interrupted, dataset).final
     self.assertEqual(resumed, final)
 
-    # Eval-only reads the run folder only (it may be read-only) and writes elsewhere.
+  def check_eval_only(self, straight, records):
+    """Eval-only reads the run folder only (it may be read-only) and writes elsewhere."""
     before = snapshot(straight)
     output_dir = os.path.join(tempfile.mkdtemp(), "eval")
     record = train.run(tiny_config(**{"train.mode": "eval", "eval.output_dir": output_dir}),
-                       straight)
+                       straight).final
     self.assertEqual(snapshot(straight), before)
     best = max(records, key=lambda r: r["miou"])
     self.assertEqual(record["step"], best["step"])
@@ -309,34 +328,27 @@ class LoopTest(absltest.TestCase):
     for name in ("eval_val.json", "eval_val_table.txt", "confusion_matrix_val.png"):
       self.assertTrue(os.path.exists(os.path.join(output_dir, name)), name)
     test_record = train.run(tiny_config(**{"train.mode": "eval", "eval.split": "test",
-                                           "eval.checkpoint": "latest"}), straight)
+                                           "eval.checkpoint": "latest"}), straight).final
     self.assertEqual((test_record["split"], test_record["step"]), ("test", 4))
     self.assertTrue(os.path.exists(os.path.join(straight, "eval_test.json")))
     train_record = train.run(tiny_config(**{"train.mode": "eval", "eval.split": "train",
-                                            "eval.checkpoint": "latest"}), straight)
+                                            "eval.checkpoint": "latest"}), straight).final
     self.assertEqual((train_record["split"], train_record["step"]), ("train", 4))
     self.assertNotEqual(train_record["miou"], test_record["miou"])
     self.assertTrue(os.path.exists(os.path.join(straight, "eval_train.json")))
 
-    # A rerun with another learning rate is refused, and config.json stays as it was.
-    before = snapshot(straight)
-    with self.assertRaisesRegex(
-        errors.WorkdirError, r"another config .*optim.learning_rate: 0.003 -> 0.01"):
-      train.train_and_evaluate(tiny_config(**{"optim.learning_rate": 0.01}), straight, dataset)
-    self.assertEqual(snapshot(straight), before)
-
   def test_larger_num_steps_extends_a_finished_run(self):
     constant = {"optim.schedule": "constant"}  # the same schedule whatever num_steps is
     straight = train.train_and_evaluate(tiny_config(**constant), tempfile.mkdtemp(),
-                                        tiny_dataset())
+                                        tiny_dataset()).final
     workdir = tempfile.mkdtemp()
     train.train_and_evaluate(tiny_config(**constant, **{"train.num_steps": 2}), workdir,
                              tiny_dataset())
-    extended = train.train_and_evaluate(tiny_config(**constant), workdir, tiny_dataset())
+    extended = train.train_and_evaluate(tiny_config(**constant), workdir, tiny_dataset()).final
     self.assertEqual(extended, straight)
     self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
                      [2, 4])
-    self.assertEqual(workdir_lib.load_config(workdir).train.num_steps, 4)
+    self.assertEqual(workdir_lib.RunDir(workdir).load_config().train.num_steps, 4)
     with self.assertRaisesRegex(errors.WorkdirError, "trained to step 4, past "
                                 "train.num_steps=2; pass --config.train.num_steps=4 or more"):
       train.train_and_evaluate(tiny_config(**constant, **{"train.num_steps": 2}), workdir,
@@ -346,7 +358,7 @@ class LoopTest(absltest.TestCase):
     dataset = tiny_dataset()
     config = tiny_config()
     workdir = tempfile.mkdtemp()
-    final = train.train_and_evaluate(config, workdir, dataset)
+    final = train.train_and_evaluate(config, workdir, dataset).final
     arrays = [p for p in glob.glob(os.path.join(workdir, "checkpoints", "4", "state", "**", "d",
                                                 "*"), recursive=True)]
     largest = max(arrays, key=os.path.getsize)
@@ -354,7 +366,7 @@ class LoopTest(absltest.TestCase):
       f.truncate(os.path.getsize(largest) // 2)
     os.remove(os.path.join(workdir, "final_metrics.json"))
     with self.assertLogs(level="WARNING") as logs:
-      resumed = train.train_and_evaluate(config, workdir, dataset)
+      resumed = train.train_and_evaluate(config, workdir, dataset).final
     self.assertTrue(any("checkpoint 4" in line and "unreadable" in line for line in logs.output))
     self.assertEqual(resumed, final)
     self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
@@ -365,7 +377,7 @@ class LoopTest(absltest.TestCase):
   def test_non_finite_loss_stops_two_steps_later_and_keeps_last_good_checkpoint(self):
     workdir = tempfile.mkdtemp()
     with self.assertRaisesRegex(
-        train.NonFiniteLossError, r"stopped at step 2: .* at step 2 is not finite; the last "
+        errors.NonFiniteLossError, r"stopped at step 2: .* at step 2 is not finite; the last "
         r"checkpoint is step 1 .*enable optim.grad_clip_norm"):  # a save checks all before it
       train.train_and_evaluate(_nan_config(**{"train.checkpoint_every": 1}), workdir,
                                tiny_dataset())
@@ -373,7 +385,7 @@ class LoopTest(absltest.TestCase):
     # Between logs and saves the check runs two steps behind, without waiting on the device.
     config = _nan_config(**{"train.num_steps": 40, "train.log_every": 40,
                             "train.eval_every": 40, "train.checkpoint_every": 40})
-    with self.assertRaisesRegex(train.NonFiniteLossError,
+    with self.assertRaisesRegex(errors.NonFiniteLossError,
                                 r"stopped at step 4: .* at step 2 is not finite; no checkpoint"):
       train.train_and_evaluate(config, tempfile.mkdtemp(), tiny_dataset())
 
@@ -381,7 +393,7 @@ class LoopTest(absltest.TestCase):
     values = {"loss": np.array([float("nan")]), "grad_norm": np.array([float("inf")])}
     for clip, expected, unexpected in ((1.0, "optim.grad_clip_norm (now 1)", "enable"),
                                        (0.0, "enable optim.grad_clip_norm", "now 0")):
-      describe = train._non_finite_message(_nan_config(**{"optim.grad_clip_norm": clip}),
+      describe = watchdog.non_finite_message(_nan_config(**{"optim.grad_clip_norm": clip}),
                                            ["/runs/x"], lambda: 7)
       message = describe(9, 7, values)
       self.assertIn("stopped at step 9: loss nan / gradient norm inf at step 7", message)
@@ -401,7 +413,7 @@ class LoopTest(absltest.TestCase):
 
   def test_eval_loss_is_the_loss_of_the_whole_split(self):
     weights = (0.5, 1.0, 2.0, 3.0, 1.5, 0.25)
-    trainer = train.Trainer(tiny_config(**{"loss.class_weighting": "given",
+    trainer = steps.Trainer(tiny_config(**{"loss.class_weighting": "given",
                                            "loss.class_weights": weights,
                                            "loss.dice_weight": 0.5}), tiny_dataset())
     state = trainer.initial_state()
@@ -434,12 +446,12 @@ _FOUR_DEVICE_SCRIPT = """
 import json, sys
 import jax
 from tests import train_testing
-from seg_jax import train
+from seg_jax import steps
 dataset = train_testing.tiny_dataset()
 config = train_testing.tiny_config(**{"train.global_batch_size": 4, "eval.global_batch_size": 4})
 losses = {}
 for n in (1, 4):
-  trainer = train.Trainer(config, dataset, devices=jax.devices()[:n])
+  trainer = steps.Trainer(config, dataset, devices=jax.devices()[:n])
   state = trainer.initial_state()
   pipeline = trainer.train_pipeline()
   out = []
@@ -481,7 +493,7 @@ class VizWritersTest(absltest.TestCase):
 
   def test_discard_after_drops_later_steps_and_cut_records(self):
     workdir = tempfile.mkdtemp()
-    writer = writers.MetricWriter(workdir)
+    writer = workdir_lib.RunDir(workdir).metric_writer()
     for step in (1, 2, 3, 4):
       writer.scalars(step, {"train/loss": step / 10})
       writer.jsonl({"step": step, "split": "val"})
@@ -490,16 +502,16 @@ class VizWritersTest(absltest.TestCase):
     [events_file] = glob.glob(os.path.join(workdir, writers.EVENT_FILES))
     with open(events_file, "ab") as f:
       f.write(b"\x20\x00\x00")  # a record cut short by a kill
-    with open(os.path.join(workdir, writers.METRICS_FILE), "a") as f:
+    with open(os.path.join(workdir, workdir_lib.METRICS_FILE), "a") as f:
       f.write('{"step": 5, "spl')
     for step in (2, 3, 10):
-      os.makedirs(os.path.join(workdir, writers.PREDICTIONS_DIR), exist_ok=True)
-      writers.write_png(writers.prediction_grid_path(workdir, step), np.zeros((2, 2, 3), np.uint8))
-    with open(writers.prediction_grid_path(workdir, 4) + ".tmp", "wb") as f:
+      os.makedirs(os.path.join(workdir, workdir_lib.PREDICTIONS_DIR), exist_ok=True)
+      writers.write_png(workdir_lib.RunDir(workdir).prediction_grid(step), np.zeros((2, 2, 3), np.uint8))
+    with open(workdir_lib.RunDir(workdir).prediction_grid(4) + ".tmp", "wb") as f:
       f.write(b"\x89PN")  # a picture cut short by a kill
-    writers.discard_after(workdir, 2)
-    self.assertEqual(os.listdir(os.path.join(workdir, writers.PREDICTIONS_DIR)), ["step_2.png"])
-    np.testing.assert_allclose(writers.read_scalars(workdir, "train/loss"), [(1, 0.1), (2, 0.2)])
+    workdir_lib.RunDir(workdir).discard_after(2)
+    self.assertEqual(os.listdir(os.path.join(workdir, workdir_lib.PREDICTIONS_DIR)), ["step_2.png"])
+    np.testing.assert_allclose(workdir_lib.RunDir(workdir).scalars("train/loss"), [(1, 0.1), (2, 0.2)])
     self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
                      [1, 2])
     values = [(v.tag, e.step) for e in writers.read_events(events_file) for v in e.summary.value]

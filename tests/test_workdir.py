@@ -1,12 +1,17 @@
-"""Tests of seg_jax.workdir: the stored config, loading it back and refusing a changed one."""
+"""Tests of seg_jax.workdir: the stored config, loading it back and refusing a changed one, and
+the dataset info."""
 
+import os
 import tempfile
 
 from absl.testing import absltest
+import numpy as np
 
 from seg_jax import errors
 from seg_jax import workdir as workdir_lib
+from seg_jax.data import palettes
 from tests.train_testing import tiny_config
+from tests.train_testing import tiny_dataset
 
 
 class WorkdirTest(absltest.TestCase):
@@ -15,10 +20,10 @@ class WorkdirTest(absltest.TestCase):
     super().setUp()
     self.workdir = tempfile.mkdtemp()
     self.config = tiny_config("deeplabv3")
-    workdir_lib.save_config(self.config, self.workdir)
+    workdir_lib.RunDir(self.workdir).save_config(self.config)
 
   def test_load_config_restores_tuples_and_locks(self):
-    loaded = workdir_lib.load_config(self.workdir)
+    loaded = workdir_lib.RunDir(self.workdir).load_config()
     self.assertEqual(loaded.to_dict(), self.config.to_dict())
     self.assertEqual(loaded.data.image_size, (32, 32))
     self.assertEqual(loaded.model.kwargs.backbone_kwargs.stage_sizes, (1, 1, 1, 1))
@@ -27,21 +32,21 @@ class WorkdirTest(absltest.TestCase):
 
   def test_load_config_errors_name_the_file(self):
     with self.assertRaisesRegex(errors.WorkdirError, "config.json does not exist"):
-      workdir_lib.load_config(tempfile.mkdtemp())
-    with open(workdir_lib.config_path(self.workdir), "w") as f:
+      workdir_lib.RunDir(tempfile.mkdtemp()).load_config()
+    with open(workdir_lib.RunDir(self.workdir).file(workdir_lib.CONFIG_FILE), "w") as f:
       f.write("{")
     with self.assertRaisesRegex(errors.WorkdirError, "config.json is unreadable"):
-      workdir_lib.load_config(self.workdir)
+      workdir_lib.RunDir(self.workdir).load_config()
 
   def test_allowed_fields_may_change(self):
-    self.assertTrue(workdir_lib.check_config(self.config, self.workdir))
-    self.assertFalse(workdir_lib.check_config(self.config, tempfile.mkdtemp()))
+    self.assertTrue(workdir_lib.RunDir(self.workdir).check_config(self.config))
+    self.assertFalse(workdir_lib.RunDir(tempfile.mkdtemp()).check_config(self.config))
     changed = tiny_config("deeplabv3", **{
         "train.num_steps": 40, "train.log_every": 7, "train.eval_every": 9,
         "train.checkpoint_every": 3, "train.keep_checkpoints": 5,
         "train.compilation_cache_dir": "/tmp/cache", "eval.num_images": 0,
         "eval.global_batch_size": 4, "data.keep_on_device": True})
-    workdir_lib.check_config(changed, self.workdir)
+    workdir_lib.RunDir(self.workdir).check_config(changed)
     evaluation = tiny_config("deeplabv3", **{"train.mode": "eval", "eval.split": "test",
                                              "eval.output_dir": "/tmp/out",
                                              "data.root": "/data/moved",
@@ -49,12 +54,12 @@ class WorkdirTest(absltest.TestCase):
                                              "eval.predict.mode": "slide",
                                              "eval.predict.window": (64, 64),
                                              "eval.predict.scales": (0.5, 1.0)})
-    workdir_lib.check_config(evaluation, self.workdir)
+    workdir_lib.RunDir(self.workdir).check_config(evaluation)
 
   def test_other_changes_are_refused_with_every_difference(self):
     other = tiny_config("unet", **{"optim.learning_rate": 0.01, "eval.split": "test"})
     with self.assertRaises(errors.WorkdirError) as caught:
-      workdir_lib.check_config(other, self.workdir)
+      workdir_lib.RunDir(self.workdir).check_config(other)
     message = str(caught.exception)
     for part in ("model.name: 'deeplabv3' -> 'unet'", "optim.learning_rate: 0.003 -> 0.01",
                  "eval.split: 'val' -> 'test'",
@@ -71,6 +76,34 @@ class WorkdirTest(absltest.TestCase):
     self.assertEqual(diff["model.name"], ("<absent>", "asym_unet"))
     allowed = workdir_lib.differences(stored, tiny_config(), allowed=tuple(diff))
     self.assertEqual(allowed, [])
+
+
+class DataInfoTest(absltest.TestCase):
+
+  def test_round_trip_through_the_workdir(self):
+    dataset = tiny_dataset()
+    workdir = tempfile.mkdtemp()
+    workdir_lib.RunDir(workdir).save_data_info(dataset)
+    info = workdir_lib.RunDir(workdir).data_info()
+    self.assertEqual(info.palette, dataset.palette)
+    self.assertEqual(info.class_names, dataset.class_names)
+    np.testing.assert_allclose(info.mean, dataset.mean, rtol=1e-6)
+    np.testing.assert_allclose(info.std, dataset.std, rtol=1e-6)
+    self.assertEqual(info.image_size, (32, 32))
+
+  def test_black_class_colour_survives(self):
+    palette = palettes.Palette(names=("a", "b"), colors=((0, 0, 0), (9, 9, 9)),
+                               ignore_color=(255, 0, 255))
+    info = workdir_lib.DataInfo(palette, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (8, 8))
+    self.assertEqual(workdir_lib.DataInfo.from_dict(info.to_dict()), info)
+
+  def test_bad_file_is_named(self):
+    workdir = tempfile.mkdtemp()
+    path = os.path.join(workdir, workdir_lib.DATA_INFO_FILE)
+    with open(path, "w") as f:
+      f.write('{"mean": [1, 2, 3]}')
+    with self.assertRaisesRegex(errors.WorkdirError, path):
+      workdir_lib.RunDir(workdir).data_info()
 
 
 if __name__ == "__main__":

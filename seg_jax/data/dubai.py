@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 from typing import Optional
 
+from absl import logging
 import numpy as np
 from PIL import Image
 

@@ -10,16 +10,16 @@ overrides, exactly as `seg_jax.main` does; only its `data` group is read.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from seg_jax import cli
 from seg_jax.data import dataset as dataset_lib
 from seg_jax.data import palettes
 
@@ -28,10 +28,9 @@ DEFAULT_CONFIG = os.path.normpath(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "default.py"))
 
 
+@functools.cache
 def define_flags() -> None:
-  """Defines the command-line flags (only when run as a program, so importing stays clean)."""
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG,
-                                  "Run config whose data group is shown.", lock_config=True)
+  """Defines this command's flags besides --config (once per process)."""
   flags.DEFINE_integer("num_images", 4, "Train examples in the PNG grid (0: no picture).")
   flags.DEFINE_string("out", "", "PNG grid path ('': inspect_<data.name>.png here).")
 
@@ -73,7 +72,8 @@ def overlay_grid(examples, palette: palettes.Palette, alpha: float = 0.5) -> np.
   return np.concatenate([grid, np.asarray(legend)], axis=0)
 
 
-def main(argv):
+def main(argv) -> None:
+  """Prints the counts and class shares of --config's dataset and writes the grid."""
   del argv
   c = FLAGS.config.data
   ds = dataset_lib.get_dataset(c)
@@ -102,5 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags=define_flags, shared=["config"], config_default=DEFAULT_CONFIG)

@@ -7,18 +7,26 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
-from absl import app
 from absl import flags
 import tensorflow_datasets as tfds
 
+from seg_jax import cli
+from seg_jax import errors
 import seg_jax.data.tfds_builders  # pylint: disable=unused-import  (registers the builders)
 
-_DATASET = flags.DEFINE_string("dataset", "synthetic_aerial",
-                               "Builder name with optional config, e.g. dubai_aerial/patches_256.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "TFDS data directory.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Dataset folder (dubai_aerial only).")
+FLAGS = flags.FLAGS
+
+
+@functools.cache
+def define_flags() -> None:
+  """Defines this command's flags (once per process)."""
+  flags.DEFINE_string("dataset", "synthetic_aerial",
+                      "Builder name with optional config, e.g. dubai_aerial/patches_256.")
+  flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "TFDS data directory.")
+  flags.DEFINE_string("manual_dir", "", "Dataset folder (dubai_aerial only).")
 
 
 def prepare(dataset: str, data_dir: str, manual_dir: str = "") -> str:
@@ -35,11 +43,15 @@ def prepare(dataset: str, data_dir: str, manual_dir: str = "") -> str:
   return str(builder.data_dir)
 
 
-def main(argv):
+def main(argv) -> None:
+  """Prepares --dataset and prints where its files are."""
   del argv
-  path = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
-  print(f"Prepared {_DATASET.value} in {path}")
+  try:
+    path = prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+  except ValueError as e:  # a --manual_dir that is not a folder
+    raise errors.DataError(str(e)) from e
+  print(f"Prepared {FLAGS.dataset} in {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, define_flags=define_flags, shared=[])

@@ -1,4 +1,4 @@
-"""Resizing, patch extraction, majority labels and per-channel statistics of image/label pairs."""
+"""Resizing, patch extraction, majority labels, per-channel and per-class statistics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from typing import Iterable
 
 import numpy as np
 from PIL import Image
+
+# data.prep: whole images resized to data.image_size, or cut into data.patch_size squares.
+PREPS = ("resize", "patches")
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -112,6 +115,15 @@ def mean_std(images: Iterable[np.ndarray]):
   for im in images:
     acc.add(im)
   return acc.result()
+
+
+def class_pixel_counts(source, num_classes: int) -> np.ndarray:
+  """(C,) pixel count per class over a random-access split (ignored pixels not counted)."""
+  counts = np.zeros(num_classes, np.int64)
+  for i in range(len(source)):
+    label = np.asarray(source[i]["label"]).ravel()
+    counts += np.bincount(label[label < num_classes], minlength=num_classes)[:num_classes]
+  return counts
 
 
 def example_size(prep: str, image_size, patch_size: int) -> tuple:

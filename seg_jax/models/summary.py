@@ -1,6 +1,12 @@
 """Parameters per stage, total parameters and forward GFLOPs of a registered model.
 
     python -m seg_jax.models.summary --model=deeplabv3 --height=144 --width=256 --num_classes=6
+    python -m seg_jax.models.summary --config=configs/dubai.py:unet [--config.model.x=y ...]
+
+With `--config`, the model is the config's `model.name` with its `model.kwargs` and
+`model.ablation` at `data.image_size`, with `model.num_classes` classes (`--num_classes` where
+that is 0, the dataset's count). `--workdir` (a training run's model) is accepted as by every
+command but not read yet.
 
 Stages are the parts of a segmentation model (backbone, neck, decoder, head) and the top-level
 children of a classifier. FLOPs come from XLA's cost analysis of the compiled,
@@ -15,6 +21,7 @@ utilisation is computed from.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -24,16 +31,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jax_core
-from absl import app, flags
+from absl import flags
 
+from seg_jax import cli
+from seg_jax import errors
 from seg_jax import models
 from seg_jax.models import segmentation
 
 FLAGS = flags.FLAGS
+# The flags that --config sets instead.
+_MODEL_FLAGS = ("model", "kwargs", "height", "width")
 
 
+@functools.cache
 def define_flags() -> None:
-  """Defines the command-line flags (only when run as a program, so importing stays clean)."""
+  """Defines this command's flags besides --config and --workdir (once per process)."""
   flags.DEFINE_string("model", "asym_unet", "Registered model name (default: the proposal).")
   flags.DEFINE_integer("height", 144, "Input height.")
   flags.DEFINE_integer("width", 256, "Input width.")
@@ -51,10 +63,7 @@ def forward_flops(model: nn.Module, variables: Any, input_shape: Sequence[int]) 
   """FLOPs of one eval-mode forward pass, from XLA's cost analysis of the compiled function."""
   x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older jax returns one dict per device.
-    cost = cost[0]
-  return float(cost["flops"])
+  return float(compiled.cost_analysis()["flops"])
 
 
 def _eqn_flops(eqn) -> float:
@@ -131,20 +140,40 @@ def as_tuples(value: Any) -> Any:
   return value
 
 
+def _model_from_flags() -> tuple[str, int, int, int, dict[str, Any]]:
+  """(name, height, width, num_classes, model fields) of the model the flags name."""
+  if FLAGS.workdir is not None:
+    raise errors.FlagError("--workdir is not read by seg_jax.models.summary yet; give the run's "
+                           "config file as --config (with the run's --config.x=y overrides)")
+  config = FLAGS.config
+  if config is None:
+    try:
+      kwargs = json.loads(FLAGS.kwargs)
+    except json.JSONDecodeError as e:
+      raise errors.FlagError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}") from e
+    if not isinstance(kwargs, dict):
+      raise errors.FlagError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}")
+    return FLAGS.model, FLAGS.height, FLAGS.width, FLAGS.num_classes, as_tuples(kwargs)
+  given = [f"--{name}" for name in _MODEL_FLAGS if FLAGS[name].present]
+  if given:
+    raise errors.FlagError(f"{', '.join(given)} and --config: the config sets the model; "
+                           "override it with --config.model.name=... instead")
+  height, width = config.data.image_size
+  return (config.model.name, height, width, config.model.num_classes or FLAGS.num_classes,
+          {"ablation": config.model.ablation, **as_tuples(config.model.kwargs.to_dict())})
+
+
 def main(argv: Sequence[str]) -> None:
-  """Prints the summary of ``--model``."""
+  """Prints the summary of the model of ``--model`` (or of ``--config``)."""
   del argv
+  name, height, width, num_classes, kwargs = _model_from_flags()
   try:
-    kwargs = json.loads(FLAGS.kwargs)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}") from e
-  if not isinstance(kwargs, dict):
-    raise ValueError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}")
-  summary = summarize(FLAGS.model, height=FLAGS.height, width=FLAGS.width,
-                      num_classes=FLAGS.num_classes, **as_tuples(kwargs))
-  print(format_summary(FLAGS.model, summary, FLAGS.height, FLAGS.width))
+    summary = summarize(name, height=height, width=width, num_classes=num_classes, **kwargs)
+  except ValueError as e:  # a model name or field the registry does not take
+    error = errors.FlagError if FLAGS.config is None else errors.ConfigError
+    raise error(str(e)) from e
+  print(format_summary(name, summary, height, width))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags=define_flags)

@@ -70,7 +70,7 @@ class SyntheticTest(parameterized.TestCase):
     ds = data.get_dataset(fixtures.data_config(image_size=(24, 32), num_train=4, num_val=1,
                                                num_test=1))
     px = np.concatenate([synthetic.generate(0, i, (24, 32))[0].reshape(-1, 3)
-                         for i in range(data.dataset.SYNTHETIC_STATS_SCENES)]).astype(np.float64)
+                         for i in range(synthetic.STATS_SCENES)]).astype(np.float64)
     np.testing.assert_allclose(ds.mean, px.mean(0), rtol=1e-5)
     np.testing.assert_allclose(ds.std, px.std(0), rtol=1e-4)
 
@@ -100,7 +100,7 @@ class SyntheticCacheTest(absltest.TestCase):
       source, cached = getattr(first, split), getattr(again, split)
       self.assertLen(cached, len(source))
       for i in range(len(source)):
-        image, label = synthetic.generate(0, data.dataset.SYNTHETIC_OFFSETS[split] + i, (16, 24))
+        image, label = synthetic.generate(0, synthetic.SPLIT_OFFSETS[split] + i, (16, 24))
         np.testing.assert_array_equal(cached[i]["image"], image)
         np.testing.assert_array_equal(cached[i]["label"], label)
     np.testing.assert_array_equal(first.mean, again.mean)
@@ -112,7 +112,7 @@ class SyntheticCacheTest(absltest.TestCase):
     data.get_dataset(self.config)
     self.config.image_size = (24, 16)
     data.get_dataset(self.config)
-    with mock.patch.object(data.dataset, "_generator_version", return_value="changed"):
+    with mock.patch.object(synthetic, "_generator_version", return_value="changed"):
       data.get_dataset(self.config)
     self.assertLen(self._folders(), 12)
 
@@ -133,7 +133,7 @@ class SyntheticCacheTest(absltest.TestCase):
     ds = data.get_dataset(self.config)
     self.assertFalse(os.path.exists(os.path.join(self.cache, "synthetic_aerial")))
     np.testing.assert_array_equal(ds.test[0]["label"], synthetic.generate(
-        0, data.dataset.SYNTHETIC_OFFSETS["test"], (16, 24))[1])
+        0, synthetic.SPLIT_OFFSETS["test"], (16, 24))[1])
 
 
 if __name__ == "__main__":

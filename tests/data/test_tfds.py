@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from seg_jax import data
-from seg_jax import train
+from seg_jax import steps
 from seg_jax.data import pipeline
 from seg_jax.data import tfds_builders
 from tests import test_train
@@ -22,23 +22,14 @@ from tests.data import fixtures
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
-class TfdsTest(absltest.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.tmp = tempfile.mkdtemp()
-    self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
-
-  def test_builders_prepare_and_read_without_tensorflow(self):
-    root = os.path.join(self.tmp, "raw")
-    fixtures.make_tile_layout(root)
-    # A fresh process shows that neither building nor reading imports TensorFlow.
-    script = textwrap.dedent(f"""
+def _build_and_read_script(tmp, root):
+  """A program that builds both TFDS datasets into `tmp`/tfds and reads them back."""
+  return textwrap.dedent(f"""
         import sys, json
         import numpy as np
         import tensorflow_datasets as tfds
         from seg_jax.data import tfds_builders, prepare
-        data_dir = {self.tmp!r} + "/tfds"
+        data_dir = {tmp!r} + "/tfds"
         cfg = tfds_builders.SyntheticAerialConfig(
             name="tiny", image_size=(16, 24), num_train=3, num_val=2, num_test=1, seed=2)
         b = tfds_builders.SyntheticAerial(config=cfg, data_dir=data_dir,
@@ -61,12 +52,26 @@ class TfdsTest(absltest.TestCase):
             "dubai_names": sorted(src["train"][i]["name"].decode() for i in range(2)),
             "tf": "tensorflow" in sys.modules,
         }}
-        np.savez({self.tmp!r} + "/out.npz", syn0=syn["train"][0]["image"],
+        np.savez({tmp!r} + "/out.npz", syn0=syn["train"][0]["image"],
                  syn_label=syn["val"][1]["label"],
                  **{{"dubai_" + src["train"][i]["name"].decode().replace("/", "_"):
                      src["train"][i]["label"] for i in range(2)}})
         print(json.dumps(out))
         """)
+
+
+class TfdsTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.tmp = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+
+  def test_builders_prepare_and_read_without_tensorflow(self):
+    root = os.path.join(self.tmp, "raw")
+    fixtures.make_tile_layout(root)
+    # A fresh process shows that neither building nor reading imports TensorFlow.
+    script = _build_and_read_script(self.tmp, root)
     env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, timeout=120, check=False)
@@ -80,10 +85,13 @@ class TfdsTest(absltest.TestCase):
     np.testing.assert_array_equal(arrays["syn0"], data.synthetic.generate(2, 0, (16, 24))[0])
     np.testing.assert_array_equal(
         arrays["syn_label"],
-        data.synthetic.generate(2, data.dataset.SYNTHETIC_OFFSETS["val"] + 1, (16, 24))[1])
+        data.synthetic.generate(2, data.synthetic.SPLIT_OFFSETS["val"] + 1, (16, 24))[1])
     ds = data.get_dataset(fixtures.data_config(name="dubai_aerial", root=root, image_size=(16, 24)))
     np.testing.assert_array_equal(arrays["dubai_tile2_image_part_002"], ds.train[1]["label"])
+    self.check_prepared(ds)
 
+  def check_prepared(self, ds):
+    """The prepared datasets read back as the folder dataset `ds` reads, batched."""
     prepared = tfds_builders.load_prepared("dubai_aerial/tiny", os.path.join(self.tmp, "tfds"))
     np.testing.assert_allclose(prepared.mean, ds.mean, rtol=1e-6)
     np.testing.assert_allclose(prepared.std, ds.std, rtol=1e-6)
@@ -113,7 +121,7 @@ class TfdsTest(absltest.TestCase):
     builder.download_and_prepare()
     config = test_train.tiny_config(**{"data.name": "tfds:synthetic_aerial/tiny",
                                        "data.tfds_dir": data_dir})
-    trainer = train.Trainer(config)  # reads the dataset through data.get_dataset(config.data)
+    trainer = steps.Trainer(config)  # reads the dataset through data.get_dataset(config.data)
     self.assertEqual((len(trainer.dataset.train), len(trainer.dataset.val)), (4, 2))
     self.assertEqual(trainer.dataset.image_size, (32, 32))
     # The builder stores examples in its own order.

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seg_jax import errors
 from seg_jax.models import summary
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -18,18 +19,33 @@ TINY_ASYM_UNET = {"backbone_kwargs": {"widths": [4, 8], "blocks": 1, "se_reducti
                   "neck_kwargs": {"features": 4}, "decoder_kwargs": {"widths": [4]}}
 
 
+def _summary(*args):
+  """`python -m seg_jax.models.summary args` from the repository root."""
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "seg_jax.models.summary", *args],
+                        capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
 class SummaryCommandTest(absltest.TestCase):
 
   def test_without_model_flag_summarises_the_proposal(self):
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO))
-    run = subprocess.run(
-        [sys.executable, "-m", "seg_jax.models.summary", "--height=32", "--width=32",
-         f"--kwargs={json.dumps(TINY_ASYM_UNET)}"],
-        capture_output=True, text=True, env=env, timeout=120, check=False)
+    run = _summary("--height=32", "--width=32", f"--kwargs={json.dumps(TINY_ASYM_UNET)}")
     self.assertEqual(run.returncode, 0, run.stderr[-2000:])
     lines = run.stdout.splitlines()
     self.assertEqual(lines[0], "asym_unet at 1x32x32x3")
     self.assertIn(["total", "2,054"], [line.split() for line in lines])
+
+  def test_config_names_the_model_and_input_size(self):
+    config = os.path.join(os.path.abspath(REPO), "tests", "train_testing.py")
+    run = _summary(f"--config={config}", "--config.data.image_size=(32, 48)")
+    self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+    self.assertEqual(run.stdout.splitlines()[0], "asym_unet at 1x32x48x3")
+
+  def test_config_and_model_flag_is_one_line_error(self):
+    config = os.path.join(os.path.abspath(REPO), "tests", "train_testing.py")
+    run = _summary(f"--config={config}", "--model=unet")
+    self.assertEqual(run.returncode, errors.EXIT_USER_ERROR, run.stderr[-2000:])
+    self.assertStartsWith(run.stderr, "error (flags): --model and --config")
 
 
 class MatmulFlopsTest(absltest.TestCase):

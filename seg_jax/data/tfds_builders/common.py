@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from seg_jax.data import dataset as dataset_lib
 from seg_jax.data import palettes
+from seg_jax.data import sources
 
 
 def features(size: tuple[int, int]) -> tfds.features.FeaturesDict:
@@ -50,9 +50,12 @@ class _Source:
     return {"image": ex["image"], "label": ex["label"]}
 
 
-def load_prepared(name: str, data_dir: str) -> dataset_lib.Dataset:
-  """Opens a prepared builder (e.g. "dubai_aerial/resized_144x256") as a `Dataset` without TensorFlow."""
-  import seg_jax.data.tfds_builders  # pylint: disable=g-import-not-at-top,unused-import
+def load_prepared(name: str, data_dir: str) -> sources.Dataset:
+  """Opens a prepared builder (e.g. "dubai_aerial/resized_144x256") as a `Dataset` without TensorFlow.
+
+  The builders are registered with TFDS by importing this package, which every import of this
+  module does first.
+  """
   prepare = (f"prepare it with python -m seg_jax.data.prepare --dataset={name} "
              f"--data_dir={data_dir}")
   try:
@@ -62,13 +65,13 @@ def load_prepared(name: str, data_dir: str) -> dataset_lib.Dataset:
                      f"({str(e).splitlines()[0]}); {prepare}.") from None
   if not builder.is_prepared():
     raise ValueError(f"TFDS dataset {name!r} is not prepared under {data_dir}; {prepare}.")
-  sources = builder.as_data_source()
+  split_sources = builder.as_data_source()
   meta = builder.info.metadata
   palette = palettes.load_palette(meta["palette"], ignore_color=meta["ignore_color"])
   h, w = builder.info.features["label"].shape
-  return dataset_lib.Dataset(
-      train=_Source(sources["train"]), val=_Source(sources["val"]),
-      test=_Source(sources["test"]), class_names=tuple(meta["class_names"]), palette=palette,
+  return sources.Dataset(
+      train=_Source(split_sources["train"]), val=_Source(split_sources["val"]),
+      test=_Source(split_sources["test"]), class_names=tuple(meta["class_names"]), palette=palette,
       ignore_index=int(meta["ignore_index"]), image_size=(int(h), int(w)),
       mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
       skipped=tuple(tuple(s) for s in meta["skipped"]))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from seg_jax.data import dataset as dataset_lib
+from seg_jax.data import folder
+from seg_jax.data import palettes
 from seg_jax.data import preprocess
 from seg_jax.data import splits
 from seg_jax.data.tfds_builders import common
@@ -24,8 +25,8 @@ class DubaiAerialConfig(tfds.core.BuilderConfig):
                on_bad_file: str, max_unknown_fraction: float, max_ignored_fraction: float,
                **kwargs):
     super().__init__(**kwargs)
-    if prep not in dataset_lib.PREPS:
-      raise ValueError(f"prep must be one of {dataset_lib.PREPS}, got {prep!r}.")
+    if prep not in preprocess.PREPS:
+      raise ValueError(f"prep must be one of {preprocess.PREPS}, got {prep!r}.")
     self.prep = prep
     self.image_size = tuple(image_size)
     self.patch_size = patch_size
@@ -78,8 +79,8 @@ class DubaiAerial(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     c = self.builder_config
-    palette = dataset_lib.folder_palette(c)
-    examples, skipped = dataset_lib.load_folder(str(dl_manager.manual_dir), c, palette)
+    palette = folder.read_palette(c, palettes.DUBAI_AERIAL)
+    examples, skipped = folder.load_folder(str(dl_manager.manual_dir), c, palette)
     mean, std = preprocess.mean_std(e["image"] for e in examples["train"])
     common.store_metadata(
         self.info, mean=mean, std=std, palette=palette,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tensorflow_datasets as tfds
 
-from seg_jax.data import dataset as dataset_lib
 from seg_jax.data import preprocess
 from seg_jax.data import splits
 from seg_jax.data import synthetic
@@ -60,7 +59,7 @@ class SyntheticAerial(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, count: int):
     c = self.builder_config
-    source = dataset_lib.synthetic_source(split, count, seed=c.seed, image_size=c.image_size)
+    source = synthetic.split_source(split, count, seed=c.seed, image_size=c.image_size)
     for i in range(count):
       ex = source[i]
       if split == "train":
