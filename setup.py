@@ -2,6 +2,11 @@
 
 import setuptools
 
+EXPORT = ["jax2onnx>=0.13,<0.14", "onnxruntime>=1.24"]
+# The TensorBoard viewer (`tensorboard --logdir DIR`); runs write their events with tensorboardX
+# and need no viewer. Without TensorFlow it runs "with reduced feature set": scalars and images.
+TENSORBOARD = ["tensorboard>=2.16"]
+
 setuptools.setup(
     name="seg_jax",
     version="0.1.0",
@@ -25,6 +30,8 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "matplotlib",
         "tqdm",
+        # GeoTIFFs and every other GDAL raster (data.name="raster"); its wheels bundle GDAL.
+        "rasterio>=1.4",
     ],
     extras_require={
         # Keras 3 runs on JAX (set KERAS_BACKEND=jax): seg_jax.weights.from_keras reads its files
@@ -32,7 +39,17 @@ setuptools.setup(
         "keras": ["keras>=3.8", "h5py>=3.10"],
         # torchvision weights and parity tests; the PyPI torch wheel is large (CUDA libraries).
         "torch": ["torch>=2.4", "torchvision>=0.19", "safetensors>=0.4", "hypothesis>=6.100"],
+        # Deployment artifacts (seg_jax.export, predict --model=): ONNX export and onnxruntime.
+        # jax2onnx 0.14-0.17 pin orbax-checkpoint<0.11.37 (never imported by them), which
+        # conflicts with the orbax-checkpoint above: pinned to 0.13 so pip need not backtrack.
+        "export": EXPORT,
+        "tensorboard": TENSORBOARD,
+        # benchmarks/cpu_vs_torch.py: the PyTorch side of the CPU comparison, in its own venv
+        # (README there). 2.13.0 is the version of the published figures; here pip resolves it
+        # to the local CPU wheel (torch-2.13.0+cpu), elsewhere add
+        # --extra-index-url https://download.pytorch.org/whl/cpu to keep CUDA libraries out.
+        "bench": ["torch==2.13.0"],
         "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "keras>=3.8", "h5py>=3.10",
-                 "safetensors>=0.4", "hypothesis>=6.100"],
+                 "safetensors>=0.4", "hypothesis>=6.100", *EXPORT, *TENSORBOARD],
     },
 )

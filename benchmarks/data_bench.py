@@ -1,8 +1,8 @@
 """Data benchmarks: synthetic generation, input pipeline and on-device augmentation throughput,
 and how well a per-pixel colour classifier does on the synthetic scenes.
 
-  python benchmarks/data_bench.py                       # throughput, 144x256, batch 32
-  python benchmarks/data_bench.py --mode=colour_baseline
+  python -m benchmarks.data_bench                       # throughput, 144x256, batch 32
+  python -m benchmarks.data_bench --mode=colour_baseline
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from seg_jax import cli
 from seg_jax import config_files
 from seg_jax import data
 from seg_jax import metrics
@@ -25,12 +26,18 @@ from seg_jax.data import augment
 from seg_jax.data import pipeline
 from seg_jax.data import synthetic
 
-_MODE = flags.DEFINE_enum("mode", "throughput", ["throughput", "colour_baseline"], "What to run.")
-_BATCH = flags.DEFINE_integer("batch", 32, "Global batch size.")
-_SIZE = flags.DEFINE_list("image_size", ["144", "256"], "H,W.")
-_BATCHES = flags.DEFINE_integer("batches", 8, "Batches timed per pipeline run.")
-_TRAIN_SCENES = flags.DEFINE_integer("train_scenes", 200, "Scenes the colour models fit.")
-_VAL_SCENES = flags.DEFINE_integer("val_scenes", 50, "Scenes the colour models are scored on.")
+FLAGS = flags.FLAGS
+
+
+@functools.cache
+def define_flags() -> None:
+  """Defines this benchmark's flags (once per process)."""
+  flags.DEFINE_enum("mode", "throughput", ["throughput", "colour_baseline"], "What to run.")
+  flags.DEFINE_integer("batch", 32, "Global batch size.")
+  flags.DEFINE_list("image_size", ["144", "256"], "H,W.")
+  flags.DEFINE_integer("batches", 8, "Batches timed per pipeline run.")
+  flags.DEFINE_integer("train_scenes", 200, "Scenes the colour models fit.")
+  flags.DEFINE_integer("val_scenes", 50, "Scenes the colour models are scored on.")
 
 
 # The augmentation timed: the accelerator config's, with every transform on.
@@ -45,14 +52,13 @@ def _timed(fn, repeats):
   return (time.perf_counter() - start) / repeats
 
 
-def throughput():
-  """Prints images/s of generation and pipelines and augmentation time per batch."""
-  size = tuple(int(v) for v in _SIZE.value)
-  batch = _BATCH.value
-  n = _BATCHES.value * batch
+def throughput(size: tuple[int, int], batch: int, batches: int, generated: int = 64) -> None:
+  """Prints images/s of generation (over `generated` scenes) and of pipelines (over `batches`
+  batches) and augmentation time per batch."""
+  n = batches * batch
   print(f"devices: {jax.devices()}  image_size={size} batch={batch}")
   counter = iter(range(10 ** 9))
-  sec = _timed(lambda: synthetic.generate(0, next(counter), size), 64)
+  sec = _timed(lambda: synthetic.generate(0, next(counter), size), generated)
   print(f"synthetic generation: {1 / sec:8.1f} images/s ({sec * 1e3:.1f} ms/image)")
 
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
@@ -72,11 +78,11 @@ def throughput():
     b = next(p)  # Warm-up: compiles and fills the prefetch queue.
     jax.block_until_ready(aug(b["image"], b["label"], jax.random.key(0)))
     start = time.perf_counter()
-    for step in range(_BATCHES.value):
+    for step in range(batches):
       b = next(p)
       out = aug(b["image"], b["label"], jax.random.key(step)) if with_aug else b["image"]
       jax.block_until_ready(out)
-    return _BATCHES.value * batch / (time.perf_counter() - start)
+    return batches * batch / (time.perf_counter() - start)
 
   for name, source in sources.items():
     for with_aug in (False, True):
@@ -96,20 +102,21 @@ def throughput():
         f"{compile_s:.2f} s)")
 
 
-def colour_baseline():
-  """Fits per-pixel colour classifiers on synthetic train scenes and scores val scenes."""
-  size = tuple(int(v) for v in _SIZE.value)
+def colour_baseline(size: tuple[int, int], train_scenes: int, val_scenes: int,
+                    fit_steps: int = 2000) -> None:
+  """Fits per-pixel colour classifiers on synthetic train scenes (the linear one for
+  `fit_steps` Adam steps) and scores val scenes."""
 
   def pixels(offset, count):
     pairs = [synthetic.generate(0, offset + i, size) for i in range(count)]
     return (np.concatenate([p[0].reshape(-1, 3) for p in pairs]),
             np.concatenate([p[1].ravel() for p in pairs]))
 
-  x_train, y_train = pixels(0, _TRAIN_SCENES.value)
-  x_val, y_val = pixels(data.dataset.SYNTHETIC_OFFSETS["val"], _VAL_SCENES.value)
+  x_train, y_train = pixels(0, train_scenes)
+  x_val, y_val = pixels(synthetic.SPLIT_OFFSETS["val"], val_scenes)
   mean, std = x_train.mean(0), x_train.std(0)
-  print(f"{len(y_train)} train pixels ({_TRAIN_SCENES.value} scenes), {len(y_val)} val pixels "
-        f"({_VAL_SCENES.value} scenes), {size[0]}x{size[1]}")
+  print(f"{len(y_train)} train pixels ({train_scenes} scenes), {len(y_val)} val pixels "
+        f"({val_scenes} scenes), {size[0]}x{size[1]}")
 
   # A 1x1 convolution is a linear softmax classifier of each pixel's colour.
   params = {"w": jnp.zeros((3, 6)), "b": jnp.zeros(6)}
@@ -128,7 +135,7 @@ def colour_baseline():
     return optax.apply_updates(params, updates), state, loss
 
   rng = np.random.default_rng(0)
-  for _ in range(2000):
+  for _ in range(fit_steps):
     params, state, loss = step(params, state, jnp.asarray(rng.integers(0, len(yt), 65536)))
   logits = jnp.asarray((x_val - mean) / std, jnp.float32) @ params["w"] + params["b"]
   result = metrics.scores(metrics.confusion_matrix(y_val, jnp.argmax(logits, -1), 6))
@@ -148,13 +155,15 @@ def colour_baseline():
           f"{np.round(iou, 3).tolist()}")
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
+  """Runs --mode."""
   del argv
-  if _MODE.value == "throughput":
-    throughput()
+  size = tuple(int(v) for v in FLAGS.image_size)
+  if FLAGS.mode == "throughput":
+    throughput(size, FLAGS.batch, FLAGS.batches)
   else:
-    colour_baseline()
+    colour_baseline(size, FLAGS.train_scenes, FLAGS.val_scenes)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, define_flags=define_flags, shared=())

@@ -1,10 +1,10 @@
 r"""seg_jax's real train step on one GPU, the figures `benchmarks/gpu_vs_torch.sh` sets beside PyTorch.
 
-  python benchmarks/gpu_bench.py --out=DIR            # appends JSON lines to DIR/seg_jax.jsonl
-  python benchmarks/gpu_bench.py --out=DIR --report   # table of DIR/seg_jax.jsonl + DIR/torch.jsonl
-  python benchmarks/gpu_bench.py --out=DIR --toy      # tiny models, a few steps: a CPU dry run
+  python -m benchmarks.gpu_bench --out=DIR            # appends JSON lines to DIR/seg_jax.jsonl
+  python -m benchmarks.gpu_bench --out=DIR --report   # table of DIR/seg_jax.jsonl + DIR/torch.jsonl
+  python -m benchmarks.gpu_bench --out=DIR --toy      # tiny models, a few steps: a CPU dry run
 
-Each model is built through the registry and trained by `train.Trainer.train_step` (augmentation,
+Each model is built through the registry and trained by `steps.Trainer.train_step` (augmentation,
 loss, AdamW; bfloat16 compute) on random uint8 batches held on the device
 (`data.keep_on_device`). Per model it records: time from building the Trainer to the end of the
 first step and the compile time of the train step, once into an empty persistent compilation
@@ -12,43 +12,53 @@ cache ("cold") and once more with a second Trainer over that cache ("cached"); i
 bare step; model TFLOP/s from the convolutions and matrix products of the step's jaxpr
 (`seg_jax.models.summary.matmul_flops`; XLA's GPU cost analysis is not used) and the share of the
 card's dense bf16 peak (MFU). For the proposal it also times the training loop as
-`seg_jax.main` runs it against the bare step (benchmarks/loop_bench.py), with the logging,
+`seg_jax.main` runs it against the bare step (`benchmarks.loop_bench`), with the logging,
 evaluation and checkpoint intervals of configs/gpu_asym_unet.py.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 import jax
 import ml_collections
 import numpy as np
 
-import loop_bench  # benchmarks/loop_bench.py, beside this file
+from benchmarks import loop_bench
+from seg_jax import cli
 from seg_jax import compilation
 from seg_jax import config_files
 from seg_jax import data as data_lib
 from seg_jax import models
-from seg_jax import train
+from seg_jax import steps as steps_lib
+from seg_jax import workdir as workdir_lib
 from seg_jax.data import palettes
 from seg_jax.models import summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OUT = flags.DEFINE_string("out", None, "Folder of the JSON lines.", required=True)
-_TOY = flags.DEFINE_bool("toy", False, "Tiny models and images, a few steps (CPU dry run).")
-_REPORT = flags.DEFINE_bool("report", False, "Only print the table of the JSON lines in --out.")
-_MODELS = flags.DEFINE_list("models", ["unet", "deeplabv3_resnet50", "asym_unet"],
-                            "Which models (keys of MODELS) to time.")
-_STEPS = flags.DEFINE_integer("bare_steps", 20,
-                              "Timed bare steps per model (after 3 warm-up steps).")
-_LOOP_STEPS = flags.DEFINE_integer(
-    "loop_steps", 0, "Steps of the proposal's loop and bare-step blocks (0: its eval_every).")
+FLAGS = flags.FLAGS
+SEG_JAX_JSONL, TORCH_JSONL = "seg_jax.jsonl", "torch.jsonl"
+
+
+@functools.cache
+def define_flags() -> None:
+  """Defines this benchmark's flags (once per process)."""
+  flags.DEFINE_string("out", None, "Folder of the JSON lines.", required=True)
+  flags.DEFINE_bool("toy", False, "Tiny models and images, a few steps (CPU dry run).")
+  flags.DEFINE_bool("report", False, "Only print the table of the JSON lines in --out.")
+  flags.DEFINE_list("models", ["unet", "deeplabv3_resnet50", "asym_unet"],
+                    "Which models (keys of MODELS) to time.")
+  flags.DEFINE_integer("bare_steps", 20, "Timed bare steps per model (after 3 warm-up steps).")
+  flags.DEFINE_integer(
+      "loop_steps", 0, "Steps of the proposal's loop and bare-step blocks (0: its eval_every).")
 
 # The models of the comparison: registry name and fields, batch and (H, W), the PyTorch model
 # of ../shared/bench/torch_anchor.py with the same layers (None: no PyTorch twin).
@@ -113,11 +123,12 @@ def model_config(spec: dict, cache: str) -> ml_collections.ConfigDict:
   return config
 
 
-def first_step(config, dataset) -> tuple[train.Trainer, dict, float, compilation.CompileLog]:
+def first_step(config, dataset) -> tuple[steps_lib.Trainer, dict, float, compilation.CompileLog]:
   """Builds a Trainer and runs one step; returns it, the state, batch, seconds and compiles."""
+  compilation.use_persistent_cache(config.train.compilation_cache_dir)
   start = time.perf_counter()
   with compilation.CompileLog() as log:
-    trainer = train.Trainer(config, dataset)
+    trainer = steps_lib.Trainer(config, dataset)
     state = trainer.initial_state()
     batch = next(trainer.train_pipeline())
     key = trainer.step_key()
@@ -126,8 +137,8 @@ def first_step(config, dataset) -> tuple[train.Trainer, dict, float, compilation
   return trainer, {"state": state, "batch": batch, "key": key}, time.perf_counter() - start, log
 
 
-def bench_model(key: str, spec: dict) -> dict:
-  """The figures of one model (see the module docstring)."""
+def bench_model(key: str, spec: dict, bare_steps: int) -> dict:
+  """The figures of one model (see the module docstring), its step timed over `bare_steps`."""
   config = model_config(spec, tempfile.mkdtemp())
   config.lock()
   batch_size = spec["batch"]
@@ -147,10 +158,10 @@ def bench_model(key: str, spec: dict) -> dict:
     state, metrics = trainer.train_step(state, args["batch"], args["key"])
   jax.block_until_ready((state, metrics))
   start = time.perf_counter()
-  for _ in range(_STEPS.value):
+  for _ in range(bare_steps):
     state, metrics = trainer.train_step(state, args["batch"], args["key"])
   jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - start) / _STEPS.value
+  step_s = (time.perf_counter() - start) / bare_steps
   record.update(step_ms=round(step_s * 1e3, 2), images_per_s=round(batch_size / step_s, 1),
                 model_tflops_per_s=round(flops / step_s / 1e12, 1),
                 gflops_per_step=round(flops / 1e9, 1))
@@ -160,21 +171,26 @@ def bench_model(key: str, spec: dict) -> dict:
   return record
 
 
-def bench_loop(spec: dict) -> dict:
-  """The proposal's training loop against its bare step, one block each, at the config's intervals."""
+def bench_loop(spec: dict, toy: bool, loop_steps: int = 0) -> dict:
+  """The proposal's training loop against its bare step, one block each, at the config's
+  intervals (`loop_steps` per block; 0: the config's eval_every, 4 for a toy)."""
   config = model_config(spec, tempfile.mkdtemp())
-  steps = _LOOP_STEPS.value or (4 if _TOY.value else config.train.eval_every)
+  steps = loop_steps or (4 if toy else config.train.eval_every)
   config.train.num_steps = steps
-  if _TOY.value:
+  if toy:
     config.train.log_every, config.train.eval_every, config.train.checkpoint_every = 2, 4, 4
   config.lock()
+  compilation.use_persistent_cache(config.train.compilation_cache_dir)
   batch_size = spec["batch"]
-  trainer = train.Trainer(config, random_dataset(spec["size"], 16 * batch_size, 4 * batch_size))
+  trainer = steps_lib.Trainer(config, random_dataset(spec["size"], 16 * batch_size,
+                                                     4 * batch_size))
   root = tempfile.mkdtemp()
-  timers = {"evaluate": loop_bench.Timer(), "checkpoint save": loop_bench.Timer()}
-  loop_bench.loop(trainer, root, timers)  # compiles the loop's functions
-  bare = loop_bench.bare_steps(trainer, steps)
-  full = loop_bench.loop(trainer, root, timers)
+  try:
+    loop_bench.loop(trainer, root)  # compiles the loop's functions
+    bare = loop_bench.bare_steps(trainer, steps)
+    full = loop_bench.loop(trainer, root)
+  finally:
+    shutil.rmtree(root)
   c = config.train
   return {"framework": "seg_jax", "model": "asym_unet_loop", "batch": batch_size,
           "steps": steps, "log_every": c.log_every, "eval_every": c.eval_every,
@@ -184,17 +200,11 @@ def bench_loop(spec: dict) -> dict:
           "device": jax.devices()[0].device_kind}
 
 
-def _read(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def report(out: str) -> None:
   """Prints the table of seg_jax.jsonl against torch.jsonl."""
-  ours = _read(os.path.join(out, "seg_jax.jsonl"))
-  torch = {(r["model"], r["framework"]): r for r in _read(os.path.join(out, "torch.jsonl"))}
+  ours = workdir_lib.read_jsonl(os.path.join(out, SEG_JAX_JSONL))
+  torch = {(r["model"], r["framework"]): r
+           for r in workdir_lib.read_jsonl(os.path.join(out, TORCH_JSONL))}
   print("| model | batch x HxW | PyTorch eager img/s | torch.compile img/s | seg_jax img/s | "
         "seg_jax / eager | seg_jax TFLOP/s (MFU) | PyTorch eager TFLOP/s | first step cold / "
         "cached (s) | train-step compile cold / cached (s) |")
@@ -222,25 +232,32 @@ def report(out: str) -> None:
         f"torch {sorted({r['torch'] for r in torch.values()})}")
 
 
-def main(argv):
-  del argv
-  out = _OUT.value
-  if _REPORT.value:
-    report(out)
-    return
+def run(out: str, keys: Sequence[str], toy: bool, bare_steps: int, loop_steps: int = 0) -> None:
+  """Times the models `keys` (of TOY_MODELS with `toy`, else MODELS) and appends their records,
+  and the proposal's loop record, to `out`/seg_jax.jsonl."""
   os.makedirs(out, exist_ok=True)
-  table = TOY_MODELS if _TOY.value else MODELS
+  table = TOY_MODELS if toy else MODELS
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}", flush=True)
-  for key in _MODELS.value:
-    records = [bench_model(key, table[key])]
+  for key in keys:
+    records = [bench_model(key, table[key], bare_steps)]
     if key == "asym_unet":
-      records.append(bench_loop(table[key]))
+      records.append(bench_loop(table[key], toy, loop_steps))
     for record in records:
-      with open(os.path.join(out, "seg_jax.jsonl"), "a") as f:
+      with open(os.path.join(out, SEG_JAX_JSONL), "a") as f:
         f.write(json.dumps(record) + "\n")
       print(json.dumps(record), flush=True)
     gc.collect()
     jax.clear_caches()
 
+
+def main(argv: Sequence[str]) -> None:
+  """Runs the models of --models, or prints the table with --report."""
+  del argv
+  if FLAGS.report:
+    report(FLAGS.out)
+  else:
+    run(FLAGS.out, FLAGS.models, FLAGS.toy, FLAGS.bare_steps, FLAGS.loop_steps)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, define_flags=define_flags, shared=())

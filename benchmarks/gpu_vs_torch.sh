@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # seg_jax against PyTorch on one GPU, every figure from the same run on the same card (about 8
 # minutes on an H100): PyTorch eager (channels_last, bf16 autocast, AdamW) through
-# torch_anchor.py, seg_jax's real train step through benchmarks/gpu_bench.py, then torch.compile
+# torch_anchor.py, seg_jax's real train step through benchmarks.gpu_bench, then torch.compile
 # while time is left, then the table (benchmarks/README.md explains the columns).
 #
 #   benchmarks/gpu_vs_torch.sh            # the comparison; results in $OUT (default /tmp/gpu_vs_torch)
@@ -58,8 +58,8 @@ for run in "${TORCH_RUNS[@]}"; do
   # shellcheck disable=SC2086  # each run is a list of arguments
   torch_run $run
 done
-echo "== seg_jax (benchmarks/gpu_bench.py) at ${SECONDS}s"
-"$PYTHON" benchmarks/gpu_bench.py --out="$OUT" $TOY 2>&1 | grep -v "^W0\|^I0" | tee "$OUT/seg_jax.log"
+echo "== seg_jax (benchmarks.gpu_bench) at ${SECONDS}s"
+"$PYTHON" -m benchmarks.gpu_bench --out="$OUT" $TOY 2>&1 | grep -v "^W0\|^I0" | tee "$OUT/seg_jax.log"
 for run in "${TORCH_RUNS[@]}"; do
   if (( SECONDS > BUDGET_S - 120 )); then
     echo "== torch.compile skipped: ${SECONDS}s of the ${BUDGET_S}s budget used"
@@ -69,4 +69,4 @@ for run in "${TORCH_RUNS[@]}"; do
   torch_run $run --compile
 done
 echo "== results after ${SECONDS}s"
-"$PYTHON" benchmarks/gpu_bench.py --out="$OUT" --report | tee "$OUT/table.md"
+"$PYTHON" -m benchmarks.gpu_bench --out="$OUT" --report | tee "$OUT/table.md"

@@ -1,7 +1,7 @@
 """Times a forward+backward step of each segmentation model, and seg_jax's U-Net against plain Flax.
 
-    .venv/bin/python benchmarks/models_bench.py                 # every segmentation model
-    .venv/bin/python benchmarks/models_bench.py --models=unet --unet_base_width=32
+    .venv/bin/python -m benchmarks.models_bench                 # every segmentation model
+    .venv/bin/python -m benchmarks.models_bench --models=unet --unet_base_width=32
 
 A step is ``jax.value_and_grad`` of the mean pixel cross-entropy with respect to the parameters,
 in train mode (BatchNorm batch statistics, dropout on), jitted, at ``--batch`` x H x W x 3.
@@ -17,33 +17,50 @@ interleaved so that background load hits both alike.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import flags
 
+from seg_jax import cli
 from seg_jax import models
 from seg_jax.models import summary
 
-_MODELS = flags.DEFINE_list(
-    "models", ["unet", "asym_unet", "deeplabv3", "deeplabv3plus", "fcn32s", "fcn16s", "fcn8s",
-               "fcn_resnet50"], "Segmentation models to time (default settings).")
-_BATCH = flags.DEFINE_integer("batch", 2, "Batch size.")
-_HEIGHT = flags.DEFINE_integer("height", 144, "Input height.")
-_WIDTH = flags.DEFINE_integer("width", 256, "Input width.")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 6, "Number of classes.")
-_STEPS = flags.DEFINE_integer("steps", 3, "Timed steps per model (after one warm-up).")
-_COMPARE = flags.DEFINE_bool("compare_unet", True, "Time unet against the plain Flax U-Net.")
-_COMPARE_STEPS = flags.DEFINE_integer("compare_steps", 8, "Interleaved steps per U-Net.")
-_UNET_BASE = flags.DEFINE_integer("unet_base_width", 64, "Base width of the compared U-Nets.")
-_JSON = flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+FLAGS = flags.FLAGS
+
+
+@functools.cache
+def define_flags() -> None:
+  """Defines this benchmark's flags (once per process)."""
+  flags.DEFINE_list(
+      "models", ["unet", "asym_unet", "deeplabv3", "deeplabv3plus", "fcn32s", "fcn16s", "fcn8s",
+                 "fcn_resnet50"], "Segmentation models to time (default settings).")
+  flags.DEFINE_integer("batch", 2, "Batch size.")
+  flags.DEFINE_integer("height", 144, "Input height.")
+  flags.DEFINE_integer("width", 256, "Input width.")
+  flags.DEFINE_integer("num_classes", 6, "Number of classes.")
+  flags.DEFINE_integer("steps", 3, "Timed steps per model (after one warm-up).")
+  flags.DEFINE_bool("compare_unet", True, "Time unet against the plain Flax U-Net.")
+  flags.DEFINE_integer("compare_steps", 8, "Interleaved steps per U-Net.")
+  flags.DEFINE_integer("unet_base_width", 64, "Base width of the compared U-Nets.")
+  flags.DEFINE_string("json", "", "Also write the results to this JSON file.")
+
+
+class Batch(NamedTuple):
+  """The shape of what every model is timed on."""
+
+  batch: int
+  height: int
+  width: int
+  num_classes: int
 
 
 class PlainUNet(nn.Module):
@@ -105,32 +122,33 @@ def time_call(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - start
 
 
-def bench_model(name: str) -> dict[str, Any]:
-  """Compile time, step times and forward GFLOPs of registered model ``name``."""
-  model = models.create(name, num_classes=_NUM_CLASSES.value)
-  variables, images, labels = setup(model, _BATCH.value, _HEIGHT.value, _WIDTH.value,
-                                    _NUM_CLASSES.value)
+def bench_model(name: str, b: Batch, steps: int,
+                kwargs: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+  """Compile time, step times (over ``steps``) and forward GFLOPs of registered model ``name``
+  (at its default settings, or ``kwargs``)."""
+  model = models.create(name, num_classes=b.num_classes, **(kwargs or {}))
+  variables, images, labels = setup(model, *b)
   step = make_step(model)
   call = lambda: step(variables["params"], variables.get("batch_stats", {}), images, labels,
                       jax.random.key(3))
   first = time_call(call)
-  times = [time_call(call) for _ in range(_STEPS.value)]
-  shape = (1, _HEIGHT.value, _WIDTH.value, 3)
+  times = [time_call(call) for _ in range(steps)]
+  shape = (1, b.height, b.width, 3)
   gflops = summary.forward_flops(model, summary.abstract_variables(model, shape), shape) / 1e9
   return {"model": name, "params": models.count_params(variables), "fwd_gflops_per_image": gflops,
           "first_call_s": first, "median_s": statistics.median(times), "min_s": min(times)}
 
 
-def compare_unets(base_width: int) -> dict[str, Any]:
-  """Interleaved step times of seg_jax's ``unet`` and ``PlainUNet`` at ``base_width``."""
+def compare_unets(base_width: int, b: Batch, steps: int) -> dict[str, Any]:
+  """Interleaved step times (``steps`` each) of seg_jax's ``unet`` and ``PlainUNet`` at
+  ``base_width``."""
   widths = tuple(base_width * 2**i for i in range(5))
-  built = {"seg_jax": models.create("unet", num_classes=_NUM_CLASSES.value,
+  built = {"seg_jax": models.create("unet", num_classes=b.num_classes,
                                     backbone_kwargs={"widths": widths}),
-           "flax": PlainUNet(num_classes=_NUM_CLASSES.value, base_width=base_width)}
+           "flax": PlainUNet(num_classes=b.num_classes, base_width=base_width)}
   calls, counts = {}, {}
   for key, model in built.items():
-    variables, images, labels = setup(model, _BATCH.value, _HEIGHT.value, _WIDTH.value,
-                                      _NUM_CLASSES.value)
+    variables, images, labels = setup(model, *b)
     counts[key] = models.count_params(variables)
     step = make_step(model)
     calls[key] = (lambda step=step, v=variables, x=images, y=labels: step(
@@ -139,7 +157,7 @@ def compare_unets(base_width: int) -> dict[str, Any]:
   if counts["seg_jax"] != counts["flax"]:
     raise ValueError(f"the two U-Nets differ in size: {counts}")
   times = {key: [] for key in calls}
-  for _ in range(_COMPARE_STEPS.value):
+  for _ in range(steps):
     for key, call in calls.items():
       times[key].append(time_call(call))
   result = {"base_width": base_width, "params": counts["flax"]}
@@ -153,30 +171,40 @@ def compare_unets(base_width: int) -> dict[str, Any]:
 
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
   """Markdown table of ``bench_model`` results."""
-  print(f"| model | params | fwd GFLOPs/img | first call (s) | step median (s) | step min (s) |")
+  print("| model | params | fwd GFLOPs/img | first call (s) | step median (s) | step min (s) |")
   print("|---|---:|---:|---:|---:|---:|")
   for r in rows:
     print(f"| {r['model']} | {r['params']:,} | {r['fwd_gflops_per_image']:.1f} | "
           f"{r['first_call_s']:.1f} | {r['median_s']:.2f} | {r['min_s']:.2f} |")
 
 
-def main(argv: Sequence[str]) -> None:
-  """Runs the benchmarks and prints Markdown tables."""
-  del argv
-  print(f"devices: {jax.devices()}, batch {_BATCH.value} x {_HEIGHT.value}x{_WIDTH.value}")
+def run(names: Sequence[str], b: Batch, steps: int, compare_base_width: Optional[int] = None,
+        compare_steps: int = 8, json_path: str = "") -> dict[str, Any]:
+  """Times models ``names`` and, for a ``compare_base_width``, the two U-Nets; prints the
+  results (and writes them to ``json_path``); returns them."""
+  print(f"devices: {jax.devices()}, batch {b.batch} x {b.height}x{b.width}")
   rows = []
-  for name in filter(None, _MODELS.value):
-    rows.append(bench_model(name))
+  for name in filter(None, names):
+    rows.append(bench_model(name, b, steps))
     print(json.dumps(rows[-1]), flush=True)
   print_table(rows)
   result = {"models": rows}
-  if _COMPARE.value:
-    result["unet_vs_flax"] = compare_unets(_UNET_BASE.value)
+  if compare_base_width:
+    result["unet_vs_flax"] = compare_unets(compare_base_width, b, compare_steps)
     print(json.dumps(result["unet_vs_flax"]), flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if json_path:
+    with open(json_path, "w") as f:
       json.dump(result, f, indent=1)
+  return result
+
+
+def main(argv: Sequence[str]) -> None:
+  """Runs the benchmarks of the flags and prints Markdown tables."""
+  del argv
+  run(FLAGS.models, Batch(FLAGS.batch, FLAGS.height, FLAGS.width, FLAGS.num_classes),
+      FLAGS.steps, FLAGS.unet_base_width if FLAGS.compare_unet else None, FLAGS.compare_steps,
+      FLAGS.json)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, define_flags=define_flags, shared=())

@@ -18,6 +18,7 @@ and changes only what it must. Override any field from the command line, e.g.
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def cache_folder(name: str) -> str:
@@ -92,7 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = d = ml_collections.ConfigDict()
   # "synthetic_aerial" (generated scenes), "dubai_aerial" (a folder in the Dubai layout:
-  # 'Tile N/images|masks' or 'images/' + 'masks/', paired by file stem) or
+  # 'Tile N/images|masks' or 'images/' + 'masks/', paired by file stem), "folder" (the same
+  # with data.palette's classes), "raster" (GeoTIFFs or any GDAL raster: images/ + masks/, or
+  # train/, val/, test/ each with img/ + mask/ or images/ + masks/) or
   # "tfds:<builder>/<config>", a TFDS dataset prepared by `python -m seg_jax.data.prepare`
   # (e.g. "tfds:dubai_aerial/resized_144x256"; its size, split and palette were fixed then).
   d.name = "synthetic_aerial"
@@ -106,9 +109,12 @@ def get_config() -> ml_collections.ConfigDict:
   # every colour is a class, e.g. a dataset that labels a class in black.
   d.ignore_color = "#000000"
   d.image_size = (64, 96)  # (H, W) the images are resized (or the scenes generated) to.
-  d.split = "tile"  # "tile" | "image" | "random_patch" (random_patch leaks; dubai_aerial only).
-  d.prep = "resize"  # "resize" to image_size, or "patches" of patch_size.
-  d.patch_size = 256  # Patch side when prep = "patches".
+  # "tile" | "image" | "random_patch" (random_patch leaks; dubai_aerial only). A raster folder of
+  # images/ + masks/ takes "image"; one split into train/, val/, test/ folders does not read it.
+  d.split = "tile"
+  # "resize" to image_size, "patches" of patch_size, or (rasters) "windows": random windows.
+  d.prep = "resize"
+  d.patch_size = 256  # Patch (and window) side when prep = "patches" (or "windows").
   d.patch_overlap = 0  # Overlap in pixels between neighbouring patches.
   # "pixels": each pixel is labelled with its class (segmentation). "majority": each example is
   # labelled with the majority class of its pixels, every pixel of its label map set to that
@@ -139,6 +145,27 @@ def get_config() -> ml_collections.ConfigDict:
   # most-ignored masks. The Dubai masks at full resolution: 0.61 % of the train split (17 % in
   # its most-ignored mask), 0.00 % of val, 0.01 % of test.
   d.max_ignored_fraction = 0.25
+  # Raster datasets (data.name = "raster"; seg_jax/data/README.md): the image bands the model
+  # reads, in this order, as 1-based band numbers or band descriptions, e.g. (4, 1, 2, 3) or
+  # ("nir", "red"); () = every band of the file. Every band is read as data, whatever its colour
+  # interpretation (NAIP tags its NIR band as alpha).
+  d.bands = ()
+  # The band numbers of red, green and blue, e.g. (1, 2, 3) for NAIP, (4, 3, 2) for Sentinel-2;
+  # () when there are none. Colour jitter (augment.brightness, ...) changes only these bands and
+  # is refused without them; model.init_from maps RGB weights onto them.
+  d.rgb_bands = ()
+  # Image nodata value for files that set none (None = the file's only): a pixel holding it in
+  # any selected band (or a non-finite value) is nodata, its label ignore_index.
+  d.nodata = config_dict.placeholder(float)
+  # Mask nodata value for masks that set none (None = the file's only), e.g. -1 or 255: such
+  # pixels get ignore_index; any other mask value outside 0..classes-1 is an error.
+  d.mask_nodata = config_dict.placeholder(float)
+  # Stored values are multiplied by this before anything else (e.g. 1e-4 for reflectance stored
+  # as 10000 x reflectance): mean, std, augment.noise_std and the clip range are in its units.
+  d.scale = 1.0
+  # With prep = "windows" (rasters): random patch_size windows drawn anew each epoch, read
+  # lazily from the scenes, so a scene may be larger than memory.
+  d.windows_per_epoch = 512
   d.keep_on_device = False  # Keep the whole training set in accelerator memory.
   d.augment = get_augment_config()
 
@@ -165,6 +192,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Warmup length in optimizer updates; a run not longer than it (a smoke test with a small
   # train.num_steps) warms up over half the run instead, with a warning.
   o.warmup_steps = 40
+  # Length of the learning-rate schedule in steps; 0 = the run's train.num_steps at its first
+  # launch. The stored config.json holds the length, so extending a run (a larger
+  # train.num_steps) keeps the schedule: steps past its end run at its final learning rate.
+  # Set it to stretch the schedule over an extension (or to decay earlier than the run ends).
+  o.schedule_steps = 0
   o.end_lr_factor = 0.01  # Final learning rate as a fraction of the peak (cosine, poly).
   o.poly_power = 0.9  # Exponent of the poly schedule.
   o.weight_decay = 1e-4  # Applied to kernels only (not biases or norm parameters).
@@ -187,7 +219,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = t = ml_collections.ConfigDict()
   # "train" (resumes from the workdir) or "eval" (evaluate a checkpoint). A rerun in a workdir
   # must use its stored config.json; only fields in seg_jax.workdir.RESUMABLE_FIELDS (train
-  # mode) or EVAL_FIELDS (eval mode) may differ, e.g. a larger num_steps extends a run.
+  # mode) or EVAL_FIELDS (eval mode) may differ, e.g. a larger num_steps extends a run. Without
+  # --config, seg_jax.main starts from that stored config (--workdir=W --config.train.mode=eval).
   t.mode = "train"
   t.num_steps = 800  # Training steps (each one global batch).
   t.global_batch_size = 8  # Summed over all devices and hosts; divisible by the device count.
@@ -215,18 +248,25 @@ def get_config() -> ml_collections.ConfigDict:
   # images as evaluation sees them, not augmented: with val's scores, the generalisation gap).
   e.split = "val"
   e.global_batch_size = 8  # Evaluation batch (the last partial batch is padded and masked).
-  e.checkpoint = "best"  # mode = "eval" restores "best" (val mIoU) or "latest".
+  # mode = "eval" restores "best" (val mIoU) or "latest" (its outputs named eval_<split>_latest).
+  e.checkpoint = "best"
   # Folder of mode = "eval" outputs ("" = the workdir); the workdir is only read, so it may be
   # read-only.
   e.output_dir = ""
   # Val images shown per evaluation (the first ones of eval.split): in TensorBoard and in
   # <workdir>/predictions/step_<N>.png (image | truth | prediction | errors).
   e.num_images = 4
+  # Class names left out of the `_excluding` means (miou_excluding, mean_dice_excluding,
+  # mean_accuracy_excluding), reported beside the means over every class, e.g. ("unlabeled",)
+  # for a class the labels hold but no model is meant to predict. () = none. The unsuffixed
+  # scores (and the choice of the best checkpoint) always count every class.
+  e.exclude_classes = ()
   # Resolution of mode = "eval" scores: "training" scores the split as training sees it
   # (resized to data.image_size, or cut into patches); "full" predicts each image of the split
   # at its original size as eval.predict says and scores it against its mask at that size
   # (labels are never resized). "full" reads the original files of a folder dataset (or the
-  # synthetic scenes), not a prepared TFDS one; its outputs are named eval_<split>_full_<mode>.
+  # synthetic scenes), not a prepared TFDS one; its outputs are named eval_<split>_full_<mode>,
+  # followed by each eval.predict option that differs from its default (seg_jax.workdir.eval_name).
   e.resolution = "training"
   # How eval.resolution = "full" predicts: the options of seg_jax.inference.predict, with the
   # predict command's defaults.

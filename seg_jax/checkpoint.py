@@ -1,8 +1,8 @@
 """Orbax checkpoints of a run: one folder per saved step, each complete on its own.
 
 `<directory>/<step>/state` holds the train state and `<step>/run` a JSON record: the
-input-pipeline position, a fingerprint of the state's bits, the training time so far and, when the
-step was evaluated, the validation mIoU. The latest `keep` checkpoints and the one with the highest mIoU are kept, so
+input-pipeline position, a fingerprint of the state's bits, the training time so far, the config
+the state was trained with and, when the step was evaluated, the validation mIoU. The latest `keep` checkpoints and the one with the highest mIoU are kept, so
 "latest" and "best" are two views of one set of checkpoints and cannot disagree.
 
 Restoring walks back past a checkpoint that cannot be read (a truncated or garbled array file, a
@@ -14,9 +14,12 @@ Where both folders lie in a run folder is `seg_jax.workdir.RunDir`'s to say.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import shutil
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from absl import logging
@@ -71,6 +74,20 @@ def _reason(exc: BaseException) -> str:
   return f"{type(exc).__name__}: {text}" if not isinstance(exc, _Unreadable) else text
 
 
+def _cause(exc: BaseException) -> str:
+  """The operating system's words for the first OSError in an exception's chain, or the error
+  code TensorStore names in its message (e.g. "No space left on device"), else `_reason`."""
+  seen = exc
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    code = re.search(r"os_error_code='(\d+)'", str(seen))
+    if code:
+      return os.strerror(int(code.group(1)))
+    seen = seen.__cause__ or seen.__context__
+  return _reason(exc)
+
+
 class Checkpointer:
   """Saves, keeps and restores the checkpoints in one folder.
 
@@ -89,6 +106,7 @@ class Checkpointer:
     self.read_only = read_only
     self._manager = None
     self._miou: dict[int, float | None] = {}  # known mIoU of saved steps (None: not evaluated)
+    self._failed = False  # a save failed: its error was raised, close() does not raise it again
     if read_only and not os.path.isdir(self.directory):
       return
     self._manager = ocp.CheckpointManager(
@@ -101,29 +119,68 @@ class Checkpointer:
     """Saved steps, oldest first."""
     return sorted(self._manager.all_steps()) if self._manager is not None else []
 
+  @contextlib.contextmanager
+  def _saving(self) -> Iterator[None]:
+    """Turns a failed save (a full disk, an I/O error; Orbax raises the errors of a save in the
+    background at the next call) into a `WriteError` naming the folder and the cause."""
+    try:
+      yield
+    except errors.RunError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except (Orbax wraps OSErrors variously)
+      self._failed = True
+      raise errors.WriteError(
+          f"cannot save a checkpoint in {self.directory}: {_cause(e)}; the last complete "
+          "checkpoint is kept: free space (or fix the folder) and rerun the same command to "
+          "resume") from e
+
+  def check(self) -> None:
+    """Raises `WriteError` if a save running in the background has failed (call it after
+    every step: a failed save stops the run at once, not at its end)."""
+    if self._manager is not None:
+      with self._saving():
+        self._manager.check_for_errors()
+
   def save(self, step: int, state: Any, pipeline_state: dict[str, Any],
-           miou: float | None = None, seconds: float = 0.0) -> None:
+           miou: float | None = None, seconds: float = 0.0,
+           config: dict[str, Any] | None = None) -> None:
     """Saves the state after `step` steps (asynchronously), then drops checkpoints not kept.
 
     `miou` is the evaluation score of this very state, or None when the step was not evaluated;
-    `seconds` the training time that led to it. A step saved already is kept as it is: only a
-    replica that resumed behind its own latest checkpoint, to train in step with the others
+    `seconds` the training time that led to it; `config` the (JSON) config it was trained with
+    (`stored_config`). A step saved already is kept as it is: only a replica that resumed
+    behind its own latest checkpoint, to train in step with the others
     (`restore_latest(at_most=...)`), computes a step again.
+    Raises WriteError if this or the previous save failed.
     """
+    self.check()
     if step in self.steps():
       logging.info("checkpoint %d in %s is already saved; kept", step, self.directory)
       return
     miou = None if miou is None or miou != miou else float(miou)  # NaN: nothing was scored
     record = {"pipeline": pipeline_state, "fingerprint": fingerprint(state), "miou": miou,
-              "seconds": float(seconds)}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), run=ocp.args.JsonSave(record)))
+              "seconds": float(seconds), "config": config}
+    with self._saving():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), run=ocp.args.JsonSave(record)))
     self._miou[step] = miou
     kept = self._kept(self.steps() + [step])
     for old in self.steps():
       if old not in kept:
         self._manager.delete(old)
         self._miou.pop(old, None)
+
+  def stored_config(self) -> tuple[int, dict[str, Any]] | None:
+    """(step, config) of the newest checkpoint whose record holds the config it was trained
+    with; None if there is none (no checkpoint, or all saved before configs were recorded)."""
+    for step in self.steps()[::-1]:
+      try:
+        config = self._read_record(step).get("config")
+      except Exception:  # pylint: disable=broad-except (an unreadable record: walk back)
+        continue
+      if config is not None:
+        return step, config
+    return None
 
   def _kept(self, steps: list[int]) -> set[int]:
     """The latest `keep` steps and the best-mIoU one."""
@@ -240,11 +297,21 @@ class Checkpointer:
     return ranked[-1] if ranked else None
 
   def wait(self) -> None:
-    """Blocks until the last save is committed (its folder renamed from temporary)."""
+    """Blocks until the last save is committed (its folder renamed from temporary); raises
+    WriteError if it failed."""
     if self._manager is not None:
-      self._manager.wait_until_finished()
+      with self._saving():
+        self._manager.wait_until_finished()
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    if self._manager is not None:
-      self._manager.close()
+    """Waits for pending saves and releases the manager; raises WriteError if a save failed
+    (once: a failure raised already is not raised again)."""
+    if self._manager is None:
+      return
+    manager, self._manager = self._manager, None
+    if self._failed:
+      with contextlib.suppress(Exception):
+        manager.close()
+      return
+    with self._saving():
+      manager.close()

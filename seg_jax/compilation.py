@@ -33,6 +33,11 @@ def use_persistent_cache(path: str) -> None:
   compilation_cache.reset_cache()  # JAX opens its cache folder once; make it reopen
 
 
+def cache_folder() -> str | None:
+  """The persistent cache folder this process uses (None: no cache)."""
+  return jax.config.jax_compilation_cache_dir
+
+
 class CompileLog:
   """Counts XLA compiles and persistent-cache hits per function while active (a context manager).
 

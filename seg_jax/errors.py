@@ -10,7 +10,10 @@ EXIT_OK = 0  # Done: everything asked for was done.
 EXIT_SOME_FAILED = 1  # Finished, but some inputs failed (runs, images): each is named.
 EXIT_USER_ERROR = 2  # Bad flag, config, data, workdir or input: nothing ran; fix it and rerun.
 EXIT_NON_FINITE = 3  # The loss became NaN/Inf; the checkpoints before it are kept.
-EXIT_PREEMPTED = 75  # SIGTERM: a checkpoint was saved; rerun the same command to resume.
+EXIT_WRITE_FAILED = 74  # A file could not be written (disk full, I/O error): the last complete
+                        # checkpoint is kept; free space and rerun the same command to resume.
+EXIT_PREEMPTED = 75  # SIGTERM or Ctrl-C: what training had done was saved; rerun to resume.
+EXIT_INTERRUPTED = 130  # A second Ctrl-C: stopped at once, unsaved steps lost (128 + SIGINT).
 
 
 class RunError(Exception):
@@ -42,6 +45,19 @@ class WorkdirError(RunError):
   """A workdir that holds another run, or nothing usable, for what was asked of it."""
 
   kind = "workdir"
+
+
+class ArtifactError(RunError, ValueError):
+  """A deployment artifact (`seg_jax.export`) that cannot be written, read or used as asked."""
+
+  kind = "artifact"
+
+
+class WriteError(RunError, OSError):
+  """A file of the run that could not be written (no space left, an I/O error)."""
+
+  exit_code = EXIT_WRITE_FAILED
+  kind = "write"
 
 
 class NonFiniteLossError(RunError, RuntimeError):

@@ -1,7 +1,8 @@
 """Applies a trained segmentation model to an image of any size: resize or sliding windows, TTA.
 
 `predict(model, variables, image, ...)` returns per-class probabilities (H, W, C) at the image's
-own size.
+own size. The model is a Flax model with its variables, or any other callable (variables None) from
+uint8 windows to logits, such as an exported artifact (`seg_jax.artifact`): one code path for both.
 
 - mode="resize" is what training saw: the image is resized to the training size (the data
   pipeline's own resize), predicted in one pass, and the probabilities are resized back.
@@ -34,6 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,10 +83,13 @@ def _untransform(y: jax.Array, k: int, flip: bool) -> jax.Array:
   return y[:, :, ::-1] if flip else y
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tta", "dtype"))
-def _window_probs(model: _ByIdentity, variables, windows, mean, std, *, tta: str, dtype):
-  """Probabilities (B, h, w, C) of uint8 windows (B, h, w, 3), averaged over the TTA transforms."""
-  x = augment.normalize(windows, mean, std).astype(dtype)  # what the train/eval steps feed
+def _tta_probs(logits_fn: Callable[[jax.Array], Any], windows, tta: str) -> jax.Array:
+  """Probabilities (B, h, w, C) of windows (B, h, w, bands), averaged over the TTA transforms.
+
+  `logits_fn` maps a batch of windows to logits; it runs under `jax.jit` (a Flax model) or
+  eagerly (an exported artifact, e.g. onnxruntime). The transforms are flips and quarter turns,
+  which commute with the per-band normalisation `logits_fn` applies.
+  """
   transforms = TTA_TRANSFORMS[tta]
   total = 0.0
   # Transforms that keep the window's shape run as one batch, those that swap H and W as another.
@@ -92,12 +97,22 @@ def _window_probs(model: _ByIdentity, variables, windows, mean, std, *, tta: str
     group = [t for t in transforms if t[0] % 2 == parity]
     if not group:
       continue
-    logits = model.model.apply(variables, jnp.concatenate([_transform(x, *t) for t in group]),
-                               train=False)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    logits = logits_fn(jnp.concatenate([_transform(windows, *t) for t in group]))
+    probs = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
     for t, p in zip(group, jnp.split(probs, len(group))):
       total = total + _untransform(p, *t)
   return total / len(transforms)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tta", "dtype"))
+def _window_probs(model: _ByIdentity, variables, windows, mean, std, *, tta: str, dtype):
+  """Probabilities (B, h, w, C) of uint8 windows (B, h, w, 3), averaged over the TTA transforms."""
+
+  def logits(x):
+    x = augment.normalize(x, mean, std).astype(dtype)  # what the train/eval steps feed
+    return model.model.apply(variables, x, train=False)
+
+  return _tta_probs(logits, windows, tta)
 
 
 def _axis_weights(starts: Sequence[int], size: int, blend: str) -> list[np.ndarray]:
@@ -211,18 +226,23 @@ def _scale(size: Sequence[int], scale: float) -> tuple[int, int]:
   return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def predict(model, variables, image: np.ndarray, *, mean: Sequence[float],
-            std: Sequence[float], window: tuple[int, int], mode: str = "resize",
+def predict(model, variables, image: np.ndarray, *, window: tuple[int, int],
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+            mode: str = "resize",
             overlap: float = 0.25, blend: str = "uniform", tta: str = "none",
             scales: Sequence[float] = (1.0,), batch_size: int = 8, dtype: Any = jnp.float32,
             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
   """Per-class probabilities (H, W, C) float32 of a uint8 RGB image (H, W, 3).
 
   Args:
-    model: a segmentation model, `model.apply(variables, x, train=False)` giving logits.
-    variables: its variables ({"params": ..., "batch_stats": ...}).
+    model: a Flax segmentation model, `model.apply(variables, x, train=False)` giving logits;
+      or any other callable mapping uint8 windows (B, h, w, 3) to logits (B, h, w, C) that
+      normalises them itself (an exported artifact, `seg_jax.artifact.Artifact`), with
+      `variables` None. Both run through the same windows, blending, TTA and scales.
+    variables: the Flax model's variables ({"params": ..., "batch_stats": ...}).
     image: uint8 (H, W, 3), any size.
-    mean, std: per-channel normalisation of the training data ([0, 255] units).
+    mean, std: per-channel normalisation of the training data ([0, 255] units); for a model
+      with variables only.
     window: (H, W) the model sees: the resize target ("resize") or the window size ("slide");
       usually the training image size.
     mode: "resize" or "slide" (see the module docstring).
@@ -231,21 +251,25 @@ def predict(model, variables, image: np.ndarray, *, mean: Sequence[float],
     tta: "none", "flips" or "flips_rot90".
     scales: image scale factors whose probabilities are averaged.
     batch_size: windows per jitted call (each run through every TTA transform).
-    dtype: compute dtype of the model input (the config's `model.dtype`).
+    dtype: compute dtype of the model input (the config's `model.dtype`); for a model with
+      variables only.
     progress: called after each batch with (windows done, windows in all), counted before TTA.
   """
   image = np.asarray(image)
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
     raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {image.dtype} "
                      f"{image.shape}")
-  if np.shape(mean) != (3,) or np.shape(std) != (3,) or np.min(std) <= 0:
-    raise ValueError(f"mean and std must hold 3 values (std > 0), got {mean} and {std}")
   check_options(mode=mode, window=window, overlap=overlap, blend=blend, tta=tta, scales=scales,
                 batch_size=batch_size)
-  window_probs = functools.partial(
-      _window_probs, _ByIdentity(model), jax.device_put(variables),
-      mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32), tta=tta,
-      dtype=dtype)
+  if not isinstance(model, nn.Module):  # a callable of raw windows, e.g. an exported artifact
+    window_probs = functools.partial(_tta_probs, model, tta=tta)
+  else:
+    if np.shape(mean) != (3,) or np.shape(std) != (3,) or np.min(std) <= 0:
+      raise ValueError(f"mean and std must hold 3 values (std > 0), got {mean} and {std}")
+    window_probs = functools.partial(
+        _window_probs, _ByIdentity(model), jax.device_put(variables),
+        mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32), tta=tta,
+        dtype=dtype)
   passes = _passes(image.shape[:2], mode, window, overlap, scales)
   total_windows = sum(math.prod(map(len, _grid(*p))) for p in passes)
   done = 0

@@ -19,6 +19,14 @@ A source is one of:
   model (torchvision's ``deeplabv3_resnet50`` or ``fcn_resnet50``; torchvision's auxiliary head
   is skipped), a workdir those of its whole model.
 
+A model whose input has other bands than red, green, blue (``data.bands``, ``data.rgb_bands``)
+takes RGB weights (a file, a library name, or a workdir of 3 bands) in its input layers (those
+whose shapes follow the input's band count, i.e. the first convolution): the red, green and blue
+kernels go to the bands ``data.rgb_bands`` names, every other band gets their mean, and all are
+scaled by 3/N for N bands (the convention of timm and torchgeo), so the layer's response to a
+grey image stays the same; ``describe`` says which band got what. With the bands red, green,
+blue in that order the import is the RGB import unchanged.
+
 Variables whose shape differs from the source's only where the model has ``num_classes``
 entries (a head trained for another class count) keep their fresh initialisation; any other
 difference (an array missing, unexpected or of another shape: another architecture) is an error
@@ -42,11 +50,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from seg_jax import errors
+from seg_jax import models
 from seg_jax import state as state_lib
 from seg_jax import weights
 from seg_jax import workdir as workdir_lib
+from seg_jax.data import sources as data_sources
 from seg_jax.weights import common as weights_common
 from seg_jax.weights import keras_layout
 from seg_jax.weights import torch_layout
@@ -78,6 +89,8 @@ class Initial:
   variables: dict[str, Any]
   provenance: dict[str, str]
   shapes: dict[str, tuple[int, ...]]
+  # One line per input layer whose RGB kernels were mapped onto the model's bands.
+  band_mapping: tuple[str, ...] = ()
 
 
 def _spec_kind(spec: str) -> str:
@@ -238,8 +251,60 @@ def _place(imported: Mapping[str, Any], shapes: Mapping[str, Any], part: str,
   return {p: flat[p] for p, how in provenance.items() if how == IMPORTED}, provenance
 
 
-def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes: Any
-         ) -> Initial | None:
+def input_layers(model: nn.Module, num_bands: int, size: int) -> dict[str, int]:
+  """``{path: band axis}`` of the variables whose shape follows the input's band count.
+
+  Found by comparing the variable shapes of an input of ``num_bands`` bands with those of one
+  band more, so whatever a model calls its first convolution is found.
+  """
+  def shapes(bands: int) -> dict[str, Any]:
+    x = jnp.zeros((1, size, size, bands))
+    key = jax.random.key(0)
+    return weights_common.flatten(jax.eval_shape(
+        lambda: model.init({"params": key, "dropout": key}, x, train=False)))
+
+  these, more = shapes(num_bands), shapes(num_bands + 1)
+  return {path: next(axis for axis, (a, b) in enumerate(zip(leaf.shape, more[path].shape))
+                     if a != b)
+          for path, leaf in these.items() if leaf.shape != more[path].shape}
+
+
+def rgb_to_bands(kernel: Any, axis: int, rgb_channels: tuple[int, ...], num_bands: int) -> Any:
+  """An RGB kernel (3 entries along ``axis``) for ``num_bands`` bands: red, green and blue to
+  ``rgb_channels``, their mean to every other band, all times 3 / ``num_bands``."""
+  rgb = np.moveaxis(np.asarray(kernel), axis, 0)
+  mean = rgb.mean(axis=0)
+  bands = np.stack([rgb[rgb_channels.index(c)] if c in rgb_channels else mean
+                    for c in range(num_bands)])
+  return np.moveaxis(bands * np.asarray(3.0 / num_bands, rgb.dtype), 0, axis)
+
+
+def _map_bands(imported: dict[str, Any], layers: dict[str, int], part: str,
+               bands: data_sources.Bands, from_workdir: bool
+               ) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """``imported`` with the RGB kernels of the input ``layers`` mapped onto ``bands``, and a
+  line per layer saying which band got what."""
+  flat, lines, n = weights_common.flatten(imported), [], len(bands)
+  for path, axis in layers.items():
+    collection, module, rest = path.split("/", 2)
+    source = f"{collection}/{rest}" if part == "backbone" and module == "backbone" else path
+    if source not in flat or np.shape(flat[source])[axis] != 3 or (from_workdir and n == 3):
+      continue  # the model's own band count (or another architecture: merging names it)
+    if len(bands.rgb_channels) != 3:
+      raise ValueError(f"{source} holds RGB weights (3 input bands) and the model reads bands "
+                       f"{bands.numbers}, none named red, green, blue: set data.rgb_bands")
+    flat[source] = rgb_to_bands(flat[source], axis, bands.rgb_channels, n)
+    rgb = ", ".join(f"band {bands.numbers[c]} <- {colour}" for c, colour in
+                    zip(bands.rgb_channels, ("red", "green", "blue")))
+    others = [str(b) for c, b in enumerate(bands.numbers) if c not in bands.rgb_channels]
+    mean = (f", band{'s' * (len(others) > 1)} {', '.join(others)} <- the mean of the RGB "
+            "kernels" if others else "")
+    lines.append(f"{path}: {rgb}{mean}; all times 3/{n}")
+  return weights_common.unflatten(flat), tuple(lines)
+
+
+def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes: Any,
+         bands: data_sources.Bands = data_sources.Bands()) -> Initial | None:
   """Reads ``model.init_from`` and checks it against the model; None when it is empty.
 
   Args:
@@ -247,6 +312,7 @@ def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes
       ``kwargs``, ``ablation``).
     model: the model being trained (a ``SegmentationModel``).
     state_shapes: the shapes of its train state (``params`` and ``batch_stats`` are read).
+    bands: the bands of the model's input (the dataset's), onto which RGB weights are mapped.
 
   Raises:
     ConfigError: naming the source and what is wrong with it (missing, not readable, another
@@ -267,13 +333,19 @@ def load(model_config: ml_collections.ConfigDict, model: nn.Module, state_shapes
     else:
       arch, arch_kwargs = _architecture(model_config, model, part)
       description, imported, skipped = _read_weights(spec, kind, arch, arch_kwargs, part)
+    band_mapping = ()
+    if bands.rgb_channels != (0, 1, 2) or len(bands) != 3:  # else RGB weights fit as they are
+      layers = input_layers(model, len(bands),
+                            max(64, models.min_input_size(model_config.name)))
+      imported, band_mapping = _map_bands(imported, layers, part, bands, kind == "workdir")
     variables, provenance = _place(imported, shapes, part, model.num_classes,
                                    skip_modules=kind != "workdir" and part == "backbone")
   except (ValueError, OSError, errors.WorkdirError) as e:
     raise errors.ConfigError(f"model.init_from={spec!r}: {_shorten_lists(str(e))}") from e
   provenance.update({name: "skipped" for name in skipped})
   return Initial(description, variables, provenance,
-                 {p: tuple(v.shape) for p, v in weights_common.flatten(shapes).items()})
+                 {p: tuple(v.shape) for p, v in weights_common.flatten(shapes).items()},
+                 band_mapping)
 
 
 def apply(state: Any, initial: Initial) -> Any:
@@ -310,6 +382,7 @@ def describe(initial: Initial) -> str:
     source = "the source" if kind == IMPORTED else "the seed"
     lines.append(f"  {module}: {arrays} arrays ({values:,} values) {kind} from {source}")
   lines += [f"  re-initialised (class count differs): {p}" for p in reinitialised]
+  lines += [f"  RGB weights onto the input bands: {line}" for line in initial.band_mapping]
   if skipped:
     lines.append(f"  not taken from the source ({len(skipped)} arrays): {_short(skipped, 8)}")
   return "\n".join(lines)

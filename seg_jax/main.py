@@ -4,13 +4,28 @@ r"""Trains or evaluates a segmentation model from a config file.
       [--config.train.num_steps=100 ...] [--distributed]
 
 `--config.train.mode=eval` evaluates the best checkpoint in the workdir instead of training.
+On a workdir that holds a run, `--config` may be left out: the run's stored config (its
+config.json) is the config, the `--config.a.b=v` overrides applied to it, e.g.
+
+  python -m seg_jax.main --workdir=/tmp/seg_default --config.train.mode=eval
+  python -m seg_jax.main --workdir=/tmp/seg_default --config.train.num_steps=1600   # extend
 
 Exit codes (`seg_jax.errors`): 0 finished; 2 a bad flag, config, dataset or workdir (one line on
 stderr says what, where and how to fix it; `--verbosity=1` adds the traceback); 3 the loss became
-NaN/Inf; 75 preempted (SIGTERM): a checkpoint was saved, rerun the same command to resume.
+NaN/Inf; 74 a file could not be written (disk full); 75 preempted (SIGTERM or Ctrl-C): a
+checkpoint was saved, rerun the same command to resume; 130 a second Ctrl-C (stopped unsaved).
 """
 
-import functools
+import os
+import signal
+
+if __name__ == "__main__":
+  # SIGTERM and Ctrl-C while the imports below load (seconds) stop the command as preempted
+  # (75) rather than with 143 or a traceback; `preemption.exit_on_signal` takes over in main.
+  for _sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_sig, lambda *_: os._exit(75))  # pylint: disable=protected-access
+
+import functools  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from absl import flags
 from absl import logging
@@ -19,6 +34,7 @@ import jax
 from seg_jax import cli
 from seg_jax import compilation
 from seg_jax import errors
+from seg_jax import preemption
 from seg_jax import train
 
 FLAGS = flags.FLAGS
@@ -45,6 +61,7 @@ def main(argv) -> int:
   if FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  preemption.exit_on_signal()
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
@@ -54,4 +71,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  cli.run(main, define_flags=define_flags, required=["config", "workdir"])
+  cli.run(main, define_flags=define_flags, required=["config", "workdir"],
+          config_from_workdir=True)

@@ -86,6 +86,21 @@ def scores(cm: Any) -> dict[str, Any]:
   }
 
 
+# Class means that have an `_excluding` twin, with the per-class score each is the mean of.
+CLASS_MEANS = (("miou", "iou"), ("mean_dice", "dice"), ("mean_accuracy", "accuracy"))
+
+
+def excluding(result: dict[str, Any], class_names, exclude) -> dict[str, float]:
+  """`<mean>_excluding` of each class mean of `scores` (miou, mean_dice, mean_accuracy), over
+  the classes whose name is not in `exclude` (NaN classes left out as in the mean itself); {}
+  when `exclude` is empty."""
+  if not exclude:
+    return {}
+  keep = np.array([name not in exclude for name in class_names])
+  return {f"{mean}_excluding": _nanmean(np.asarray(result[per_class], np.float64)[keep])
+          for mean, per_class in CLASS_MEANS}
+
+
 @flax.struct.dataclass
 class ConfusionMatrix(clu.metrics.Metric):
   """clu metric that sums confusion matrices over every batch of an evaluation.
@@ -125,14 +140,23 @@ class ConfusionMatrix(clu.metrics.Metric):
     return scores(self.matrix)
 
 
-def format_table(result: dict[str, Any], class_names: tuple[str, ...] | list[str]) -> str:
-  """Plain-text per-class table (IoU, Dice, accuracy) with the summary scores under it."""
-  summary = ("miou", "mean_dice", "mean_accuracy", "pixel_accuracy", "fw_iou")
-  width = max(len(n) for n in (*class_names, *summary)) + 2
+def format_table(result: dict[str, Any], class_names: tuple[str, ...] | list[str],
+                 exclude: tuple[str, ...] | list[str] = ()) -> str:
+  """Plain-text per-class table (IoU, Dice, accuracy) with the summary scores under it.
+
+  With `exclude` (the classes left out of `excluding`), the class means without them follow,
+  labelled with the names left out.
+  """
+  summary = {key: key for key in ("miou", "mean_dice", "mean_accuracy", "pixel_accuracy",
+                                  "fw_iou")}
+  if exclude:
+    summary.update({f"{mean}_excluding": f"{mean} w/o {', '.join(exclude)}"
+                    for mean, _ in CLASS_MEANS})
+  width = max(len(n) for n in (*class_names, *summary.values())) + 2
   lines = [f"{'class':<{width}}{'IoU':>8}{'Dice':>8}{'Acc':>8}"]
   for i, name in enumerate(class_names):
     row = [result["iou"][i], result["dice"][i], result["accuracy"][i]]
     lines.append(f"{name:<{width}}" + "".join(f"{v:>8.4f}" for v in row))
-  for key in summary:
-    lines.append(f"{key:<{width}}{result[key]:>8.4f}")
+  for key, label in summary.items():
+    lines.append(f"{label:<{width}}{result[key]:>8.4f}")
   return "\n".join(lines)

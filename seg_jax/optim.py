@@ -19,8 +19,16 @@ def num_updates(optim_config, num_steps: int) -> int:
   return max(1, num_steps // optim_config.accumulation_steps)
 
 
+def schedule_length(optim_config, num_steps: int) -> int:
+  """Steps the learning-rate schedule lasts: `optim.schedule_steps`, or `num_steps` (the run's
+  `train.num_steps`) where it is 0."""
+  if optim_config.schedule_steps < 0:
+    raise ValueError(f"optim.schedule_steps must be >= 0, got {optim_config.schedule_steps}")
+  return optim_config.schedule_steps or num_steps
+
+
 def warmup_updates(optim_config, num_steps: int) -> int:
-  """Warmup length in updates: `warmup_steps`, or half the run when the run is not longer.
+  """Warmup length in updates: `warmup_steps`, or half the schedule when it is not longer.
 
   A short run (a smoke test with a small `train.num_steps`) keeps a warmup and a decay instead
   of failing; `Trainer` logs the shortening.
@@ -28,18 +36,20 @@ def warmup_updates(optim_config, num_steps: int) -> int:
   warmup = optim_config.warmup_steps
   if warmup < 0:
     raise ValueError(f"optim.warmup_steps must be >= 0, got {warmup}")
-  total = num_updates(optim_config, num_steps)
+  total = num_updates(optim_config, schedule_length(optim_config, num_steps))
   return warmup if warmup < total else total // 2
 
 
 def create_schedule(optim_config, num_steps: int) -> optax.Schedule:
   """Learning rate per optimizer update: linear warmup, then cosine, poly or constant.
 
+  The schedule lasts `schedule_length` steps (`num_steps`, the run's length, unless
+  `optim.schedule_steps` sets it); past its end the rate stays at its final value.
   `poly` is DeepLab's lr * (1 - t / T) ** power; cosine and poly decay to
   lr * end_lr_factor at the last update. The warmup lasts `warmup_updates`.
   """
   lr = optim_config.learning_rate
-  total = num_updates(optim_config, num_steps)
+  total = num_updates(optim_config, schedule_length(optim_config, num_steps))
   warmup = warmup_updates(optim_config, num_steps)
   decay_steps = total - warmup
   end = lr * optim_config.end_lr_factor

@@ -23,15 +23,27 @@ from seg_jax.state import TrainState
 from seg_jax.workdir import RunDir
 
 
-def record(step: int, split: str, result: dict[str, Any], class_names) -> dict[str, Any]:
-  """metrics.jsonl record: scalar scores plus per-class scores keyed by class name."""
-  out = {"step": step, "split": split}
+def record(step: int, split: str, result: dict[str, Any], class_names,
+           exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+  """metrics.jsonl record: scalar scores plus per-class scores keyed by class name, and the
+  classes the `_excluding` scores leave out (`exclude_classes`, when there are any)."""
+  out: dict[str, Any] = {"step": step, "split": split}
   for key, value in result.items():
     if np.ndim(value) == 1:
       out[key] = dict(zip(class_names, np.asarray(value).tolist()))
     else:
       out[key] = float(value)
+  if exclude:
+    out["exclude_classes"] = list(exclude)
   return out
+
+
+def miou_text(result: dict[str, Any], exclude: tuple[str, ...]) -> str:
+  """'mIoU 0.4012' and, with excluded classes, ' (0.4815 w/o unlabeled)'."""
+  text = f"mIoU {result['miou']:.4f}"
+  if exclude:
+    text += f" ({result['miou_excluding']:.4f} w/o {', '.join(exclude)})"
+  return text
 
 
 def format_duration(seconds: float) -> str:
@@ -82,15 +94,23 @@ class RunLog:
     palette = self.trainer.dataset.palette
     names = palette.names
     result, samples = evaluation.scores, evaluation.samples
-    self.writer.jsonl({**record(step, split, result, names), "train_seconds": seconds})
+    exclude = tuple(self.config.eval.exclude_classes)
+    self.record(step, evaluation, seconds)
     self.writer.scalars(step, {f"{split}/{k}": v for k, v in result.items() if np.ndim(v) == 0})
     self.writer.scalars(step, {f"{split}/iou/{n}": v for n, v in zip(names, result["iou"])})
     self.writer.images(step, {f"{split}/prediction_{i}": viz.prediction_panel(*s, palette)
                               for i, s in enumerate(samples)})
     self.writer.flush()
     self.save_prediction_grid(step, samples)
-    logging.info("%seval %s at step %d: mIoU %.4f  pixel acc %.4f  loss %.4f", self.label,
-                 split, step, result["miou"], result["pixel_accuracy"], result["loss"])
+    logging.info("%seval %s at step %d: %s  pixel acc %.4f  loss %.4f", self.label, split,
+                 step, miou_text(result, exclude), result["pixel_accuracy"], result["loss"])
+
+  def record(self, step: int, evaluation: steps.Evaluation, seconds: float) -> None:
+    """The metrics.jsonl record of an evaluation, with the training time so far."""
+    self.writer.jsonl({**record(step, self.config.eval.split, evaluation.scores,
+                                self.trainer.dataset.palette.names,
+                                tuple(self.config.eval.exclude_classes)),
+                       "train_seconds": seconds})
 
   def save_prediction_grid(self, step: int, samples: list[tuple[np.ndarray, ...]]) -> None:
     """predictions/step_<step>.png: image | truth | prediction | errors rows, class legend.
@@ -158,10 +178,11 @@ def finish(trainer: steps.Trainer, state: TrainState, step: int, run_dirs: list[
     if rewritten and not log.has_evaluation(step):
       log.evaluation(step, evaluation, run_seconds)
     final = record(step, trainer.config.eval.split, evaluation.scores,
-                   trainer.dataset.class_names)
+                   trainer.dataset.class_names, tuple(trainer.config.eval.exclude_classes))
     if jax.process_index() == 0:
       write_curves(run_dir, trainer.config.model.name)  # before the file that marks the end
       save_confusion_matrix(trainer, final, evaluation.matrix, run_dir.confusion_matrix())
       run_dir.write_final(final)
+      logging.info("%s", run_dir.listing())
     finals.append(final)
   return finals

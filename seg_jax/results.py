@@ -12,7 +12,9 @@ Scores per class are `<split>_<score>_<class>` (e.g. `test_iou_road`). A setting
 `<score>_mean` and `<score>_std` (sample std, n - 1 in the denominator; NaN for n = 1) over its
 finished runs, n of them, and the model's parameters and forward FLOPs from DIR/<setting>/model.json.
 A run that has no value for a score (a class absent from a split and never predicted) is left
-out of that score's mean and std.
+out of that score's mean and std. Runs with `eval.exclude_classes` also have `<split>_miou_excluding`
+(and the other `_excluding` means); the main table then shows the mIoUs without those classes
+beside the mIoUs over every class, the left-out classes named in the heading.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ TEST_SPLIT = "test"  # a run's test scores are its eval-only record of this spli
 MAIN_SCORES = (("val_miou", "val mIoU"), ("test_miou", "test mIoU"),
                ("val_pixel_accuracy", "val pixel acc"), ("test_pixel_accuracy", "test pixel acc"))
 # Fields of final_metrics.json and eval_<split>.json that describe the evaluation, not a score.
-NOT_SCORES = ("step", "split", "checkpoint", "resolution", "image_size", "predict")
+NOT_SCORES = ("step", "split", "checkpoint", "resolution", "image_size", "predict",
+              "exclude_classes")
 
 
 def run_dir(workdir: str, setting: str, seed: int) -> str:
@@ -154,13 +157,34 @@ def duration(seconds: float) -> str:
   return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size: Any) -> str:
-  """The tables of results.md: main scores, model size and time, then IoU per class."""
+def main_scores(excluded: Sequence[str]) -> tuple[tuple[str, str], ...]:
+  """(score, heading) of the main table: `MAIN_SCORES`, and where runs leave classes out of
+  their means (`excluded`, the names), the mIoUs without them, the names in the heading."""
+  if not excluded:
+    return MAIN_SCORES
+  without = f"w/o {', '.join(excluded)}"
+  return (MAIN_SCORES[:2] + (("val_miou_excluding", f"val mIoU {without}"),
+                             ("test_miou_excluding", f"test mIoU {without}")) + MAIN_SCORES[2:])
+
+
+def excluded_classes(directory: str) -> tuple[str, ...]:
+  """The classes the finished run in `directory` leaves out of its `_excluding` means."""
+  final = workdir_lib.RunDir(directory).final_record() or {}
+  return tuple(final.get("exclude_classes", ()))
+
+
+def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size: Any,
+             excluded: Sequence[str] = ()) -> str:
+  """The tables of results.md: main scores, model size and time, then IoU per class.
+
+  `excluded` names the classes the `_excluding` scores leave out (the same in every run).
+  """
+  scores = main_scores(excluded)
   main = []
   for row in rows:
     params = "-" if math.isnan(row["params"]) else f"{int(row['params']):,}"
     gflops = "-" if math.isnan(row["gflops"]) else f"{row['gflops']:.3g}"
-    main.append([row["setting"], row["n"], *(cell(row, s) for s, _ in MAIN_SCORES), params,
+    main.append([row["setting"], row["n"], *(cell(row, s) for s, _ in scores), params,
                  gflops, duration(row.get("train_seconds_mean", math.nan))])
   size = "x".join(str(s) for s in image_size) if image_size else "the config's size"
   parts = [
@@ -171,7 +195,7 @@ def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size:
       "loop (compilation, evaluations and checkpoints included; S replicas trained in one "
       "program count 1/S of its time each).",
       writers.markdown_table(
-          ["setting", "n", *(h for _, h in MAIN_SCORES), "params", "GFLOPs", "train time"], main)]
+          ["setting", "n", *(h for _, h in scores), "params", "GFLOPs", "train time"], main)]
   for split in ("test", "val"):
     prefix = f"{split}_iou_"
     classes = list(dict.fromkeys(k[len(prefix):-len("_mean")] for row in rows for k in row
@@ -193,7 +217,7 @@ def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
   With `readme`, the tables also replace the generated "results" section of that Markdown file
   and curves.png is written beside it.
   """
-  rows, missing, curves, image_size = [], [], {}, None
+  rows, missing, curves, image_size, excluded = [], [], {}, None, set()
   for setting in settings:
     runs, steps = [], {}
     for seed in seeds:
@@ -203,6 +227,7 @@ def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
         missing.append(f"{setting} seed {seed}")
         continue
       runs.append(scores)
+      excluded.add(excluded_classes(directory))
       for step, miou in val_curve(directory).items():
         steps.setdefault(step, []).append(miou)
     model = read_model(workdir, setting)
@@ -212,7 +237,12 @@ def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
       x = sorted(steps)
       mean, std = zip(*(mean_std(steps[s]) for s in x))
       curves[f"{setting} (n={len(runs)})"] = (x, mean, std)
-  text = markdown(rows, missing, image_size)
+  excluded -= {()}
+  if len(excluded) > 1:  # settings that leave out different classes
+    names = ("the classes each run's eval.exclude_classes names",)
+  else:
+    names = excluded.pop() if excluded else ()
+  text = markdown(rows, missing, image_size, names)
   writers.write_text(os.path.join(workdir, RESULTS_CSV), _csv_text(rows))
   writers.write_text(os.path.join(workdir, RESULTS_MD), f"# Results of {workdir}\n\n{text}\n")
   pngs = [os.path.join(workdir, CURVES_PNG)]
@@ -222,6 +252,6 @@ def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
   if curves:
     for png in pngs:
       viz.save_curve_panels([viz.Curves(curves, xlabel="step", ylabel="val mIoU",
-                                        markers=True)], png, ncols=1,
+                                        markers=True, ylim=viz.SCORE_RANGE)], png, ncols=1,
                             title="val mIoU, mean ± std over seeds", panel_inches=6.0)
   return rows

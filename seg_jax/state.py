@@ -63,9 +63,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modul
 
 
 def init_state(config: ml_collections.ConfigDict, model: nn.Module,
-               image_size: tuple[int, int], rng: jax.Array) -> TrainState:
-  """Fresh train state; call under `jax.jit` (or `jax.eval_shape` for its structure)."""
-  dummy = jnp.zeros((1, *image_size, 3), dtype_from_name(config.model.dtype))
+               image_size: tuple[int, int], rng: jax.Array, *, num_bands: int = 3
+               ) -> TrainState:
+  """Fresh train state of a model whose input has `num_bands` bands (channels); call under
+  `jax.jit` (or `jax.eval_shape` for its structure)."""
+  dummy = jnp.zeros((1, *image_size, num_bands), dtype_from_name(config.model.dtype))
   variables = model.init({"params": rng, "dropout": rng}, dummy, train=False)
   params = variables["params"]
   tx = optim.create_optimizer(config.optim, config.train.num_steps, params)
@@ -74,11 +76,26 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
 
 
 def abstract_state(config: ml_collections.ConfigDict, num_classes: int,
-                   image_size: tuple[int, int], model: nn.Module | None = None) -> TrainState:
+                   image_size: tuple[int, int], model: nn.Module | None = None, *,
+                   num_bands: int = 3) -> TrainState:
   """Shapes of the train state of a run of `config` (what its checkpoints restore into)."""
   model = build_model(config, num_classes) if model is None else model
-  return jax.eval_shape(functools.partial(init_state, config, model, tuple(image_size)),
-                        jax.random.key(0))
+  return jax.eval_shape(functools.partial(init_state, config, model, tuple(image_size),
+                                          num_bands=num_bands), jax.random.key(0))
+
+
+def describe_parameters(config: ml_collections.ConfigDict, state: TrainState) -> str:
+  """'model NAME: N parameters', with the frozen and trainable counts under
+  `optim.backbone="freeze"`."""
+  params = state.params
+  text = f"model {config.model.name}: {models.count_params({'params': params}):,} parameters"
+  frozen = optim.frozen_modules(config.optim)
+  if frozen:
+    counts = {name: models.count_params({"params": tree}) for name, tree in params.items()}
+    held = sum(n for name, n in counts.items() if name in frozen)
+    text += (f" ({held:,} frozen in {', '.join(frozen)} by optim.backbone=freeze, "
+             f"{sum(counts.values()) - held:,} trainable)")
+  return text
 
 
 def variables(state: TrainState) -> dict[str, Any]:
@@ -94,6 +111,7 @@ def restore_variables(run_dir: workdir_lib.RunDir, config: ml_collections.Config
   `config` and `info` are the run's own (its config.json and dataset.json); `model` the one
   built from them, if already built.
   """
-  abstract = abstract_state(config, len(info.class_names), info.image_size, model)
+  abstract = abstract_state(config, len(info.class_names), info.image_size, model,
+                            num_bands=len(info.bands))
   restored, step = run_dir.restore(abstract, which)
   return variables(restored), step

@@ -79,20 +79,29 @@ def class_weights(loss_config, dataset: data_lib.Dataset, num_classes: int) -> n
 
 
 
-def prepare_batch(batch, rng, data_config, mean, std, train: bool, dtype):
-  """uint8 batch -> normalised images (compute dtype) and int32 labels; augments in training."""
+def prepare_batch(batch, rng, data_config, mean, std, train: bool, dtype,
+                  bands: data_lib.Bands):
+  """Stored batch -> normalised images (compute dtype) and int32 labels; augments in training.
+
+  Images come as stored (uint8 RGB, or a raster's bands), times `bands.scale` when it is not 1.
+  """
+  images = batch["image"]
+  if bands.scale != 1.0:
+    images = images.astype(jnp.float32) * bands.scale
   if train:
     images, labels = augment_lib.augment_batch(
-        batch["image"], batch["label"], rng, data_config.augment,
-        ignore_index=data_config.ignore_index)
+        images, batch["label"], rng, data_config.augment,
+        ignore_index=data_config.ignore_index, rgb=bands.rgb_channels,
+        value_range=bands.value_range)
   else:
-    images = batch["image"].astype(jnp.float32)
+    images = images.astype(jnp.float32)
     labels = batch["label"]
   images = augment_lib.normalize(images, mean, std).astype(dtype)
   return images, labels.astype(jnp.int32)
 
 
-def make_train_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
+def make_train_step(config, loss_fn, num_classes: int, mean, std,
+                    bands: data_lib.Bands) -> Callable:
   """Pure `train_step(state, batch, rng) -> (state, metrics)`; the key is folded with the step."""
   dtype = state_lib.dtype_from_name(config.model.dtype)
   ignore_index = config.data.ignore_index
@@ -100,7 +109,7 @@ def make_train_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     aug_rng, dropout_rng = jax.random.split(rng)
-    images, labels = prepare_batch(batch, aug_rng, config.data, mean, std, True, dtype)
+    images, labels = prepare_batch(batch, aug_rng, config.data, mean, std, True, dtype, bands)
     mask = losses.valid_mask(labels, num_classes, ignore_index, batch["valid"])
 
     def compute_loss(params):
@@ -117,7 +126,8 @@ def make_train_step(config, loss_fn, num_classes: int, mean, std) -> Callable:
   return train_step
 
 
-def make_eval_step(config, loss_fn: losses.Loss, num_classes: int, mean, std) -> Callable:
+def make_eval_step(config, loss_fn: losses.Loss, num_classes: int, mean, std,
+                   bands: data_lib.Bands) -> Callable:
   """Pure `eval_step(state, batch) -> (confusion matrix, loss sums, predictions)`.
 
   The loss sums are the batch's `loss_fn.sums`: added up over a split and reduced once, they
@@ -127,7 +137,7 @@ def make_eval_step(config, loss_fn: losses.Loss, num_classes: int, mean, std) ->
   ignore_index = config.data.ignore_index
 
   def eval_step(state: TrainState, batch):
-    images, labels = prepare_batch(batch, None, config.data, mean, std, False, dtype)
+    images, labels = prepare_batch(batch, None, config.data, mean, std, False, dtype, bands)
     mask = losses.valid_mask(labels, num_classes, ignore_index, batch["valid"])
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, images,
                             train=False).astype(jnp.float32)
@@ -163,11 +173,16 @@ class Trainer:
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharding = NamedSharding(self.mesh, P("data"))
     if dataset is None:
+      logging.info("reading data %s%s ...", config.data.name,
+                   f" from {config.data.root}" if config.data.root else "")
       try:
         dataset = data_lib.get_dataset(config.data)
       except (ValueError, OSError) as e:
         raise errors.DataError(str(e)) from e
     self.dataset = dataset
+    logging.info("data %s: %s examples of %s", config.data.name,
+                 " / ".join(f"{len(getattr(dataset, s))} {s}" for s in ("train", "val", "test")),
+                 "x".join(str(v) for v in dataset.image_size))
     for path, reason in self.dataset.skipped:
       logging.warning("skipped %s: %s", path, reason)
     try:
@@ -188,21 +203,24 @@ class Trainer:
     self.schedule = optim.create_schedule(config.optim, config.train.num_steps)
     warmup = optim.warmup_updates(config.optim, config.train.num_steps)
     if warmup != config.optim.warmup_steps:
-      logging.warning("optim.warmup_steps=%d is not shorter than the run (%d updates): warming "
-                      "up over %d updates instead", config.optim.warmup_steps,
-                      optim.num_updates(config.optim, config.train.num_steps), warmup)
+      length = optim.schedule_length(config.optim, config.train.num_steps)
+      logging.warning("optim.warmup_steps=%d is not shorter than the schedule (%d updates): "
+                      "warming up over %d updates instead", config.optim.warmup_steps,
+                      optim.num_updates(config.optim, length), warmup)
     mean = jnp.asarray(self.dataset.mean, jnp.float32)
     std = jnp.asarray(self.dataset.std, jnp.float32)
     self.loss_fn = losses.make_loss(config.loss,
                                     class_weights(config.loss, self.dataset, self.num_classes))
+    bands = self.dataset.bands
     init_fn = functools.partial(state_lib.init_state, config, self.model,
-                                tuple(self.dataset.image_size))
+                                tuple(self.dataset.image_size), num_bands=len(bands))
     # The state of one run, as its checkpoints hold it.
     self.abstract_state = jax.jit(lambda: init_fn(seed_key(config.seed, 0)),
                                   out_shardings=self.replicated).eval_shape()
     self._jit(*self._steps(init_fn, make_train_step(config, self.loss_fn, self.num_classes,
-                                                    mean, std),
-                           make_eval_step(config, self.loss_fn, self.num_classes, mean, std)))
+                                                    mean, std, bands),
+                           make_eval_step(config, self.loss_fn, self.num_classes, mean, std,
+                                          bands)))
 
   def _steps(self, init_fn: Callable, train_step: Callable, eval_step: Callable
              ) -> tuple[Callable, ...]:
@@ -322,6 +340,8 @@ class Trainer:
     total = functools.reduce(metrics_lib.ConfusionMatrix.merge, cms,
                              metrics_lib.ConfusionMatrix.empty(self.num_classes))
     result = total.compute()
+    result.update(metrics_lib.excluding(result, self.dataset.class_names,
+                                        self.config.eval.exclude_classes))
     summed = jax.tree.map(lambda *xs: np.sum(np.asarray(xs, np.float64), axis=0), *loss_sums)
     result["loss"] = float(self.loss_fn.reduce(summed))
     return result, total.matrix
@@ -331,7 +351,8 @@ class Trainer:
     batch; `preds` holds this process's rows of the batch's predictions."""
     images, labels, valid = (local_rows(x) for x in (
         batch["image"], batch["label"], batch["valid"]))
-    return [(images[i], labels[i], preds[i]) for i in np.flatnonzero(valid)[:limit]]
+    preview = self.dataset.bands.preview
+    return [(preview(images[i]), labels[i], preds[i]) for i in np.flatnonzero(valid)[:limit]]
 
 
 def local_rows(x: jax.Array, axis: int = 0) -> np.ndarray:

@@ -342,7 +342,7 @@ class Runner:
     if os.path.exists(path) or jax.process_index() != 0:
       return
     variables = state_lib.variables(trainer.abstract_state)
-    shape = (1, *trainer.dataset.image_size, 3)
+    shape = (1, *trainer.dataset.image_size, len(trainer.dataset.bands))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     writers.write_json(path, {
         "params": models.count_params(variables),
@@ -356,9 +356,12 @@ class Runner:
                  len(self.runs) - len(to_train), len(to_train))
     planned = groups(to_train, self.max_replicas)
     for group in planned:
-      logging.info("to train in one program: %s seeds %s from step %d (%s)", group[0].setting,
+      step = workdir_lib.RunDir(group[0].workdir).latest_step()
+      logging.info("to train%s: setting %s, seed%s %s, %s, in %s",
+                   " together as replicas of one program" if len(group) > 1 else "",
+                   group[0].setting, "s" if len(group) > 1 else "",
                    ", ".join(str(run.seed) for run in group),
-                   workdir_lib.RunDir(group[0].workdir).latest_step(),
+                   f"resuming at step {step}" if step else "from the start",
                    group[0].workdir if len(group) == 1 else os.path.dirname(group[0].workdir))
     return planned
 
@@ -385,6 +388,8 @@ class Runner:
     logging.info("training %s: %s in %s", group[0].setting, names, workdir)
     try:
       result = train.train_and_evaluate(config, workdir, self.dataset(config))
+    except errors.WriteError:
+      raise  # the sweep's disk or process, not this run: every later run would fail alike
     except errors.RunError as e:
       if len(group) == 1:
         logging.error("%s seed %d failed: %s", group[0].setting, group[0].seed, e)
@@ -424,7 +429,11 @@ def main(argv) -> int:
     if FLAGS.dry_run:
       runner.plan()
     else:
-      with preemption.PreemptionWatch() as preempt:
+      preemption.exit_on_signal()
+      # One writer per sweep folder and shard (shards of one sweep train different runs).
+      lock = (workdir_lib.LOCK_FILE if FLAGS.shard_count == 1 else
+              f"lock.shard{FLAGS.shard_index}of{FLAGS.shard_count}.json")
+      with workdir_lib.RunDir(workdir).lock(lock), preemption.PreemptionWatch() as preempt:
         if not runner.run(preempt):
           logging.warning("preempted: rerun the same command to resume")
           return errors.EXIT_PREEMPTED

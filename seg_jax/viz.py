@@ -53,9 +53,15 @@ def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str,
   plt.close(fig)
 
 
+# The axis of every score plot (mIoU, accuracy, Dice): a flat curve looks flat.
+SCORE_RANGE = (0.0, 1.0)
+
+
 def save_curves(runs: dict[str, list[dict]], path: str, keys: Sequence[str] = ("miou", "loss")
                 ) -> None:
   """Writes a PNG with one panel per score in `keys` against step, one line per run.
+
+  Scores (keys without "loss") are drawn on `SCORE_RANGE`, losses on their own range.
 
   Args:
     runs: run label -> its metrics.jsonl records (dicts with "step" and the keys).
@@ -69,7 +75,8 @@ def save_curves(runs: dict[str, list[dict]], path: str, keys: Sequence[str] = ("
       points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
       if points:
         curves[label] = tuple(zip(*points))
-    panels.append(Curves(curves, xlabel="step", ylabel=f"val {key}", markers=True))
+    panels.append(Curves(curves, xlabel="step", ylabel=f"val {key}", markers=True,
+                         ylim=None if "loss" in key else SCORE_RANGE))
   save_curve_panels(panels, path, ncols=len(keys), panel_inches=5, height_inches=3.5)
 
 
@@ -191,7 +198,7 @@ def save_run_curves(records: Sequence[dict], path: str, title: str = "") -> None
 
   Each record has "step" and "split": "train" records give the training "loss", evaluation
   records ("val", "test") their "loss" and "miou". Left panel: the loss of every split;
-  right panel: the mIoU of every evaluated split.
+  right panel: the mIoU of every evaluated split, on `SCORE_RANGE`.
   """
   splits = sorted({r["split"] for r in records}, key=lambda s: (s != "train", s))
   panels = []
@@ -202,7 +209,8 @@ def save_run_curves(records: Sequence[dict], path: str, title: str = "") -> None
       points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
       if points:
         curves[f"{split} {name}"] = tuple(zip(*points))
-    panels.append(Curves(curves, xlabel="step", ylabel=name, markers=True))
+    panels.append(Curves(curves, xlabel="step", ylabel=name, markers=True,
+                         ylim=SCORE_RANGE if key == "miou" else None))
   save_curve_panels(panels, path, ncols=2, title=title, panel_inches=5, height_inches=3.8)
 
 
@@ -318,7 +326,8 @@ class Curves:
 
   A curve given as ``(x, y, spread)`` is drawn with a shaded band from y - spread to y + spread
   (e.g. the std over seeds; NaN spreads draw no band). ``xticklabels`` names the categories at
-  x = 0, 1, ...; ``markers`` marks every point.
+  x = 0, 1, ...; ``markers`` marks every point; ``ylim`` fixes the y range (None: fitted to
+  the data).
   """
   curves: Mapping[str, tuple[Any, Any]]
   title: str = ""
@@ -326,6 +335,7 @@ class Curves:
   ylabel: str = ""
   xticklabels: Optional[Sequence[str]] = None
   markers: bool = False
+  ylim: Optional[tuple[float, float]] = None
 
 
 def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, title: str = "",
@@ -356,6 +366,8 @@ def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, ti
     ax.set_title(panel.title, fontsize=10)
     ax.set_xlabel(panel.xlabel)
     ax.set_ylabel(panel.ylabel)
+    if panel.ylim is not None:
+      ax.set_ylim(*panel.ylim)
     ax.grid(alpha=0.3)
     if panel.curves:
       ax.legend(fontsize=8)

@@ -3,13 +3,14 @@ JSON, PNGs, written atomically; where they go in a run folder is `seg_jax.workdi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import jax
@@ -18,6 +19,8 @@ from PIL import Image
 from tensorboardX import summary as tb_summary
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
+
+from seg_jax import errors
 
 # TensorBoard's own file naming: events.out.tfevents.<time>.<host>.<pid>.
 EVENT_FILES = "events.out.tfevents.*"
@@ -41,6 +44,23 @@ def to_jsonable(value: Any) -> Any:
   return value
 
 
+@contextlib.contextmanager
+def writing(path: str, tmp: str | None = None) -> Iterator[None]:
+  """Turns an OSError while writing `path` (a full disk, an I/O error) into a `WriteError`
+  naming the path and its cause; the temporary file `tmp` of the write is removed."""
+  try:
+    yield
+  except OSError as e:
+    if isinstance(e, errors.RunError):
+      raise
+    if tmp is not None:
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
+    raise errors.WriteError(
+        f"cannot write {path}: {e.strerror or e}; the last complete checkpoint is kept: free "
+        "space (or fix the folder) and rerun the same command to resume") from e
+
+
 def makedirs_for(path: str) -> None:
   """Creates the folder that `path` goes into, if it does not exist."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -49,9 +69,10 @@ def makedirs_for(path: str) -> None:
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (also when several processes write the same file)."""
   tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  with writing(path, tmp):
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -65,9 +86,10 @@ def write_atomic(path: str, write: Callable[[BinaryIO], Any]) -> None:
   A process killed meanwhile leaves the previous `path` (or none), never a file cut short.
   """
   tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    write(f)
-  os.replace(tmp, path)
+  with writing(path, tmp):
+    with open(tmp, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
 
 
 def write_png(path: str, picture: np.ndarray) -> None:
@@ -103,11 +125,14 @@ class MetricWriter:
     if self.enabled:
       os.makedirs(events_dir, exist_ok=True)
       name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-      self._events = open(os.path.join(events_dir, name), "ab")
+      self.events_path = os.path.join(events_dir, name)
+      with writing(self.events_path):
+        self._events = open(self.events_path, "ab")
       self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
   def _write(self, event: event_pb2.Event) -> None:
-    self._events.write(_record_bytes(event.SerializeToString()))
+    with writing(self.events_path):
+      self._events.write(_record_bytes(event.SerializeToString()))
 
   def _summary(self, step: int, summary) -> None:
     self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
@@ -132,19 +157,22 @@ class MetricWriter:
     """Appends one JSON object (one line) to the JSON-lines file."""
     if not self.enabled:
       return
-    with open(self.jsonl_path, "a") as f:
+    with writing(self.jsonl_path), open(self.jsonl_path, "a") as f:
       f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
 
   def flush(self) -> None:
     """Hands every event written so far to the operating system."""
     if self._events is not None:
-      self._events.flush()
+      with writing(self.events_path):
+        self._events.flush()
 
   def close(self) -> None:
-    """Flushes and closes the event file."""
+    """Flushes and closes the event file (a write that fails as it closes is dropped: the
+    error that stopped the run has been raised already, or the next flush raises it)."""
     if self._events is not None:
-      self._events.close()
-      self._events = None
+      events, self._events = self._events, None
+      with contextlib.suppress(OSError):
+        events.close()
 
 
 def read_events(path: str) -> list[event_pb2.Event]:
@@ -171,9 +199,10 @@ def _record_bytes(payload: bytes) -> bytes:
 def _write_events(path: str, events: list[event_pb2.Event]) -> None:
   """Writes `events` as a TensorBoard event file, atomically."""
   tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.writelines(_record_bytes(e.SerializeToString()) for e in events)
-  os.replace(tmp, path)
+  with writing(path, tmp):
+    with open(tmp, "wb") as f:
+      f.writelines(_record_bytes(e.SerializeToString()) for e in events)
+    os.replace(tmp, path)
 
 
 def discard_jsonl_after(path: str, step: int) -> None:
@@ -247,17 +276,40 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
 
 
+# Warnings libraries log that a seg_jax user cannot act on: (library, start of the message as
+# logged, before its arguments). Orbax warns on every read-only restore (eval-only runs,
+# prediction, weight import); jax names each backend it could not start (a TPU on a machine
+# without one).
+LIBRARY_CHATTER = (
+    ("orbax", "CheckpointManagerOptions.read_only=True, setting"),
+    ("orbax", "Given directory is read only"),
+    ("jax", "Unable to initialize backend"),
+)
+
+
 class _LibraryInfoFilter:
-  """Drops INFO-and-below records logged from inside the named libraries' source trees."""
+  """Drops INFO-and-below records logged from inside the named libraries' source trees, and
+  their `LIBRARY_CHATTER`, unless the verbosity asks for debug output (--verbosity=1)."""
 
   def __init__(self, libraries: tuple[str, ...]):
-    self._parts = tuple(f"{os.sep}{lib}{os.sep}" for lib in libraries)
+    self._parts = {lib: f"{os.sep}{lib}{os.sep}" for lib in libraries}
 
   def filter(self, record) -> bool:
-    return record.levelno > 20 or not any(p in record.pathname for p in self._parts)
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    if absl_logging.get_verbosity() >= 1:
+      return True
+    library = next((lib for lib, part in self._parts.items() if part in record.pathname), None)
+    if library is None:
+      return True
+    if record.levelno <= 20:
+      return False
+    message = str(record.msg)
+    return not any(library == lib and message.startswith(start)
+                   for lib, start in LIBRARY_CHATTER)
 
 
 def quiet_library_logs(libraries: tuple[str, ...] = ("orbax", "jax", "grain")) -> None:
-  """Keeps the console readable: only warnings and errors from these libraries pass."""
+  """Keeps the console readable: from these libraries, only warnings and errors that say
+  something (not `LIBRARY_CHATTER`) pass; with --verbosity=1 everything does."""
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.get_absl_handler().addFilter(_LibraryInfoFilter(libraries))

@@ -6,6 +6,8 @@ POINT is where the process kills itself (no cleanup, as with `kill -9`):
   evaluation   during the evaluation after step STEP (its first batch done, the second not)
   temporary    while the checkpoint folder of step STEP is still temporary (before its rename)
   checkpoint   right after the checkpoint of step STEP is committed
+  final        right after final_metrics.json is written (STEP unused)
+  outputs      not killed: sent SIGTERM as the end-of-run outputs begin (STEP unused)
 """
 
 import os
@@ -66,8 +68,33 @@ def _kill_after_checkpoint(step: int) -> None:
   checkpoint.Checkpointer.save = patched
 
 
+def _kill_after_final(step: int) -> None:
+  del step
+  from seg_jax import workdir  # pylint: disable=g-import-not-at-top
+  write_final = workdir.RunDir.write_final
+
+  def patched(self, record):
+    write_final(self, record)
+    _die()
+
+  workdir.RunDir.write_final = patched
+
+
+def _sigterm_in_outputs(step: int) -> None:
+  del step
+  from seg_jax import outputs  # pylint: disable=g-import-not-at-top
+  write_curves = outputs.write_curves
+
+  def patched(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return write_curves(*args, **kwargs)
+
+  outputs.write_curves = patched
+
+
 POINTS = {"evaluation": _kill_during_evaluation, "temporary": _kill_in_temporary_folder,
-          "checkpoint": _kill_after_checkpoint}
+          "checkpoint": _kill_after_checkpoint, "final": _kill_after_final,
+          "outputs": _sigterm_in_outputs}
 
 if __name__ == "__main__":
   point, step = sys.argv[1], int(sys.argv[2])

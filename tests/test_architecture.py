@@ -12,7 +12,8 @@ MAX_LOOP_LINES = 450
 # The training loop and what only training needs; prediction and weight import never need them.
 LOOP = ("seg_jax.train", "seg_jax.steps", "seg_jax.replicas", "seg_jax.outputs",
         "seg_jax.evaluate", "seg_jax.watchdog", "seg_jax.checks")
-WITHOUT_LOOP = ("seg_jax.predict", "seg_jax.inference", "seg_jax.init_from", "seg_jax.weights")
+WITHOUT_LOOP = ("seg_jax.predict", "seg_jax.inference", "seg_jax.init_from", "seg_jax.weights",
+                "seg_jax.export", "seg_jax.artifact")
 # File names of a run folder: seg_jax.workdir is their one owner.
 RUN_FILES = ("config.json", "dataset.json", "metrics.jsonl", "final_metrics.json",
              "eval_test.json", "confusion_matrix", "checkpoints_unreadable")
@@ -97,6 +98,12 @@ class ArchitectureTest(absltest.TestCase):
     graph = _import_graph()
     for module in WITHOUT_LOOP:
       self.assertEqual(sorted(_reachable(graph, module) & set(LOOP)), [], module)
+
+  def test_models_know_no_run_folder(self):
+    # A command in seg_jax/models that reads a run folder does so through seg_jax.cli.
+    graph = _import_graph()
+    self.assertEqual([m for m in sorted(graph) if m.startswith("seg_jax.models")
+                      and "seg_jax.workdir" in graph[m]], [])
 
   def test_run_folder_file_names_have_one_owner(self):
     owner = os.path.join(REPO, "seg_jax", "workdir.py")

@@ -3,12 +3,17 @@
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
+from seg_jax import cli
 from seg_jax import errors
+from seg_jax import stored_config
+from seg_jax import workdir as workdir_lib
+from tests.train_testing import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("seg_jax.main", "seg_jax.sweep", "seg_jax.predict", "seg_jax.models.summary",
@@ -111,6 +116,73 @@ class RunTest(parameterized.TestCase):
     self.assertNotEqual(proc.returncode, 0)
     self.assertIn("Traceback", proc.stderr)
     self.assertIn("DataError: no images", proc.stderr)
+
+
+class QuietLogsTest(absltest.TestCase):
+
+  SCRIPT = """
+      import os
+      os.environ.pop("JAX_PLATFORMS")  # so that jax tries, and fails to start, a TPU backend
+      import tempfile
+      from absl import logging
+      import jax
+      import orbax.checkpoint as ocp
+      from seg_jax import cli
+
+      def main(argv):
+        jax.devices()
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+        ocp.CheckpointManager(tempfile.mkdtemp(), options=options)  # as eval-only and predict do
+        logging.warning("a warning of the command")
+
+      cli.run(main, shared=[])
+      """
+  CHATTER = ("CheckpointManagerOptions.read_only=True", "Given directory is read only",
+             "Unable to initialize backend")
+
+  def test_library_chatter_stays_out_unless_verbose(self):
+    quiet = run_python(self.SCRIPT)
+    self.assertEqual(quiet.returncode, 0, quiet.stderr[-2000:])
+    self.assertIn("a warning of the command", quiet.stderr)
+    for text in self.CHATTER:
+      self.assertNotIn(text, quiet.stderr)
+    verbose = run_python(self.SCRIPT, "--verbosity=1")
+    for text in self.CHATTER:
+      self.assertIn(text, verbose.stderr)
+
+
+class DidYouMeanTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ("--config.train.steps=100", "steps", "Did you mean --config.train.num_steps?"),
+      ("--config.trian.num_steps=1", "trian", "Did you mean --config.train.num_steps?"),
+      ("--config.optim.learning_rte=1", "learning_rte",
+       "Did you mean --config.optim.learning_rate?"),
+      ("--config.data.imagesize=(8,8)", "imagesize", "Did you mean --config.data.image_size?"),
+      ("--config.model.kwargs.backbone_kwargs.see=1", "see",
+       "Did you mean --config.model.kwargs.backbone_kwargs.se?"),
+      ("--config.optim.lr=1", "lr", "see configs/default.py for every field"))
+  def test_unknown_field_names_the_closest_fields(self, flag, missing, hint):
+    argv = ["prog", f"--config={REPO}/configs/default.py", flag]
+    # What ml_collections raises for the first unknown name of the path.
+    message = cli._flag_error(AttributeError(KeyError(repr(missing))), argv)
+    self.assertEqual(message, f"unknown config field {missing!r} in {flag}. {hint}")
+
+
+class StoredConfigTest(absltest.TestCase):
+
+  def test_a_run_folder_stands_in_for_a_missing_config(self):
+    workdir = tempfile.mkdtemp()
+    workdir_lib.RunDir(workdir).save_config(tiny_config())
+    stored = f"--config={stored_config.__file__}:{workdir}"
+    for args in ([f"--workdir={workdir}"], ["--workdir", workdir],
+                 [f"--workdir={workdir}", "--config.train.mode=eval"]):
+      self.assertEqual(cli.with_stored_config(["prog", *args]), ["prog", stored, *args])
+    for args in ([f"--workdir={workdir}", "--config=configs/default.py"],  # given: kept
+                 [f"--workdir={tempfile.mkdtemp()}"],  # no stored config
+                 ["--config.train.mode=eval"]):  # no workdir
+      self.assertEqual(cli.with_stored_config(["prog", *args]), ["prog", *args])
+    self.assertEqual(stored_config.get_config(workdir).to_dict(), tiny_config().to_dict())
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
 # (file, argument after the colon) of every config a user can launch.
 VARIANTS = [(name, None) for name in CONFIG_FILES if name not in ("dubai", "dubai_patches")] + [
     ("dubai", arch) for arch in ("asym_unet", "unet", "deeplabv3plus")] + [
-    ("dubai_patches", arch) for arch in ("mlp", "cnn", "locally_connected")]
+    ("dubai_patches", arch) for arch in ("mlp", "cnn", "locally_connected")] + [("naip", "rgb")]
 
 
 def load(name, arg=None):

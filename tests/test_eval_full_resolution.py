@@ -9,6 +9,8 @@ import inspect
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import absltest
@@ -26,7 +28,7 @@ from seg_jax.data import palettes
 from seg_jax.data import preprocess
 from seg_jax import workdir as workdir_lib
 from tests.data import fixtures
-from tests.train_testing import default_config, tiny_config
+from tests.train_testing import REPO, default_config, tiny_config  # pylint: disable=g-multiple-import
 
 WATER = palettes.DUBAI_AERIAL.names.index("water")
 LAND = palettes.DUBAI_AERIAL.names.index("land")
@@ -110,8 +112,10 @@ class FullResolutionEvalTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ({}, "val_full_resize"),
+      # Options that change the scores are named too, so one evaluation never overwrites
+      # another's (this one was test_full_slide before).
       ({"eval.predict.mode": "slide", "eval.predict.tta": "flips", "eval.split": "test",
-        "eval.predict.blend": "smooth"}, "test_full_slide"))
+        "eval.predict.blend": "smooth"}, "test_full_slide_blend-smooth_tta-flips"))
   def test_outputs_name_the_resolution_and_mode(self, overrides, name):
     output_dir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, output_dir, ignore_errors=True)
@@ -123,11 +127,64 @@ class FullResolutionEvalTest(parameterized.TestCase):
     with open(os.path.join(output_dir, f"eval_{name}.json")) as f:
       saved = json.load(f)
     self.assertEqual(saved["resolution"], "full")
-    self.assertEqual(saved["predict"]["mode"], name.rsplit("_", 1)[1])
+    self.assertEqual(saved["predict"]["mode"], overrides.get("eval.predict.mode", "resize"))
     self.assertEqual(saved["predict"]["window"], [32, 32])
     self.assertAlmostEqual(saved["miou"], record["miou"])
     self.assertBetween(record["miou"], 0.0, 1.0)
     self.assertTrue(np.isfinite(record["loss"]))
+
+  def test_no_evaluation_overwrites_another(self):
+    # Slide mode at scale 1 and at scale 0.5, both leaving "unlabeled" out of the _excluding
+    # means: two sets of outputs side by side, each record with both mIoUs.
+    output_dir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, output_dir, ignore_errors=True)
+    records = {}
+    for scales, name in (((1.0,), "val_full_slide"), ((0.5,), "val_full_slide_s0.5")):
+      records[name] = train.run(_eval_config(self.root, **{
+          "eval.output_dir": output_dir, "eval.predict.mode": "slide",
+          "eval.predict.scales": scales, "eval.exclude_classes": ("unlabeled",)}),
+                                self.workdir).final
+    self.assertEqual(sorted(os.listdir(output_dir)), sorted(
+        f"{prefix}{name}{suffix}" for name in records
+        for prefix, suffix in (("eval_", ".json"), ("eval_", "_table.txt"),
+                               ("confusion_matrix_", ".png"))))
+    for name, record in records.items():
+      with open(os.path.join(output_dir, f"eval_{name}.json")) as f:
+        saved = json.load(f)
+      self.assertEqual(saved["exclude_classes"], ["unlabeled"])
+      iou = [v for k, v in saved["iou"].items() if k != "unlabeled" and v is not None]
+      self.assertAlmostEqual(saved["miou_excluding"], np.mean(iou))
+      self.assertAlmostEqual(saved["miou_excluding"], record["miou_excluding"])
+      with open(os.path.join(output_dir, f"eval_{name}_table.txt")) as f:
+        self.assertIn("miou w/o unlabeled", f.read())
+
+  def test_without_config_the_run_is_evaluated_with_its_stored_config(self):
+    # No --config: the workdir's config.json, data.root included, with the overrides given.
+    output_dir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, output_dir, ignore_errors=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "seg_jax.main", f"--workdir={self.workdir}",
+         "--config.train.mode=eval", f"--config.eval.output_dir={output_dir}"],
+        cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True, timeout=300,
+        check=False)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+    self.assertIn(f"reading data dubai_aerial from {self.root}", proc.stderr)
+    with open(os.path.join(output_dir, "eval_val.json")) as f:
+      self.assertEqual(json.load(f)["split"], "val")
+
+  def test_a_stored_data_root_that_is_gone_is_named_as_the_stored_one(self):
+    workdir = tempfile.mkdtemp()
+    gone = os.path.join(workdir, "moved_away")
+    workdir_lib.RunDir(workdir).save_config(_folder_config(gone))
+    stored = workdir_lib.RunDir(workdir).load_config()
+    config = stored.copy_and_resolve_references()
+    config.train.mode = "eval"
+    with self.assertRaisesRegex(
+        errors.DataError, rf"data.root '{gone}' is not a folder.* the one the run was trained "
+        rf"with, stored in {workdir}/config.json; .*--config.data.root=DIR"):
+      train.run(config, workdir)
 
   def test_bad_settings_are_named_before_restoring(self):
     empty = tempfile.mkdtemp()  # no checkpoint: every error below comes first

@@ -4,6 +4,8 @@ the helpers they share check what they promise."""
 import importlib
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from unittest import mock
 
@@ -15,8 +17,12 @@ from PIL import Image
 import pytest
 
 from experiments import common
-from seg_jax.data import preprocess
+from experiments import sweeps
+from seg_jax import errors
 from seg_jax import state as state_lib
+from seg_jax import sweep as sweep_lib
+from seg_jax import writers
+from seg_jax.data import preprocess
 from tests.data import fixtures
 
 # The real Dubai tiles when this checkout has them, otherwise a synthetic scene.
@@ -41,6 +47,7 @@ TRAINING_EXPERIMENTS = (
     ("experiments.feature_maps.run", "",
      ("filters.png", "feature_maps.png", "se_images.png", "se_gates.png", "aspp.png"), True),
 )
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tempdir(test: absltest.TestCase) -> str:
@@ -48,19 +55,21 @@ def _tempdir(test: absltest.TestCase) -> str:
 
 
 def run_toy(test: absltest.TestCase, module: str, section: str, figures, out: str,
-            argv) -> str:
-  """Runs ``module --toy --out=out *argv``; checks it rewrote only its README section, which
-  shows its ``figures``; returns that README."""
-  begin, end = common.markers(section)
+            data_root: str) -> str:
+  """Runs ``module --toy --out=out --data_root=data_root``; checks it rewrote only its README
+  section, which shows its ``figures``; returns that README."""
+  begin, end = writers.section_markers(section)
   with open(os.path.join(out, "README.md"), "w") as f:
     f.write(f"question\n\n{begin}\nstale table\n{end}\n\nreading\n")
-  importlib.import_module(module).main(["--toy", "--out", out, *argv])
+  folder = os.path.join(REPO, *module.split(".")[:2])
+  importlib.import_module(module).run(common.options(folder, out=out, toy=True,
+                                                     data_root=data_root))
   with open(os.path.join(out, "README.md")) as f:
     readme = f.read()
   test.assertTrue(readme.startswith(f"question\n\n{begin}\n"), readme[:200])
   test.assertTrue(readme.endswith(f"\n{end}\n\nreading\n"), readme[-200:])
   test.assertNotIn("stale table", readme)
-  test.assertIn(f"`python -m {module} --toy`", readme)
+  test.assertIn(f"`python -m {module} --toy --out={out}`", readme)
   test.assertCountEqual(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme), figures)
   for name in figures:
     with Image.open(os.path.join(out, name)) as image:
@@ -75,8 +84,7 @@ class ExperimentTest(parameterized.TestCase):
       for module, section, figures, images in EXPERIMENTS)
   def test_toy_run_writes_its_figures_and_only_its_readme_section(self, module, section,
                                                                      figures, images):
-    run_toy(self, module, section, figures, _tempdir(self),
-            ["--data_root", DATA_ROOT] if images else [])
+    run_toy(self, module, section, figures, _tempdir(self), DATA_ROOT if images else "")
 
   @parameterized.named_parameters(
       (module.split(".", 1)[1].replace(".", "_"), module, section, figures, images)
@@ -84,8 +92,7 @@ class ExperimentTest(parameterized.TestCase):
   @pytest.mark.slow
   def test_toy_training_run_writes_its_figures_and_only_its_readme_section(
       self, module, section, figures, images):
-    run_toy(self, module, section, figures, _tempdir(self),
-            ["--data_root", DATA_ROOT] if images else [])
+    run_toy(self, module, section, figures, _tempdir(self), DATA_ROOT if images else "")
 
   @parameterized.named_parameters(
       (module.split(".", 1)[1].replace(".", "_"), module, section, figures)
@@ -94,17 +101,39 @@ class ExperimentTest(parameterized.TestCase):
     folder = os.path.join(os.path.dirname(__file__), "..", *module.split(".")[:2])
     with open(os.path.join(folder, "README.md")) as f:
       readme = f.read()
-    begin, end = common.markers(section)
+    begin, end = writers.section_markers(section)
     generated = readme.split(begin, 1)[1].split(end, 1)[0]
-    self.assertIn(f"`python -m {module}` in", generated)  # Made by the full command.
+    # Made by the full command, into the experiment's own folder.
+    self.assertRegex(generated, rf"`python -m {re.escape(module)}( --out=\S+)?` in")
     self.assertCountEqual(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", generated), figures)
     for name in figures:
       self.assertTrue(os.path.isfile(os.path.join(folder, name)), name)
 
-  def test_toy_needs_an_explicit_out_folder(self):
+  def test_toy_never_writes_into_the_experiments_own_folder(self):
     # The toy figures must never replace the committed ones.
-    with self.assertRaises(SystemExit):
-      common.parse_args("x", _tempdir(self), ["--toy"])
+    folder = _tempdir(self)
+    with self.assertRaises(errors.FlagError):
+      common.options(folder, out=folder, toy=True)
+
+  def test_without_out_a_new_temporary_folder_not_the_clone(self):
+    folder = os.path.join(REPO, "experiments", "activations")
+    opts = common.options(folder)
+    self.addCleanup(os.rmdir, opts.out)
+    self.assertNotEqual(os.path.abspath(opts.out), os.path.abspath(folder))
+    self.assertEqual(os.path.dirname(opts.out), tempfile.gettempdir())
+    self.assertEqual(os.listdir(opts.out), [])
+    self.assertEqual(common.options(folder, out=folder).out, folder)  # in place when asked
+
+  def test_the_command_line_is_seg_jax_s(self):
+    # A user error is one line on stderr and exit code 2, before anything is written.
+    proc = subprocess.run([sys.executable, "-m", "experiments.activations.run", "--toy",
+                           "--out=experiments/activations"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    self.assertEqual(proc.returncode, errors.EXIT_USER_ERROR, proc.stderr[-2000:])
+    self.assertEqual(proc.stderr.strip().splitlines(),
+                     ["error (flags): --toy with --out=experiments/activations, the experiment's "
+                      "own folder: its figures would replace the committed ones; give another "
+                      "--out or none (--verbosity=1 shows the traceback)"])
 
   def test_missing_data_root_is_an_error_naming_it(self):
     with self.assertRaisesRegex(ValueError, "no_such_folder"):
@@ -167,6 +196,21 @@ class TransferLearningTest(absltest.TestCase):
     self.assertEqual(self.run.make_config(self.run.overrides_for(
         "frozen", 0, 150, runs, False, ""), "frozen").optim.backbone, "freeze")
 
+  def test_toy_runs_are_configs_of_the_toy_budget(self):
+    for name in ("pretrain", *self.run.ARMS):
+      config = self.run.make_config(
+          self.run.overrides_for(name, 0, 150, "/runs", True, "/data/dubai"), name)
+      self.assertEqual((config.train.num_steps, tuple(config.data.image_size)), (2, (32, 32)))
+
+  @pytest.mark.slow  # pretrains, then fine-tunes and tests 4 arms at toy size (~1 min warm)
+  def test_toy_run(self):
+    root, out = _tempdir(self), _tempdir(self)
+    fixtures.make_tile_layout(root, tiles=tuple(range(1, 9)))
+    readme = run_toy(self, "experiments.transfer_learning.run", "", ("curves.png",), out, root)
+    for arm in self.run.ARMS:
+      self.assertRegex(readme, rf"\n\| {arm} \| 0 \| 0\.\d{{3}} \(step 2\) \| 0\.\d{{3}} \| ")
+    self.assertIn(f"--workdir={out}/runs/frozen_seed0 ", readme)
+
   def test_tables_pair_each_arm_with_scratch_at_the_same_seed(self):
     classes = {"building": 0.1, "land": 0.2, "road": 0.3, "vegetation": 0.4, "water": 0.5,
                "unlabeled": 0.0}
@@ -192,7 +236,8 @@ class TransferLearningTest(absltest.TestCase):
   def test_committed_readme_was_generated_by_the_full_command(self):
     folder = os.path.join(os.path.dirname(__file__), "..", "experiments", "transfer_learning")
     with open(os.path.join(folder, "README.md")) as f:
-      generated = f.read().split(common.markers()[0], 1)[1].split(common.markers()[1], 1)[0]
+      begin, end = writers.section_markers()
+      generated = f.read().split(begin, 1)[1].split(end, 1)[0]
     self.assertIn("Generated by `python -m experiments.transfer_learning.run` in", generated)
     self.assertEqual(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", generated), ["curves.png"])
     self.assertTrue(os.path.isfile(os.path.join(folder, "curves.png")))
@@ -205,7 +250,7 @@ class MlpVsCnnTest(absltest.TestCase):
   def test_toy_run(self):
     root, out = _tempdir(self), _tempdir(self)
     fixtures.make_tile_layout(root, tiles=tuple(range(1, 9)))
-    readme = run_toy(self, *TRAINED[0][:3], out, ["--data_root", root])
+    readme = run_toy(self, *TRAINED[0][:3], out, root)
     for setting in ("mlp", "cnn", "locally_connected"):
       self.assertRegex(readme, rf"\n\| {setting} \| `(mlp|simple_cnn)` .*\| 1 \| 0\.\d{{3}} \|")
       self.assertRegex(readme, rf"\n\| {setting} accuracy \| 0\.\d{{3}} \| 0\.\d{{3}} \| ")
@@ -232,12 +277,20 @@ class MlpVsCnnTest(absltest.TestCase):
     self.assertEqual(shift_set.labels[1], classes[0])
 
 
+class ToySweepTest(absltest.TestCase):
+
+  def test_toy_lays_its_overrides_over_the_settings_it_names_on_the_first_seed(self):
+    sweep = sweep_lib.Sweep({"a": {"x.y": 1, "x.z": 2}, "b": {"x.y": 3}}, (4, 5))
+    self.assertEqual(sweeps.toy(sweep, {"a": {"x.z": 0, "x.w": 1}}),
+                     sweep_lib.Sweep({"a": {"x.y": 1, "x.z": 0, "x.w": 1}}, (4,)))
+
+
 class RegularisationSweepTest(absltest.TestCase):
   """Every setting of the regularisation sweep builds the model it names."""
 
   def test_each_setting_changes_one_regulariser(self):
     from configs import dubai as dubai_config  # pylint: disable=g-import-not-at-top
-    from seg_jax import models, sweep as sweep_lib, train  # pylint: disable=g-import-not-at-top
+    from seg_jax import models  # pylint: disable=g-import-not-at-top
     from seg_jax.models import summary  # pylint: disable=g-import-not-at-top
     module = importlib.import_module("experiments.regularisation.sweep")
     sweep = sweep_lib.check_sweep(module.get_sweep(), "regularisation")
@@ -338,7 +391,7 @@ class ReadmeSectionTest(absltest.TestCase):
     self.assertEqual(self._read(folder), "<!-- generated:begin -->\nold\n")
 
   def test_markdown_table_escapes_pipes(self):
-    self.assertEqual(common.markdown_table(["max |x|", "n"], [[1, 2]]),
+    self.assertEqual(writers.markdown_table(["max |x|", "n"], [[1, 2]]),
                      "| max \\|x\\| | n |\n|---|---|\n| 1 | 2 |")
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 from absl.testing import absltest
 import numpy as np
@@ -208,6 +209,30 @@ class FaultInjectionTest(_UninterruptedRunTest):
     self.rerun_to_the_end(workdir)
     os.remove(os.path.join(workdir, "final_metrics.json"))
     self.rerun_to_the_end(workdir)
+
+  @pytest.mark.slow
+  def test_every_moment_answers_signals_and_the_finished_mark_comes_last(self):
+    # Issue 19 items 6, 7, 8: Ctrl-C in the loop saves (75); SIGTERM at launch and during the
+    # end-of-run outputs is 75 too; kill -9 right after final_metrics.json finds every output.
+    workdir = self.new_workdir()
+    proc = _start(workdir)
+    time.sleep(1.0)  # importing
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc)
+    self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+    self.assertNotIn("Traceback", err)
+    code, err = run_main(workdir, signal_after_log=(signal.SIGINT, 1))
+    self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+    self.assertIn("preempted: checkpoint saved at step", err)
+    code, err = run_main(workdir, kill_at=("outputs", 0))
+    self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+    self.assertIn("error (preempted): SIGTERM", err)
+    self.assertFalse(os.path.exists(os.path.join(workdir, "final_metrics.json")))
+    code, _ = run_main(workdir, kill_at=("final", 0))
+    self.assertEqual(code, -signal.SIGKILL)
+    for name in ("confusion_matrix.png", "curves.png", "final_metrics.json"):
+      self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+    self.assertSameAsUninterrupted(workdir)
 
   @pytest.mark.slow
   def test_two_processes_save_the_same_step_when_one_gets_sigterm(self):

@@ -191,6 +191,22 @@ class TTATest(parameterized.TestCase):
     self.assertGreater(np.abs(got - _predict(model, variables, image)).max(), 1e-3)
 
 
+class CallableTest(parameterized.TestCase):
+
+  @parameterized.parameters("none", "flips_rot90")
+  def test_a_callable_of_raw_windows_predicts_as_the_model(self, tta):
+    model = ConvStack(depth=1)
+    variables = _init(model)
+
+    def logits(windows):  # what an exported artifact computes: normalisation inside
+      return model.apply(variables, augment.normalize(windows, MEAN, STD), train=False)
+
+    image = _image(50, 70)
+    kwargs = dict(mode="slide", window=(32, 40), tta=tta, scales=(1.0, 1.5), batch_size=3)
+    np.testing.assert_allclose(inference.predict(jax.jit(logits), None, image, **kwargs),
+                               _predict(model, variables, image, **kwargs), atol=1e-6)
+
+
 class ArgumentsTest(parameterized.TestCase):
 
   @parameterized.named_parameters(

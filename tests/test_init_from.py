@@ -1,5 +1,6 @@
 """Tests of seg_jax.init_from: initial weights from workdirs, weight files and library names."""
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -16,6 +17,7 @@ import ml_collections
 import numpy as np
 from safetensors.numpy import save_file
 
+from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import init_from
 from seg_jax import models
@@ -259,6 +261,12 @@ class WorkdirTest(absltest.TestCase):
     for part in ("backbone", "neck", "decoder", "head"):
       self.assertRegex(log, rf"  {part}: \d+ arrays \([\d,]+ values\) imported from the source")
     self.assertNotIn("from the seed", log)
+    # The log confirms what is frozen: the backbone's parameters, the rest trainable.
+    params = state_lib.abstract_state(tiny_config(), 6, (32, 32)).params
+    frozen = models.count_params({"params": params["backbone"]})
+    total = models.count_params({"params": params})
+    self.assertIn(f"model asym_unet: {total:,} parameters ({frozen:,} frozen in backbone by "
+                  f"optim.backbone=freeze, {total - frozen:,} trainable)", log)
     # The frozen backbone is the source's to the bit, params and BatchNorm statistics; every
     # other array trained away from it.
     tuned = _restore(workdir, tiny_config(**overrides))
@@ -304,6 +312,88 @@ class WorkdirTest(absltest.TestCase):
         else:
           self.assertEqual(how, "imported", path)
           np.testing.assert_array_equal(initial.variables[path], self.best[path])
+
+  def test_rgb_workdir_into_more_bands_with_extra_kernels_zeroed_gives_its_logits(self):
+    # 5 bands, of which bands 2, 4, 5 are red, green, blue: input channels 1, 3, 4.
+    bands = data_lib.Bands(numbers=(1, 2, 3, 4, 5), rgb=(2, 4, 5))
+    config = tiny_config(**{"model.init_from": self.source, "model.init_part": "model"})
+    dataset = _with_bands(bands)
+    trainer = steps.Trainer(config, dataset)
+    initial = init_from.load(config.model, trainer.model, trainer.abstract_state, bands)
+    self.assertNotIn("initialised", initial.provenance.values())
+    (path, axis), = init_from.input_layers(trainer.model, 5, 32).items()
+    self.assertRegex(init_from.describe(initial), rf"RGB weights onto the input bands: {path}: "
+                     r"band 2 <- red, band 4 <- green, band 5 <- blue, bands 1, 3 <- the mean "
+                     r"of the RGB kernels; all times 3/5")
+    variables = dict(initial.variables)
+    kernel = np.moveaxis(np.array(variables[path]), axis, 0)
+    source = np.moveaxis(self.best[path], axis, 0)
+    for channel, rgb in ((1, 0), (3, 1), (4, 2)):
+      np.testing.assert_allclose(kernel[channel], source[rgb] * 3 / 5, rtol=1e-6)
+    for channel in (0, 2):
+      np.testing.assert_allclose(kernel[channel], source.mean(axis=0) * 3 / 5, rtol=1e-6)
+    kernel[[0, 2]] = 0.0  # the extra bands' kernels zeroed, the 3/N scale undone
+    variables[path] = np.moveaxis(kernel * 5 / 3, 0, axis)
+    rgb = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(1, 32, 32, 5)).astype(np.float32)
+    x[..., [1, 3, 4]] = rgb
+    apply = jax.jit(lambda v, inputs: trainer.model.apply(
+        weights_common.unflatten(v), inputs, train=False))
+    np.testing.assert_allclose(apply(variables, x), apply(self.best, rgb), rtol=1e-4, atol=1e-5)
+
+
+def _with_bands(bands):
+  """The tiny dataset as if its images held `bands`."""
+  zeros = np.zeros(len(bands), np.float32)
+  return dataclasses.replace(tiny_dataset(), bands=bands, mean=zeros, std=zeros + 1)
+
+
+class BandsTest(absltest.TestCase):
+  """RGB weights (a torch file) into a model whose input has other bands."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.folder = tempfile.mkdtemp()
+    cls.path, variables = _torch_file(cls.folder, "resnet50", **RESNET)
+    cls.source = weights_common.flatten(variables)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.folder)
+    super().tearDownClass()
+
+  def _load(self, bands, **overrides):
+    """(initial, path and band axis of the input layer) for a model reading `bands`."""
+    config = _config(**{"model.init_from": self.path, **overrides})
+    trainer = steps.Trainer(config, _with_bands(bands))
+    (path, axis), = init_from.input_layers(trainer.model, len(bands), 64).items()
+    return init_from.load(config.model, trainer.model, trainer.abstract_state, bands), path, axis
+
+  def test_red_green_blue_in_order_import_bit_for_bit_as_before(self):
+    initial, path, _ = self._load(data_lib.Bands())
+    rgb_import = _load(_config(**{"model.init_from": self.path}))
+    self.assertEqual(initial.band_mapping, ())
+    self.assertCountEqual(initial.variables, rgb_import.variables)
+    for name, value in initial.variables.items():
+      np.testing.assert_array_equal(value, rgb_import.variables[name], err_msg=name)
+    np.testing.assert_array_equal(initial.variables[path],
+                                  self.source[path.replace("backbone/", "", 1)])
+
+  def test_bands_in_another_order_get_their_kernels(self):
+    initial, path, axis = self._load(data_lib.Bands(numbers=(3, 2, 1), rgb=(1, 2, 3)))
+    np.testing.assert_array_equal(
+        initial.variables[path],
+        np.flip(self.source[path.replace("backbone/", "", 1)], axis=axis))
+    self.assertIn("band 1 <- red, band 2 <- green, band 3 <- blue; all times 3/3",
+                  init_from.describe(initial))
+
+  def test_rgb_weights_need_rgb_bands(self):
+    with self.assertRaisesRegex(errors.ConfigError, r"^model.init_from=.*reads bands \(1, 2, 3, "
+                                r"4\), none named red, green, blue: set data.rgb_bands$"):
+      self._load(data_lib.Bands(numbers=(1, 2, 3, 4), rgb=()),
+                 **{"data.augment.enabled": False})
+
 
 if __name__ == "__main__":
   absltest.main()

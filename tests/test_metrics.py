@@ -88,6 +88,20 @@ class MetricsTest(absltest.TestCase):
     self.assertEqual(lines[3].split(), ["miou", "0.3750"])
     self.assertLen({len(l) for l in lines[:3]}, 1)
 
+  def test_means_excluding_classes(self):
+    # The hand-computed matrix of test_scores_hand_computed: "c" (IoU 0) left out of the means.
+    cm = np.array([[3, 1, 0, 0], [1, 2, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    names = ["a", "b", "c", "d"]
+    s = metrics.scores(cm)
+    self.assertEqual(metrics.excluding(s, names, ()), {})
+    out = metrics.excluding(s, names, ("c",))
+    self.assertAlmostEqual(out["miou_excluding"], (0.6 + 0.4) / 2)
+    self.assertAlmostEqual(out["mean_dice_excluding"], (6 / 8 + 4 / 7) / 2)
+    self.assertAlmostEqual(out["mean_accuracy_excluding"], (0.75 + 0.5) / 2)
+    lines = metrics.format_table({**s, **out}, names, ("c",)).splitlines()
+    self.assertEqual(lines[-3].split(), ["miou", "w/o", "c", "0.5000"])
+    self.assertLen({len(l) for l in lines[len(names) + 1:]}, 1)  # the scores in one column
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -17,7 +17,9 @@ from PIL import Image
 from seg_jax import errors
 from seg_jax import predict
 from seg_jax import train
+from seg_jax import viz
 from seg_jax import workdir as workdir_lib
+from seg_jax.data import palettes
 from tests import test_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +80,9 @@ class PredictCommandTest(parameterized.TestCase):
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     self.assertEqual(result.returncode, errors.EXIT_SOME_FAILED, result.stderr)
     self.assertIn(os.path.join(inputs, "broken.jpg"), result.stderr.split("1 failed:")[-1])
+    # Orbax's warnings about the read-only checkpoint folder are library chatter.
+    self.assertNotIn("read only", result.stderr)
+    self.assertNotIn("read_only", result.stderr)
     self.assertIn("predicted 2 of 3 images", result.stdout)
     self.assertCountEqual(os.listdir(out), ["odd_mask.png", "odd_overlay.png",
                                             "z_grey_mask.png", "z_grey_overlay.png"])
@@ -105,6 +110,23 @@ class PredictCommandTest(parameterized.TestCase):
     overlay = np.asarray(Image.open(os.path.join(out, "odd_overlay.png")))
     self.assertEqual(overlay.shape[1], 71)
     self.assertGreater(overlay.shape[0], 45)  # the legend sits below the image
+
+  def test_contrast_overlay_palette_keeps_the_mask_in_the_dataset_colours(self):
+    inputs, dataset_out, contrast_out = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+    image = _write(os.path.join(inputs, "a.png"), _rgb(40, 52))
+    self.assertEqual(_run(trained_workdir(), inputs, dataset_out)[0], errors.EXIT_OK)
+    code, err = _run(trained_workdir(), inputs, contrast_out, overlay_palette="contrast")
+    self.assertEqual(code, errors.EXIT_OK, err)
+    masks = [Image.open(os.path.join(out, "a_mask.png")) for out in (dataset_out, contrast_out)]
+    self.assertEqual(masks[0].getpalette(), masks[1].getpalette())
+    np.testing.assert_array_equal(np.asarray(masks[0]), np.asarray(masks[1]))
+    contrast = palettes.high_contrast(test_train.tiny_dataset().palette)
+    overlay = np.asarray(Image.open(os.path.join(contrast_out, "a_overlay.png")))
+    expected = viz.overlay(np.asarray(Image.open(image)), np.asarray(masks[1]), contrast)
+    np.testing.assert_array_equal(overlay[:40], expected)
+    code, err = _run(trained_workdir(), inputs, contrast_out, overlay_palette="bogus")
+    self.assertEqual(code, errors.EXIT_USER_ERROR)
+    self.assertIn("--overlay_palette must be one of ('dataset', 'contrast')", err)
 
   def test_same_stem_twice_is_refused_not_overwritten(self):
     inputs, out = tempfile.mkdtemp(), tempfile.mkdtemp()
@@ -182,6 +204,27 @@ class WorkdirTest(absltest.TestCase):
     os.remove(path)
     with self.assertRaisesRegex(errors.WorkdirError, f"{path} does not exist"):
       predict.load_workdir(workdir)
+
+
+class PredictionScalesTest(absltest.TestCase):
+
+  INFO = workdir_lib.DataInfo(palettes.DUBAI_AERIAL, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0),
+                              (144, 256), training_scale=0.25)
+
+  def test_slide_mode_defaults_to_the_training_scale_and_says_so(self):
+    with self.assertLogs(level="INFO") as logs:
+      self.assertEqual(predict.prediction_scales(self.INFO, "slide", ()), (0.25,))
+    self.assertIn("slide mode at scale 0.25, the training scale in dataset.json", logs.output[0])
+    with self.assertLogs(level="INFO") as logs:
+      self.assertEqual(predict.prediction_scales(self.INFO, "resize", ()), (1.0,))
+    self.assertIn("resize mode", logs.output[0])
+
+  def test_a_slide_scale_more_than_2_times_off_is_warned_about(self):
+    with self.assertLogs(level="INFO") as logs:
+      self.assertEqual(predict.prediction_scales(self.INFO, "slide", (1.0, 0.5)), (1.0, 0.5))
+    warnings = [line for line in logs.output if line.startswith("WARNING")]
+    self.assertLen(warnings, 1)  # 1.0 is 4 times the training scale; 0.5 is 2 times
+    self.assertIn("--scales=1 shows objects at 4 times the size the model learned", warnings[0])
 
 
 class ReadImageTest(parameterized.TestCase):

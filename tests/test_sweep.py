@@ -194,6 +194,22 @@ class RunScoresTest(absltest.TestCase):
     self.assertEqual(scores, {"val_miou": 0.5, "test_miou": 0.25, "test_iou_road": 0.5,
                               "best_step": 2.0})
 
+  def test_scores_without_excluded_classes_are_reported_beside_all_classes(self):
+    directory = self.write_run({"step": 2, "split": "test", "miou": 0.25,
+                                "miou_excluding": 0.3, "exclude_classes": ["unlabeled"]})
+    with open(os.path.join(directory, workdir_lib.FINAL_METRICS), "w") as f:
+      json.dump({"step": 4, "split": "val", "miou": 0.5, "miou_excluding": 0.6,
+                 "exclude_classes": ["unlabeled"]}, f)
+    scores = results.run_scores(directory)
+    self.assertEqual((scores["test_miou_excluding"], scores["val_miou_excluding"]), (0.3, 0.6))
+    self.assertEqual(results.excluded_classes(directory), ("unlabeled",))
+    row = results.setting_row("s", [scores], None)
+    table = results.markdown([row], [], (32, 32), ("unlabeled",)).splitlines()
+    header = next(line for line in table if line.startswith("| setting"))
+    self.assertIn("| val mIoU | test mIoU | val mIoU w/o unlabeled | test mIoU w/o unlabeled |",
+                  header)
+    self.assertIn("| s | 1 | 0.500 | 0.250 | 0.600 | 0.300 |", table[table.index(header) + 2])
+
   def test_a_field_that_is_no_score_is_named_with_its_file(self):
     directory = self.write_run({"step": 2, "split": "test", "miou": 0.25, "note": "x"})
     with self.assertRaisesRegex(errors.WorkdirError,

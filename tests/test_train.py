@@ -153,6 +153,21 @@ class GuardsTest(parameterized.TestCase):
     self.assertTrue(any("warming up over 5 updates" in line for line in logs.output))
     self.assertAlmostEqual(float(trainer.schedule(5)), config.optim.learning_rate, places=7)
 
+  def test_the_start_says_what_data_it_reads(self):
+    with self.assertLogs(level="INFO") as logs:
+      steps.Trainer(tiny_config())
+    log = "\n".join(logs.output)
+    self.assertIn("reading data synthetic_aerial ...", log)
+    self.assertIn("data synthetic_aerial: 8 train / 3 val / 2 test examples of 32x32", log)
+
+  def test_excluded_classes_must_be_some_of_the_datasets(self):
+    names = tiny_dataset().class_names
+    for exclude, message in ((("clouds",), r"\['clouds'\] is not one"), (names, "not all")):
+      with mock.patch.object(jax, "jit") as jit, self.assertRaisesRegex(
+          errors.ConfigError, rf"eval.exclude_classes=.*must name some .*{message}"):
+        steps.Trainer(tiny_config(**{"eval.exclude_classes": exclude}), tiny_dataset())
+      jit.assert_not_called()
+
   def test_guards_run_before_compiling(self):
     with mock.patch.object(jax, "jit") as jit:
       with self.assertRaises(ValueError):
@@ -253,8 +268,10 @@ class LoopTest(absltest.TestCase):
     dataset = tiny_dataset()
     config = tiny_config()
     straight = tempfile.mkdtemp()
-    final = train.train_and_evaluate(config, straight, dataset).final
+    with self.assertLogs(level="INFO") as logs:
+      final = train.train_and_evaluate(config, straight, dataset).final
     records = self.check_outputs(straight, dataset, final)
+    self.check_progress_log("\n".join(logs.output), straight)
     again = train.train_and_evaluate(config, straight, dataset).final  # finished: nothing retrained
     self.assertEqual(again["miou"], final["miou"])
     self.assertLen(_read_jsonl(os.path.join(straight, "metrics.jsonl")), 2)
@@ -283,6 +300,17 @@ class LoopTest(absltest.TestCase):
     self.assertEqual(sorted(records[0]["iou"]), sorted(dataset.class_names))
     self.assertEqual(final["miou"], records[-1]["miou"])
     return records
+
+  def check_progress_log(self, log, straight):
+    """The start says what it does while it compiles; the end lists what was written."""
+    self.assertIn("data synthetic_aerial: 8 train / 3 val / 2 test examples of 32x32", log)
+    self.assertIn("compiling the train step (persistent compilation cache: ", log)
+    self.assertRegex(log, r"train step ready in [\d.]+s \(cached: (yes|no)")
+    listing = log[log.index(f"{straight} holds:"):]
+    for name in ("config.json", "dataset.json", "metrics.jsonl", "events.out.tfevents",
+                 "predictions/", "checkpoints/", "curves.png", "confusion_matrix.png",
+                 "final_metrics.json"):
+      self.assertIn(f"\n  {name}", listing)
 
   def check_sigterm_resume(self, config, dataset, final):
     """A SIGTERM during step 3's input fetch: the loop finishes step 3, saves, and returns."""
@@ -327,15 +355,19 @@ class LoopTest(absltest.TestCase):
     self.assertAlmostEqual(record["miou"], best["miou"], places=6)
     for name in ("eval_val.json", "eval_val_table.txt", "confusion_matrix_val.png"):
       self.assertTrue(os.path.exists(os.path.join(output_dir, name)), name)
-    test_record = train.run(tiny_config(**{"train.mode": "eval", "eval.split": "test",
-                                           "eval.checkpoint": "latest"}), straight).final
+    with self.assertLogs(level="INFO") as logs:
+      test_record = train.run(tiny_config(**{"train.mode": "eval", "eval.split": "test",
+                                             "eval.checkpoint": "latest"}), straight).final
     self.assertEqual((test_record["split"], test_record["step"]), ("test", 4))
-    self.assertTrue(os.path.exists(os.path.join(straight, "eval_test.json")))
+    # The latest checkpoint's scores are named apart from the best one's (eval_test.json).
+    self.assertTrue(os.path.exists(os.path.join(straight, "eval_test_latest.json")))
+    self.assertTrue(any(f"wrote the scores to {straight}/eval_test_latest.json" in line
+                        for line in logs.output), logs.output)
     train_record = train.run(tiny_config(**{"train.mode": "eval", "eval.split": "train",
                                             "eval.checkpoint": "latest"}), straight).final
     self.assertEqual((train_record["split"], train_record["step"]), ("train", 4))
     self.assertNotEqual(train_record["miou"], test_record["miou"])
-    self.assertTrue(os.path.exists(os.path.join(straight, "eval_train.json")))
+    self.assertTrue(os.path.exists(os.path.join(straight, "eval_train_latest.json")))
 
   def test_larger_num_steps_extends_a_finished_run(self):
     constant = {"optim.schedule": "constant"}  # the same schedule whatever num_steps is
@@ -344,8 +376,15 @@ class LoopTest(absltest.TestCase):
     workdir = tempfile.mkdtemp()
     train.train_and_evaluate(tiny_config(**constant, **{"train.num_steps": 2}), workdir,
                              tiny_dataset())
-    extended = train.train_and_evaluate(tiny_config(**constant), workdir, tiny_dataset()).final
+    with self.assertLogs(level="WARNING") as logs:
+      extended = train.train_and_evaluate(tiny_config(**constant), workdir,
+                                          tiny_dataset()).final
     self.assertEqual(extended, straight)
+    # The schedule keeps the first launch's length, and the log says what that means.
+    self.assertEqual(workdir_lib.RunDir(workdir).load_config().optim.schedule_steps, 2)
+    self.assertTrue(any("goes past the learning-rate schedule of 2 steps" in line
+                        and "steps 3-4 run at its final rate 3.00e-03" in line
+                        for line in logs.output), logs.output)
     self.assertEqual([r["step"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl"))],
                      [2, 4])
     self.assertEqual(workdir_lib.RunDir(workdir).load_config().train.num_steps, 4)
@@ -559,6 +598,16 @@ class OptimTest(parameterized.TestCase):
     accumulated = optim.create_schedule(_optim_config(
         learning_rate=1.0, warmup_steps=0, end_lr_factor=0.0, accumulation_steps=4), 400)
     self.assertAlmostEqual(float(accumulated(50)), 0.5, places=6)
+
+  def test_schedule_steps_sets_the_schedule_length(self):
+    # A 100-step run extended to 140: the last 40 steps at the final learning rate.
+    config = _optim_config(learning_rate=1.0, warmup_steps=0, end_lr_factor=0.1,
+                           schedule_steps=100)
+    schedule = optim.create_schedule(config, 140)
+    np.testing.assert_allclose([schedule(50), schedule(100), schedule(120), schedule(139)],
+                               [0.55, 0.1, 0.1, 0.1], atol=1e-6)
+    with self.assertRaisesRegex(ValueError, "schedule_steps must be >= 0"):
+      optim.create_schedule(_optim_config(schedule_steps=-1), 100)
 
   def test_bad_schedule_and_warmup(self):
     with self.assertRaisesRegex(ValueError, "schedule"):

@@ -3,6 +3,7 @@
 import os
 import re
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
@@ -89,6 +90,25 @@ class RunCurvesTest(absltest.TestCase):
       viz.save_run_curves(records, path, title="run")
       with Image.open(path) as im:
         self.assertEqual(im.size, (1000, 380))
+
+  def test_score_axes_span_zero_to_one(self):
+    # A flat mIoU curve of 0.0003-0.0015 must look flat, not like a climb.
+    evals = [{"step": s, "split": "val", "loss": 1.0 / s, "miou": s / 1e5} for s in (30, 150)]
+    figures = []
+    real_save = viz._save_quantized
+
+    def keep_limits(fig, path, bottom=0.0):
+      figures.append([(ax.get_ylabel(), ax.get_ylim()) for ax in fig.axes if ax.get_visible()])
+      real_save(fig, path, bottom)
+
+    folder = tempfile.mkdtemp()
+    with mock.patch.object(viz, "_save_quantized", keep_limits):
+      viz.save_run_curves(evals, os.path.join(folder, "curves.png"))
+      viz.save_curves({"run": evals}, os.path.join(folder, "runs.png"))
+    run_curves, runs = (dict(f) for f in figures)
+    self.assertEqual(run_curves["mIoU"], (0.0, 1.0))
+    self.assertEqual(runs["val miou"], (0.0, 1.0))
+    self.assertLess(runs["val loss"][1], 1.0)  # losses keep their own range
 
 
 class ImportTest(absltest.TestCase):

@@ -9,6 +9,7 @@ import numpy as np
 
 from seg_jax import errors
 from seg_jax import workdir as workdir_lib
+from seg_jax import writers
 from seg_jax.data import palettes
 from tests.train_testing import tiny_config
 from tests.train_testing import tiny_dataset
@@ -77,6 +78,43 @@ class WorkdirTest(absltest.TestCase):
     allowed = workdir_lib.differences(stored, tiny_config(), allowed=tuple(diff))
     self.assertEqual(allowed, [])
 
+  def test_schedule_length_is_the_first_launchs(self):
+    fresh = workdir_lib.RunDir(tempfile.mkdtemp()).resolve_schedule(tiny_config())
+    self.assertEqual(fresh.optim.schedule_steps, 4)  # train.num_steps of the first launch
+    run_dir = workdir_lib.RunDir(tempfile.mkdtemp())
+    run_dir.save_config(fresh)
+    extended = run_dir.resolve_schedule(tiny_config(**{"train.num_steps": 40}))
+    self.assertEqual(extended.optim.schedule_steps, 4)
+    run_dir.check_config(extended)
+    stretched = tiny_config(**{"train.num_steps": 40, "optim.schedule_steps": 40})
+    self.assertIs(run_dir.resolve_schedule(stretched), stretched)
+    run_dir.check_config(stretched)  # a rerun may stretch the schedule, when it says so
+
+  def test_config_of_a_run_from_before_a_field_existed(self):
+    stored = tiny_config(**{"train.num_steps": 7}).to_dict()
+    del stored["optim"]["schedule_steps"], stored["eval"]["exclude_classes"]
+    run_dir = workdir_lib.RunDir(tempfile.mkdtemp())
+    writers.write_json(run_dir.file(workdir_lib.CONFIG_FILE), stored)
+    loaded = run_dir.load_config()
+    self.assertEqual(loaded.optim.schedule_steps, 7)  # the schedule it was trained with
+    self.assertEqual(loaded.eval.exclude_classes, ())
+    self.assertEqual(run_dir.resolve_schedule(tiny_config()).optim.schedule_steps, 7)
+
+  def test_eval_names_hold_every_setting_that_changes_the_scores(self):
+    name = workdir_lib.eval_name
+    self.assertEqual(name("test"), "test")  # the names of the defaults are as they were
+    self.assertEqual(name("val", full={"mode": "slide"}), "val_full_slide")
+    self.assertEqual(name("test", checkpoint="latest"), "test_latest")
+    self.assertEqual(
+        name("val", checkpoint="latest", full={"mode": "slide", "scales": (0.5,),
+                                               "tta": "flips", "window": (144, 256),
+                                               "overlap": 0.5, "blend": "smooth"}),
+        "val_full_slide_w144x256_o0.5_blend-smooth_s0.5_tta-flips_latest")
+    self.assertEqual(name("val", full={"mode": "resize", "scales": (0.25, 1)}),
+                     "val_full_resize_s0.25-1")
+    with self.assertRaisesRegex(ValueError, "no name for the prediction options"):
+      name("val", full={"mode": "slide", "gamma": 2})
+
 
 class DataInfoTest(absltest.TestCase):
 
@@ -96,6 +134,15 @@ class DataInfoTest(absltest.TestCase):
                                ignore_color=(255, 0, 255))
     info = workdir_lib.DataInfo(palette, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (8, 8))
     self.assertEqual(workdir_lib.DataInfo.from_dict(info.to_dict()), info)
+
+  def test_training_scale_is_kept_and_older_files_read_as_1(self):
+    info = workdir_lib.DataInfo(palettes.DUBAI_AERIAL, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0),
+                                (144, 256), training_scale=0.1875)
+    stored = info.to_dict()
+    self.assertEqual(stored["training_scale"], 0.1875)
+    self.assertEqual(workdir_lib.DataInfo.from_dict(stored), info)
+    del stored["training_scale"]  # dataset.json written before the scale was recorded
+    self.assertEqual(workdir_lib.DataInfo.from_dict(stored).training_scale, 1.0)
 
   def test_bad_file_is_named(self):
     workdir = tempfile.mkdtemp()

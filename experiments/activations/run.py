@@ -10,8 +10,6 @@ each derivative is ``jax.grad`` of it. Nothing here re-types a formula.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ import numpy as np
 from experiments import common
 from seg_jax import layers
 from seg_jax import viz
+from seg_jax import writers
 from seg_jax.data import palettes
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +53,7 @@ def activation_curves(x: np.ndarray, out: str) -> str:
                         title="seg_jax.layers.activation(name) and its jax.grad")
   header = (["activation"] + [f"f({p:g})" for p in POINTS] + [f"f'({p:g})" for p in POINTS]
             + [f"max f' on [{x[0]:g}, {x[-1]:g}]", "first x where f' is largest"])
-  return common.markdown_table(header, rows)
+  return writers.markdown_table(header, rows)
 
 
 def softmax_temperature(out: str) -> str:
@@ -75,23 +74,22 @@ def softmax_temperature(out: str) -> str:
   viz.save_curve_panels([scores, probabilities], os.path.join(out, "softmax.png"), ncols=2,
                         panel_inches=4.5,
                         title="Softmax with temperature T over one pixel's class scores")
-  return common.markdown_table(
+  return writers.markdown_table(
       ["T"] + [f"p({n})" for n in names] + ["sum"],
       [["logit"] + [f"{v:g}" for v in LOGITS] + [""]] + rows)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def run(options: common.Options) -> None:
   """Writes the figures and the generated README section; see the module docstring."""
-  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv, images=False)
-  x = np.linspace(-4.0, 4.0, 41 if args.toy else 801, dtype=np.float32)
+  x = np.linspace(-4.0, 4.0, 41 if options.toy else 801, dtype=np.float32)
   sections = [
-      "### Activations and their derivatives\n\n" + activation_curves(x, args.out)
+      "### Activations and their derivatives\n\n" + activation_curves(x, options.out)
       + "\n\n![activations](activations.png)",
-      "### Softmax and temperature\n\n" + softmax_temperature(args.out)
+      "### Softmax and temperature\n\n" + softmax_temperature(options.out)
       + "\n\n![softmax](softmax.png)",
   ]
-  common.finish(args, __spec__.name, sections)
+  common.finish(options, __spec__.name, sections)
 
 
 if __name__ == "__main__":
-  main()
+  common.command(run, FOLDER, images=False)

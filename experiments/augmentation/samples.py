@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from typing import Optional
 
 import jax
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from configs import dubai as dubai_config
 from experiments import common
 from seg_jax import viz
+from seg_jax import writers
 from seg_jax.data import augment
 from seg_jax.data import palettes
 
@@ -101,18 +101,17 @@ def _panel(image: np.ndarray, label: np.ndarray, title: str) -> viz.Panel:
   return viz.Panel(np.concatenate([image, gap, blend]).astype(np.uint8), title)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def run(options: common.Options) -> None:
   """Writes the figure and the generated README section; see the module docstring."""
-  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
   config = dubai_config.get_config()
-  size = (48, 64) if args.toy else tuple(config.data.image_size)
-  draws = 2 if args.toy else 3
+  size = (48, 64) if options.toy else tuple(config.data.image_size)
+  draws = 2 if options.toy else 3
   ignore = config.data.ignore_index
-  scene = common.read_scene(args.data_root).resize(size)
+  scene = common.read_scene(options.data_root).resize(size)
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   rows = {name: (name,) for name in GROUPS}
   rows["all, as configs/dubai.py"] = tuple(GROUPS)
-  if args.toy:
+  if options.toy:
     # The last row runs every group; the rows of single groups add only compile time.
     rows = dict(list(rows.items())[-1:])
   figure, table = [], []
@@ -131,16 +130,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   names = palettes.DUBAI_AERIAL.names
   legend = dict(zip(names + ("ignore",),
                     palettes.DUBAI_AERIAL.colors + (palettes.DUBAI_AERIAL.ignore_color,)))
-  viz.save_panels(figure, os.path.join(args.out, "samples.png"), legend=legend, panel_inches=2.5,
+  viz.save_panels(figure, os.path.join(options.out, "samples.png"), legend=legend, panel_inches=2.5,
                   title="seg_jax.data.augment at the settings of configs/dubai.py: image (top), "
                         "image with its augmented mask (bottom)")
-  common.finish(args, __spec__.name, [
+  common.finish(options, __spec__.name, [
       f"Image: {scene.source}; {draws} draws per row, key `fold_in(key(config.seed), 0)`.",
-      common.markdown_table(
+      writers.markdown_table(
           ["row", "settings on", "ignore pixels added", "mask and image agree",
            "blended at a class boundary", "disagree"], table),
       "![augmented samples](samples.png)"], name="samples")
 
 
 if __name__ == "__main__":
-  main()
+  common.command(run, FOLDER)

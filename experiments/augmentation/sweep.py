@@ -21,23 +21,13 @@ dubai = config_files.load_module(os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "dubai.py"))
 
 SEEDS = [0, 1]
-# The sizes of a full run and of a toy run (what the test runs).
-SIZES = {
-    "full": {"data.image_size": (72, 128), "train.num_steps": 400, "train.eval_every": 50,
-             "train.checkpoint_every": 400, "train.log_every": 10,
-             "model.kwargs": dubai.default.get_config().model.kwargs.to_dict()},
-    "toy": {"data.image_size": (32, 32), "train.num_steps": 2, "train.eval_every": 2,
-            "train.checkpoint_every": 2, "train.log_every": 1, "data.train_subset": 2,
-            "train.global_batch_size": 2, "eval.global_batch_size": 2,
-            "model.kwargs": dubai.default.asym_unet_kwargs(
-                widths=(4, 8), blocks=1, decoder_widths=(4,), aspp_features=4, se_reduction=2)},
-}
 
 
-def get_sweep(size: str = "full"):
-  base = {"model.name": "asym_unet", "model.ablation": "", "eval.num_images": 2, **SIZES[size]}
-  settings = {"off": {**base, "data.augment.enabled": False},
-              "on": {**base, "data.augment.enabled": True}}
-  if size == "toy":  # one training program is enough to run the whole pipeline
-    return {"settings": {"on": settings["on"]}, "seeds": SEEDS[:1]}
-  return {"settings": settings, "seeds": SEEDS}
+def get_sweep():
+  base = {"model.name": "asym_unet", "model.ablation": "", "eval.num_images": 2,
+          "data.image_size": (72, 128), "train.num_steps": 400, "train.eval_every": 50,
+          "train.checkpoint_every": 400, "train.log_every": 10,
+          "model.kwargs": dubai.default.get_config().model.kwargs.to_dict()}
+  return {"settings": {"off": {**base, "data.augment.enabled": False},
+                       "on": {**base, "data.augment.enabled": True}},
+          "seeds": SEEDS}

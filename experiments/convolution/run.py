@@ -19,6 +19,7 @@ import numpy as np
 from experiments import common
 from seg_jax import layers
 from seg_jax import viz
+from seg_jax import writers
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 # Interchange, highway and warehouse roofs of the default image.
@@ -75,7 +76,7 @@ def classic_filters(x: np.ndarray, out: str) -> str:
                  _fmt(y.mean()), _fmt(np.abs(y).mean())])
   viz.save_panels([kernel_row, output_row], os.path.join(out, "filters.png"),
                   title="Classic filters: kernel (top) and correlate(image, kernel) (bottom)")
-  return common.markdown_table(
+  return writers.markdown_table(
       ["filter", "kernel", "sum of weights", "input mean", "output mean", "mean |output|"], rows)
 
 
@@ -102,7 +103,7 @@ def correlation_vs_convolution(x: np.ndarray, out: str) -> str:
                  _output_panel(cor_flipped, "correlate(x, flip(k))", False)]]
   viz.save_panels(figure, os.path.join(out, "correlate_vs_convolve.png"),
                   title="Correlation vs convolution: the same kernel, flipped")
-  return common.markdown_table(
+  return writers.markdown_table(
       ["kernel", "equal to its flip", "max |correlate(x, k) - convolve(x, k)|",
        "max |convolve(x, k) - correlate(x, flip(k))|"], rows)
 
@@ -127,7 +128,7 @@ def padding_and_stride(x: np.ndarray, out: str, kernel_size: int) -> str:
   viz.save_panels(figure, os.path.join(out, "padding_stride.png"), same_scale=True,
                   title=f"{kernel_size}x{kernel_size} box blur: padding and stride "
                         f"(all panels at the same pixel scale)")
-  return common.markdown_table(
+  return writers.markdown_table(
       ["padding", "stride", "zeros added (low, high) at stride 1", "conv_output_size",
        "array shape"], rows)
 
@@ -156,7 +157,7 @@ def dilation(x: np.ndarray, out: str, rates: Sequence[int]) -> str:
                  common.dims(size), common.dims(y)])
   viz.save_panels([taps_row, output_row], os.path.join(out, "dilation.png"),
                   title="Dilation: a 3x3 box blur whose 9 taps are spread apart")
-  return common.markdown_table(
+  return writers.markdown_table(
       ["dilation", "non-zero taps", "receptive field", "conv_output_size ('valid')",
        "array shape"], rows)
 
@@ -198,35 +199,34 @@ def filter_bank(rgb: np.ndarray, out: str) -> str:
   return (f"`Conv` input {common.dims(rgb)}, kernel "
           f"{common.dims(kernel)}, output "
           f"{common.dims(y)} (`conv_output_size` per side: "
-          f"{common.dims(size)}).\n\n" + common.markdown_table(
+          f"{common.dims(size)}).\n\n" + writers.markdown_table(
               ["channel", "filter", "weights of R, G, B",
                "max |Conv - sum over colours of correlate|"], rows))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def run(options: common.Options) -> None:
   """Writes the figures and the generated README section; see the module docstring."""
-  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
-  side, small, kernel_size, rates = (32, 24, 5, (1, 2, 4)) if args.toy else (
+  side, small, kernel_size, rates = (32, 24, 5, (1, 2, 4)) if options.toy else (
       256, 64, 9, (1, 2, 4, 8))
-  scene = common.read_scene(args.data_root)
+  scene = common.read_scene(options.data_root)
   view = scene.crop(side, CENTRE)
   x = view.gray()
   roofs = scene.crop(small, SMALL_CENTRE)
   sections = [
       f"Image: {view.source}.",
-      "### Classic filters\n\n" + classic_filters(x, args.out) + "\n\n![filters](filters.png)",
+      "### Classic filters\n\n" + classic_filters(x, options.out) + "\n\n![filters](filters.png)",
       "### Correlation and convolution\n\n" + f"Input: {roofs.source}.\n\n"
-      + correlation_vs_convolution(roofs.gray(), args.out)
+      + correlation_vs_convolution(roofs.gray(), options.out)
       + "\n\n![correlate vs convolve](correlate_vs_convolve.png)",
       "### Padding and stride\n\n" + f"Input: {roofs.source}.\n\n"
-      + padding_and_stride(roofs.gray(), args.out, kernel_size)
+      + padding_and_stride(roofs.gray(), options.out, kernel_size)
       + "\n\n![padding and stride](padding_stride.png)",
-      "### Dilation\n\n" + dilation(x, args.out, rates) + "\n\n![dilation](dilation.png)",
+      "### Dilation\n\n" + dilation(x, options.out, rates) + "\n\n![dilation](dilation.png)",
       "### A bank of filters as one multi-channel convolution\n\n"
-      + filter_bank(view.rgb(), args.out) + "\n\n![filter bank](filter_bank.png)",
+      + filter_bank(view.rgb(), options.out) + "\n\n![filter bank](filter_bank.png)",
   ]
-  common.finish(args, __spec__.name, sections)
+  common.finish(options, __spec__.name, sections)
 
 
 if __name__ == "__main__":
-  main()
+  common.command(run, FOLDER)

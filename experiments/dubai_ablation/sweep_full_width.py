@@ -33,8 +33,8 @@ BASELINES = {
     "fcn8s": dict(backbone_kwargs=dict(widths=(32, 64, 128, 256, 256)),
                   neck_kwargs=dict(features=686)),
 }
-SETTINGS = sweep.settings(asym_unet.get_config().model.kwargs.to_dict(), BASELINES)
 
 
 def get_sweep():
-  return {"settings": SETTINGS, "seeds": sweep.get_sweep()["seeds"]}
+  settings = sweep.settings(asym_unet.get_config().model.kwargs.to_dict(), BASELINES)
+  return {"settings": settings, "seeds": sweep.get_sweep()["seeds"]}

@@ -4,8 +4,9 @@ encoder stage, its SE gates on water and on city tiles, and what each ASPP branc
     python -m experiments.feature_maps.run [--workdir=RUN] [--out=DIR] [--data_root=DIR] [--toy]
 
 ``--workdir`` names a trained ``asym_unet`` run (its latest checkpoint, the end of training, is
-read; nothing is written there); without it, ``configs/dubai.py:asym_unet`` is trained at ``IMAGE_SIZE`` for ``STEPS``
-steps in ``RUN`` (``<out>/run`` with ``--toy``), or read back if that run is finished. Every
+read; nothing is written there); without it, ``configs/dubai.py:asym_unet`` with ``TRAINED`` is
+trained in ``RUN`` (``TOY`` in ``<out>/run`` with ``--toy``), or read back if that run is
+finished. Every
 intermediate comes from the model itself: ``Module.apply(..., capture_intermediates=...)``
 returns each module's output and the SE gates the model sows; ``flax.linen.intercept_methods``
 replaces one ASPP branch's output with zeros to measure what the prediction loses without it.
@@ -18,7 +19,6 @@ road pixels among the rest.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import tempfile
@@ -33,52 +33,43 @@ import numpy as np
 
 from configs import dubai as dubai_config
 from experiments import common
-from seg_jax import checkpoint as checkpoint_lib
+from experiments import sweeps
 from seg_jax import data as data_lib
+from seg_jax import errors
 from seg_jax import metrics
-from seg_jax import train
-from seg_jax import workdir as workdir_lib
+from seg_jax import state as state_lib
+from seg_jax import steps
+from seg_jax import sweep as sweep_lib
 from seg_jax import viz
+from seg_jax import workdir as workdir_lib
+from seg_jax import writers
 from seg_jax.data import augment
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 RUN = os.path.join(tempfile.gettempdir(), "feature_maps_asym_unet")
 # The run trained without --workdir: configs/dubai.py:asym_unet at half its image size, so that
 # it trains in a few minutes on a 2-core CPU.
-IMAGE_SIZE = (72, 128)
-STEPS = 200
+TRAINED = {"data.image_size": (72, 128), "train.num_steps": 200, "train.eval_every": 50,
+           "train.checkpoint_every": 200}
 GROUP_SIZE = 4
 CHANNELS_SHOWN = 8  # feature maps per stage, the most active ones on the image
 WATER, CITY = ("water",), ("building", "road")
-TOY = {"data.image_size": (32, 32), "train.global_batch_size": 2, "eval.global_batch_size": 2,
-       "train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
-       "train.log_every": 1, "data.num_val": 4, "data.num_test": 4, "data.num_train": 4}
-TOY_MODEL = dict(widths=(4, 8), blocks=1, decoder_widths=(4,), aspp_features=4, se_reduction=2)
+TOY = {**sweeps.TOY, "data.num_val": 4, "data.num_test": 4, "data.num_train": 4,
+       "model.kwargs": dubai_config.default.asym_unet_kwargs(**sweeps.TOY_PROPOSAL)}
 
 
-def train_run(args: argparse.Namespace) -> tuple[str, Optional[data_lib.Dataset]]:
+def train_run(options: common.Options) -> tuple[str, Optional[data_lib.Dataset]]:
   """The folder of a trained proposal, ``--workdir`` or a short Dubai run trained here, and the
   dataset of the run trained here (None for ``--workdir``: it is read with the run's config)."""
-  if args.workdir:
-    return args.workdir, None
-  workdir = os.path.join(args.out, "run") if args.toy else RUN
-  config = dubai_config.get_config("asym_unet")
-  overrides = {"data.image_size": IMAGE_SIZE, "train.num_steps": STEPS,
-               "train.eval_every": 50, "train.checkpoint_every": STEPS}
-  if args.toy:
-    overrides = dict(TOY)
-    config.model.kwargs = dubai_config.default.asym_unet_kwargs(**TOY_MODEL)
-  if args.data_root:
-    overrides["data.root"] = args.data_root
-  else:
-    overrides.update({"data.name": "synthetic_aerial", "data.root": ""})
-  for key, value in overrides.items():
-    group, field = key.split(".")
-    config[group][field] = value
-  config.lock()
+  if options.workdir:
+    return options.workdir, None
+  workdir = os.path.join(options.out, "run") if options.toy else RUN
+  data = ({"data.root": options.data_root} if options.data_root
+          else {"data.name": "synthetic_aerial", "data.root": ""})
+  config = sweep_lib.apply_overrides(dubai_config.get_config("asym_unet"),
+                                     {**(TOY if options.toy else TRAINED), **data}, "feature_maps")
   dataset = data_lib.get_dataset(config.data)
-  if not os.path.exists(os.path.join(workdir, train.FINAL_METRICS)):
-    train.train_and_evaluate(config, workdir, dataset)
+  sweeps.train(config, workdir, dataset)
   return workdir, dataset
 
 
@@ -108,7 +99,7 @@ def is_part_or_child(module: nn.Module, method: str) -> bool:
 class Trained:
   """A run's trainer (config, model, dataset with its mean/std), variables and step."""
 
-  trainer: train.Trainer
+  trainer: steps.Trainer
   variables: dict[str, Any]
   step: int
 
@@ -117,17 +108,14 @@ def load_run(workdir: str, dataset: Optional[data_lib.Dataset] = None) -> Traine
   """The latest checkpoint of the run in ``workdir`` (the trained network; the best-val one of a
   short run can be an early step), read only, with the run's own config and ``dataset`` (None:
   read it)."""
-  config = workdir_lib.load_config(workdir)
+  run_dir = workdir_lib.RunDir(workdir)
+  config = run_dir.load_config()
   if config.model.name != "asym_unet":
-    raise ValueError(f"--workdir={workdir} trained {config.model.name!r}; this experiment "
-                     "reads the SE gates and ASPP branches of an asym_unet run")
-  trainer = train.Trainer(config, dataset)
-  ckpt = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  try:
-    state, step = ckpt.restore_state(trainer.abstract_state, "latest")
-  finally:
-    ckpt.close()
-  return Trained(trainer, {"params": state.params, "batch_stats": state.batch_stats}, step)
+    raise errors.WorkdirError(f"--workdir={workdir} trained {config.model.name!r}; this "
+                              "experiment reads the SE gates and ASPP branches of an asym_unet run")
+  trainer = steps.Trainer(config, dataset)
+  state, step = run_dir.restore(trainer.abstract_state, "latest")
+  return Trained(trainer, state_lib.variables(state), step)
 
 
 def forward(trained: Trained, images: np.ndarray, capture=True,
@@ -212,55 +200,55 @@ def feature_maps_figure(image: np.ndarray, stages: dict[str, np.ndarray], title:
   return table
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  """Runs the experiment and writes the README section; see the module docstring."""
-  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv, workdir=True)
-  logging.set_verbosity(logging.INFO)
-  workdir, dataset = train_run(args)
-  trained = load_run(workdir, dataset)
-  config, dataset = trained.trainer.config, trained.trainer.dataset
-  names = list(dataset.class_names)
-  images = np.concatenate([dataset.val.images, dataset.test.images])
-  labels = np.concatenate([dataset.val.labels, dataset.test.labels])
-  image_names = list(dataset.val.names or []) + list(dataset.test.names or [])
-  if not image_names:
-    image_names = [f"val/{i}" for i in range(len(dataset.val))] + [
-        f"test/{i}" for i in range(len(dataset.test))]
-  size = 1 if args.toy else GROUP_SIZE
-  water, city, shares = pick_images(labels, names, size)
-  logits, inter = forward(trained, images)
-  sections = [f"Run: `{workdir}` ({config.model.name}, {config.data.name} at "
-              f"{common.dims(config.data.image_size)}, latest checkpoint, step {trained.step}). "
-              f"Images: the {len(images)} val and test images."]
+@dataclasses.dataclass(frozen=True)
+class Images:
+  """The val and test images of a run's dataset: uint8 (N, H, W, 3), labels (N, H, W), names."""
 
-  # First-layer filters.
-  kernel = np.asarray(trained.variables["params"]["backbone"]["stage0"]["conv0"]["conv"]["kernel"])
-  filters_figure(kernel, os.path.join(args.out, "filters.png"))
+  images: np.ndarray
+  labels: np.ndarray
+  names: list[str]
 
-  # Feature maps of each encoder stage on the city image with the most building and road.
-  one = city[0]
+  @classmethod
+  def of(cls, dataset: data_lib.Dataset) -> "Images":
+    """The val images, then the test images of ``dataset``."""
+    names = list(dataset.val.names or []) + list(dataset.test.names or [])
+    if not names:
+      names = [f"val/{i}" for i in range(len(dataset.val))] + [
+          f"test/{i}" for i in range(len(dataset.test))]
+    return cls(np.concatenate([dataset.val.images, dataset.test.images]),
+               np.concatenate([dataset.val.labels, dataset.test.labels]), names)
+
+
+def feature_maps_section(trained: Trained, data: Images, inter: dict[str, Any], one: int,
+                         out: str) -> str:
+  """The first-layer filters and the feature maps of each encoder stage on image ``one``."""
+  params = trained.variables["params"]
+  filters_figure(np.asarray(params["backbone"]["stage0"]["conv0"]["conv"]["kernel"]),
+                 os.path.join(out, "filters.png"))
   table = feature_maps_figure(
-      images[one], {k: v[one:one + 1] for k, v in stage_outputs(inter).items()},
-      f"encoder feature maps of {image_names[one]}: per stage the {CHANNELS_SHOWN} most active "
-      "channels (ReLU outputs, each its own colour scale)", os.path.join(args.out,
-                                                                         "feature_maps.png"))
-  sections.append(
-      f"### Feature maps\n\nImage `{image_names[one]}` (the city image with the most building "
+      data.images[one], {k: v[one:one + 1] for k, v in stage_outputs(inter).items()},
+      f"encoder feature maps of {data.names[one]}: per stage the {CHANNELS_SHOWN} most active "
+      "channels (ReLU outputs, each its own colour scale)", os.path.join(out, "feature_maps.png"))
+  return (
+      f"### Feature maps\n\nImage `{data.names[one]}` (the city image with the most building "
       "and road pixels). Share of channels that stay at zero on this whole image (a ReLU that "
-      "never fires here):\n\n" + common.markdown_table(
+      "never fires here):\n\n" + writers.markdown_table(
           ["stage", "size", "channels", "channels never active"], table)
       + "\n\n![first-layer filters](filters.png)\n\n![feature maps per stage](feature_maps.png)")
 
-  # SE gates per image group.
-  gates = se_gates(inter)
+
+def se_section(dataset: data_lib.Dataset, data: Images, inter: dict[str, Any],
+               groups: dict[str, list[int]], shares: np.ndarray, out: str) -> str:
+  """The SE gates of each encoder stage on the water and the city images."""
+  names, (water, city) = list(dataset.class_names), groups.values()
   viz.save_panels(
-      [[viz.Panel(viz.overlay(images[i], labels[i], dataset.palette), f"{group}: {image_names[i]}")
-        for i in ids] for group, ids in (("water", water), ("city", city))],
-      os.path.join(args.out, "se_images.png"), panel_inches=2.4,
+      [[viz.Panel(viz.overlay(data.images[i], data.labels[i], dataset.palette),
+                  f"{group}: {data.names[i]}") for i in ids] for group, ids in groups.items()],
+      os.path.join(out, "se_images.png"), panel_inches=2.4,
       legend=dict(zip(names, dataset.palette.colors)),
       title="the images whose SE gates are compared, with their labels")
   se_table, panels = [], []
-  for stage, g in gates.items():
+  for stage, g in se_gates(inter).items():
     gw, gc = g[water], g[city]
     between = np.abs(gw.mean(0) - gc.mean(0))
     within = 0.5 * (gw.std(0) + gc.std(0))
@@ -272,61 +260,83 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     panels.append(viz.Curves({f"water (n={len(water)})": (channels, gw.mean(0), gw.std(0)),
                               f"city (n={len(city)})": (channels, gc.mean(0), gc.std(0))},
                              title=f"{stage} SE", xlabel="channel", ylabel="gate"))
-  viz.save_curve_panels(panels, os.path.join(args.out, "se_gates.png"), ncols=2,
+  viz.save_curve_panels(panels, os.path.join(out, "se_gates.png"), ncols=2,
                         title="SE gate per channel: mean ± std over the water and the city "
                               "images", panel_inches=5.0)
-  pick = common.markdown_table(
+  pick = writers.markdown_table(
       ["group", "image", "water", "building + road"],
-      [[group, image_names[i], f"{100 * shares[i, names.index('water')]:.0f}%",
+      [[group, data.names[i], f"{100 * shares[i, names.index('water')]:.0f}%",
         f"{100 * shares[i, [names.index(n) for n in CITY]].sum():.0f}%"]
-       for group, ids in (("water", water), ("city", city)) for i in ids])
-  sections.append(
+       for group, ids in groups.items() for i in ids])
+  return (
       "### SE gates: water vs city\n\nThe images, picked by their labels:\n\n" + pick
       + "\n\nPer encoder stage: the mean gate of each group, the mean over channels of "
       "|water mean - city mean| (*between*) against the mean over channels of the std within "
       "a group (*within*), and the channel whose gate differs most.\n\n"
-      + common.markdown_table(["stage", "channels", "mean gate, water", "mean gate, city",
-                               "between", "within", "most different channel"], se_table)
+      + writers.markdown_table(["stage", "channels", "mean gate, water", "mean gate, city",
+                                "between", "within", "most different channel"], se_table)
       + "\n\n![water and city images](se_images.png)\n\n![SE gates](se_gates.png)")
 
-  # ASPP branches: size of each output, and the prediction without it.
-  branches = aspp_branches(inter)
-  base = miou(logits, labels, len(names), config.data.ignore_index)
+
+def aspp_section(trained: Trained, data: Images, logits: jax.Array, inter: dict[str, Any],
+                 out: str) -> str:
+  """Each ASPP branch: the size of its output, and the prediction with it zeroed."""
+  config = trained.trainer.config
+  num_classes, ignore = len(trained.trainer.dataset.class_names), config.data.ignore_index
+  base = miou(logits, data.labels, num_classes, ignore)
   preds = np.asarray(jnp.argmax(logits, -1))
   aspp_table, bars = [], {}
   rates = tuple(config.model.kwargs.neck_kwargs.rates)
   # Each branch, then the whole ASPP output (the decoder then has only the skips).
-  outputs = {**branches, "": np.asarray(inter["neck"]["__call__"][0])}
-  for name, out in outputs.items():
+  outputs = {**aspp_branches(inter), "": np.asarray(inter["neck"]["__call__"][0])}
+  for name, output in outputs.items():
     label = (f"{name} (rate {rates[int(name[6:])]})" if name.startswith("atrous")
              else name or "whole ASPP output")
-    norm = np.linalg.norm(out, axis=-1).mean()
-    zeroed, _ = forward(trained, images, capture=False,
+    norm = np.linalg.norm(output, axis=-1).mean()
+    zeroed, _ = forward(trained, data.images, capture=False,
                         zero=("neck", name) if name else ("neck",))
     changed = np.mean(np.asarray(jnp.argmax(zeroed, -1)) != preds)
-    after = miou(zeroed, labels, len(names), config.data.ignore_index)
+    after = miou(zeroed, data.labels, num_classes, ignore)
     aspp_table.append([label, f"{norm:.3f}", f"{100 * changed:.1f}%", f"{after:.3f}",
                        f"{after - base:+.3f}"])
     bars[label] = (norm, 100 * changed, after - base)
-  labels_x = list(bars)
+  labels_x, x = list(bars), range(len(bars))
   viz.save_curve_panels([
-      viz.Curves({"mean L2 norm per pixel": (range(len(bars)), [b[0] for b in bars.values()])},
+      viz.Curves({"mean L2 norm per pixel": (x, [b[0] for b in bars.values()])},
                  title="size of each branch's output", xticklabels=labels_x, markers=True),
-      viz.Curves({"pixels changed (%)": (range(len(bars)), [b[1] for b in bars.values()])},
+      viz.Curves({"pixels changed (%)": (x, [b[1] for b in bars.values()])},
                  title="prediction with the branch zeroed", xticklabels=labels_x, markers=True),
-      viz.Curves({"mIoU change": (range(len(bars)), [b[2] for b in bars.values()])},
+      viz.Curves({"mIoU change": (x, [b[2] for b in bars.values()])},
                  title="mIoU with the branch zeroed", xticklabels=labels_x, markers=True)],
-      os.path.join(args.out, "aspp.png"), ncols=3)
-  sections.append(
-      f"### ASPP branches\n\nOver the {len(images)} val and test images (mIoU of the whole "
+      os.path.join(out, "aspp.png"), ncols=3)
+  return (
+      f"### ASPP branches\n\nOver the {len(data.images)} val and test images (mIoU of the whole "
       f"model {base:.3f}): the mean over pixels of the L2 norm (over channels) of each "
       "branch's output, and the prediction when that branch's output is replaced by zeros "
       "(the projection then sees only the others).\n\n"
-      + common.markdown_table(["branch", "mean L2 norm", "pixels whose class changes",
-                               "mIoU without it", "change"], aspp_table)
+      + writers.markdown_table(["branch", "mean L2 norm", "pixels whose class changes",
+                                "mIoU without it", "change"], aspp_table)
       + "\n\n![ASPP branches](aspp.png)")
-  common.finish(args, __spec__.name, sections)
+
+
+def run(options: common.Options) -> None:
+  """Runs the experiment and writes the README section; see the module docstring."""
+  logging.set_verbosity(logging.INFO)
+  workdir, dataset = train_run(options)
+  trained = load_run(workdir, dataset)
+  config, dataset = trained.trainer.config, trained.trainer.dataset
+  data = Images.of(dataset)
+  water, city, shares = pick_images(data.labels, list(dataset.class_names),
+                                    1 if options.toy else GROUP_SIZE)
+  logits, inter = forward(trained, data.images)
+  common.finish(options, __spec__.name, [
+      f"Run: `{workdir}` ({config.model.name}, {config.data.name} at "
+      f"{common.dims(config.data.image_size)}, latest checkpoint, step {trained.step}). "
+      f"Images: the {len(data.images)} val and test images.",
+      feature_maps_section(trained, data, inter, city[0], options.out),
+      se_section(dataset, data, inter, {"water": water, "city": city}, shares, options.out),
+      aspp_section(trained, data, logits, inter, options.out)])
 
 
 if __name__ == "__main__":
-  main()
+  common.command(run, FOLDER, workdir=True)

@@ -23,7 +23,7 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 import jax
@@ -33,14 +33,14 @@ import numpy as np
 
 from configs import dubai_patches
 from experiments import common
-from seg_jax import checkpoint as checkpoint_lib
+from experiments import sweeps
 from seg_jax import data as data_lib
-from seg_jax import errors
-from seg_jax import preemption
+from seg_jax import outputs
 from seg_jax import results
+from seg_jax import state as state_lib
 from seg_jax import sweep as sweep_lib
-from seg_jax import train
 from seg_jax import viz
+from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import augment
 from seg_jax.data import preprocess
@@ -63,12 +63,8 @@ TOY_SHIFTS = (0, 1, 2)
 
 def base_config(data_root: str, toy: bool) -> ml_collections.ConfigDict:
   """``configs/dubai_patches.py`` as every setting of the sweep starts from it, locked."""
-  config = dubai_patches.get_config()
-  config.data.root = data_root
-  if toy:
-    config = sweep_lib.apply_overrides(config, TOY, "toy")
-  config.lock()
-  return config
+  return sweep_lib.apply_overrides(dubai_patches.get_config(),
+                                   {"data.root": data_root, **(TOY if toy else {})}, "base")
 
 
 def load_sweep(toy: bool) -> sweep_lib.Sweep:
@@ -76,25 +72,9 @@ def load_sweep(toy: bool) -> sweep_lib.Sweep:
   sweep = sweep_lib.load_sweep(SWEEP_FILE)
   if not toy:
     return sweep
-  settings = {name: {**overrides, "model.kwargs": {
-      **overrides["model.kwargs"], **TOY_KWARGS[overrides["model.name"]]}}
-              for name, overrides in sweep.settings.items()}
-  return sweep_lib.Sweep(settings, sweep.seeds[:1])
-
-
-def train_sweep(config: ml_collections.ConfigDict, sweep: sweep_lib.Sweep, runs: str
-                ) -> tuple[list[sweep_lib.Run], data_lib.Dataset]:
-  """Trains and tests every unfinished run of the sweep (``seg_jax.sweep``'s runner); returns
-  the runs and their dataset. Raises RunError if a run failed."""
-  planned = sweep_lib.expand(config, sweep, runs)
-  runner = sweep_lib.Runner(planned, runs, max_replicas=1)
-  runner.check()
-  with preemption.PreemptionWatch() as preempt:
-    if not runner.run(preempt):
-      raise errors.RunError("preempted: rerun the same command to resume")
-  if runner.failed:
-    raise errors.RunError(f"runs failed: {', '.join(runner.failed)}")
-  return planned, runner.dataset(config)
+  return sweeps.toy(sweep, {
+      name: {"model.kwargs": {**o["model.kwargs"], **TOY_KWARGS[o["model.name"]]}}
+      for name, o in sweep.settings.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,15 +144,11 @@ def classify(run: sweep_lib.Run, dataset: data_lib.Dataset,
   The trainer's model is a ``DenseFromClassifier``; its classifier runs on the same variables.
   """
   config = run.config
-  classifier = train.build_model(config, dataset.num_classes).classifier
-  abstract = train.abstract_state(config, dataset.num_classes, dataset.image_size)
-  ckpt = checkpoint_lib.Checkpointer(run.workdir, read_only=True)
-  try:
-    state, _ = ckpt.restore_state(abstract, "best")
-  finally:
-    ckpt.close()
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  dtype = train.dtype_from_name(config.model.dtype)
+  model = state_lib.build_model(config, dataset.num_classes)
+  run_dir = workdir_lib.RunDir(run.workdir)
+  variables, _ = state_lib.restore_variables(run_dir, config, run_dir.data_info(), "best", model)
+  classifier = model.classifier
+  dtype = state_lib.dtype_from_name(config.model.dtype)
 
   @jax.jit
   def classes(variables, x):
@@ -195,11 +171,6 @@ def shift_scores(preds: dict[tuple[int, int], np.ndarray], labels: np.ndarray,
   return out
 
 
-def _cell(values: Sequence[float]) -> str:
-  mean, std = results.mean_std(values)
-  return f"{mean:.3f}" if np.isnan(std) else f"{mean:.3f} ± {std:.3f}"
-
-
 def data_table(dataset: data_lib.Dataset) -> str:
   """Patches kept and left out per split, and the class of the kept ones."""
   rows = []
@@ -208,7 +179,7 @@ def data_table(dataset: data_lib.Dataset) -> str:
     counts = np.bincount(source.labels[:, 0, 0], minlength=dataset.num_classes)
     rows.append([split, f"{len(source):,}", f"{dataset.dropped[split]:,}",
                  *(f"{n:,}" for n in counts)])
-  return common.markdown_table(["split", "patches kept", "left out", *dataset.class_names], rows)
+  return writers.markdown_table(["split", "patches kept", "left out", *dataset.class_names], rows)
 
 
 def model_table(rows: Sequence[dict[str, Any]], sweep: sweep_lib.Sweep) -> str:
@@ -221,15 +192,15 @@ def model_table(rows: Sequence[dict[str, Any]], sweep: sweep_lib.Sweep) -> str:
     out.append([row["setting"], f"`{overrides['model.name']}` ({kwargs})",
                 f"{int(row['params']):,}", row["n"], cell("test_pixel_accuracy"),
                 cell("test_mean_accuracy"), cell("val_pixel_accuracy"),
-                results.duration(row["train_seconds_mean"])])
-  return common.markdown_table(
+                outputs.format_duration(row["train_seconds_mean"])])
+  return writers.markdown_table(
       ["model", "model.name (model.kwargs)", "params", "seeds", "test accuracy",
        "test balanced accuracy", "val accuracy", "train time per run"], out)
 
 
 def class_table(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> str:
   """Test accuracy per class (share of the class's patches classified right)."""
-  return common.markdown_table(
+  return writers.markdown_table(
       ["model", *class_names],
       [[row["setting"], *(results.cell(row, f"test_accuracy_{c}") for c in class_names)]
        for row in rows])
@@ -240,14 +211,13 @@ def shift_table(scores: dict[str, list[dict[str, list[float]]]], shifts: Sequenc
   """Accuracy per shift and agreement with the unshifted prediction, mean ± std over seeds."""
   rows = []
   for setting, per_seed in scores.items():
-    rows.append([f"{setting} accuracy", *(_cell([s["accuracy"][k] for s in per_seed])
-                                          for k in range(len(shifts)))])
-    rows.append([f"{setting} agreement", *(_cell([s["agreement"][k] for s in per_seed])
-                                           for k in range(len(shifts)))])
+    for key in ("accuracy", "agreement"):
+      rows.append([f"{setting} {key}", *(common.mean_std_text([s[key][k] for s in per_seed])
+                                         for k in range(len(shifts)))])
   drift = [np.mean([v for o, v in shift_set.drift.items() if max(map(abs, o)) == d])
            for d in shifts]
   rows.append(["windows whose own majority class changed", *(f"{v:.3f}" for v in drift)])
-  return common.markdown_table(["", *(f"{d} px" for d in shifts)], rows)
+  return writers.markdown_table(["", *(f"{d} px" for d in shifts)], rows)
 
 
 def save_figure(scores: dict[str, list[dict[str, list[float]]]], shifts: Sequence[int],
@@ -267,31 +237,20 @@ def save_figure(scores: dict[str, list[dict[str, list[float]]]], shifts: Sequenc
                         title="Test windows moved inside their image (mean over 4 directions)")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  """Runs the experiment and writes the README section; see the module docstring."""
-  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
-  logging.set_verbosity(logging.INFO)
-  writers.quiet_library_logs()
-  runs = os.path.join(args.out, "runs") if args.toy else RUNS
-  shifts = TOY_SHIFTS if args.toy else SHIFTS
-  config = base_config(args.data_root, args.toy)
-  sweep = load_sweep(args.toy)
-  planned, dataset = train_sweep(config, sweep, runs)
-  rows = results.summarize(runs, list(sweep.settings), sweep.seeds)
-  shift_set = shift_windows(config.data, shifts, SHIFT_WINDOWS, SHIFT_SEED, dataset.num_classes)
-  scores = {setting: [] for setting in sweep.settings}
-  for run in planned:
-    preds = classify(run, dataset, shift_set.crops)
-    scores[run.setting].append(shift_scores(preds, shift_set.labels, shifts))
-  save_figure(scores, shifts, os.path.join(args.out, "shift.png"))
+def readme_sections(options: common.Options, config: ml_collections.ConfigDict,
+                    sweep: sweep_lib.Sweep, done: sweeps.SweepRuns, runs: str,
+                    scores: dict[str, list[dict[str, list[float]]]], shifts: Sequence[int],
+                    shift_set: ShiftSet) -> list[str]:
+  """The README section: the runs, the data, the models' scores and the shift test."""
   c = config
-  sections = [
+  dataset = done.runner.dataset(config)
+  return [
       "### Runs\n\nThe runs are those of this sweep, in the same folders (either command "
       "reuses the runs the other finished):\n\n"
       f"    python -m seg_jax.sweep --config=configs/dubai_patches.py "
       f"--sweep=experiments/mlp_vs_cnn/sweep.py --workdir={runs}"
-      + ("" if args.data_root == dubai_patches.get_config().data.root
-         else f" --config.data.root={args.data_root}"),
+      + ("" if options.data_root == dubai_patches.get_config().data.root
+         else f" --config.data.root={options.data_root}"),
       f"### Data\n\n{c.data.patch_size}x{c.data.patch_size} patches of the Dubai tiles, each "
       f"labelled with its majority class; patches where that class covers less than "
       f"{c.data.min_purity:.0%} of the pixels are left out:\n\n" + data_table(dataset),
@@ -299,9 +258,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       f"{c.train.global_batch_size}, {c.optim.name} at {c.optim.learning_rate:g} for every "
       f"model; seeds {', '.join(map(str, sweep.seeds))}; mean ± std over seeds. Test: the "
       "best-val checkpoint on every kept test patch. Balanced accuracy: the mean over classes "
-      "of each class's accuracy.\n\n" + model_table(rows, sweep),
+      "of each class's accuracy.\n\n" + model_table(done.rows, sweep),
       "Test accuracy per class (mean ± std over seeds):\n\n"
-      + class_table(rows, dataset.class_names),
+      + class_table(done.rows, dataset.class_names),
       f"### Shift test\n\n{len(shift_set.labels)} test windows (of "
       f"{shift_set.candidates:,} at least {max(shifts)} px from the image border), each moved "
       f"by d pixels in 4 directions. Accuracy: against the unshifted window's class; agreement: "
@@ -310,8 +269,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       "below the purity threshold).\n\n" + shift_table(scores, shifts, shift_set)
       + "\n\n![accuracy and agreement vs shift, one line per model](shift.png)",
   ]
-  common.finish(args, __spec__.name, sections)
+
+
+def run(options: common.Options) -> None:
+  """Runs the experiment and writes the README section; see the module docstring."""
+  logging.set_verbosity(logging.INFO)
+  runs = os.path.join(options.out, "runs") if options.toy else RUNS
+  shifts = TOY_SHIFTS if options.toy else SHIFTS
+  config = base_config(options.data_root, options.toy)
+  sweep = load_sweep(options.toy)
+  done = sweeps.run_sweep(config, sweep, runs)
+  dataset = done.runner.dataset(config)
+  shift_set = shift_windows(config.data, shifts, SHIFT_WINDOWS, SHIFT_SEED, dataset.num_classes)
+  scores = {setting: [] for setting in sweep.settings}
+  for trained in done.runs:
+    preds = classify(trained, dataset, shift_set.crops)
+    scores[trained.setting].append(shift_scores(preds, shift_set.labels, shifts))
+  save_figure(scores, shifts, os.path.join(options.out, "shift.png"))
+  common.finish(options, __spec__.name,
+                readme_sections(options, config, sweep, done, runs, scores, shifts, shift_set))
 
 
 if __name__ == "__main__":
-  main()
+  common.command(run, FOLDER)

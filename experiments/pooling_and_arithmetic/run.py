@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ from seg_jax import layers
 from seg_jax import models
 from seg_jax.models import unet
 from seg_jax import viz
+from seg_jax import writers
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 # Warehouse roofs, dark roads and a strip of vegetation of the default image.
@@ -61,7 +62,7 @@ def pooling(rgb: np.ndarray, out: str, windows: Sequence[int]) -> str:
     figure.append(row)
   viz.save_panels(figure, os.path.join(out, "pooling.png"),
                   title="Pooling the same image: one row per window (stride = window)")
-  return common.markdown_table(
+  return writers.markdown_table(
       ["pooling", "window", "conv_output_size", "array shape", "mean brightness"], rows)
 
 
@@ -115,7 +116,7 @@ def transposed_sizes(key: jax.Array) -> str:
                            f"not back to {size}")
     rows.append([size, k, s, repr(p), op, d, predicted[i], common.dims(up[0, ..., 0]), back,
                  f"{float(jnp.abs(grad - up).max()):.1e}"])
-  return common.markdown_table(
+  return writers.markdown_table(
       ["input", "kernel", "stride", "padding", "output_padding", "dilation",
        "conv_transpose_output_size", "ConvTranspose output", "Conv maps it back to",
        "max |ConvTranspose - grad of Conv|"], rows)
@@ -205,7 +206,7 @@ def receptive_fields(configs: dict[str, Any]) -> tuple[str, dict[str, list]]:
     if model.neck == "aspp":
       rows.append([config_name, "ASPP image pooling", "global average", "", "whole image",
                    f"{h}x{w}"])
-  return common.markdown_table(
+  return writers.markdown_table(
       ["config", "after", "layers", "output stride (px)", "receptive field (px)",
        "training image"], rows), stacks
 
@@ -263,36 +264,35 @@ def receptive_field_figure(stacks: list, background: np.ndarray, out: str) -> st
   viz.save_panels([fields, maps], os.path.join(out, "receptive_field.png"),
                   title="Receptive field of one output pixel per encoder stage (top) and the "
                         "gradient of that pixel with respect to the input (bottom)")
-  return common.markdown_table(
+  return writers.markdown_table(
       ["after", "receptive_field (px)", "gradient non-zero over (px)",
        "centred square holding half the gradient (px)"], rows)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def run(options: common.Options) -> None:
   """Writes the figures and the generated README section; see the module docstring."""
-  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
-  side, windows = (32, (2, 4)) if args.toy else (128, (2, 4, 8))
-  scene = common.read_scene(args.data_root)
+  side, windows = (32, (2, 4)) if options.toy else (128, (2, 4, 8))
+  scene = common.read_scene(options.data_root)
   view = scene.crop(side, CENTRE)
   configs = {"configs/default.py": default_config.get_config(),
              "configs/dubai.py": dubai_config.get_config()}
   rf_table, stacks = receptive_fields(configs)
   training_view = scene.resize(tuple(configs["configs/dubai.py"].data.image_size))
-  transposed_overlaps(view.rgb(), args.out, [(2, 2), (3, 2), (4, 2)])
+  transposed_overlaps(view.rgb(), options.out, [(2, 2), (3, 2), (4, 2)])
   sections = [
       f"Image: {view.source}.",
-      "### Pooling\n\n" + pooling(view.rgb(), args.out, windows) + "\n\n![pooling](pooling.png)",
+      "### Pooling\n\n" + pooling(view.rgb(), options.out, windows) + "\n\n![pooling](pooling.png)",
       "### Transposed convolution\n\n" + transposed_sizes(jax.random.key(0))
       + "\n\n![transposed convolution](transposed.png)",
       "### Receptive field of the proposal's encoder\n\n"
       + "`asym_unet` at the widths of each config; layers from the model's backbone `widths` "
       + "and `blocks` and its ASPP neck's `rates`.\n\n" + rf_table
       + f"\n\nGradient check for `configs/dubai.py`; background: {training_view.source}.\n\n"
-      + receptive_field_figure(stacks["configs/dubai.py"], training_view.image, args.out)
+      + receptive_field_figure(stacks["configs/dubai.py"], training_view.image, options.out)
       + "\n\n![receptive field](receptive_field.png)",
   ]
-  common.finish(args, __spec__.name, sections)
+  common.finish(options, __spec__.name, sections)
 
 
 if __name__ == "__main__":
-  main()
+  common.command(run, FOLDER)

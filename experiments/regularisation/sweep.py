@@ -24,60 +24,39 @@ WEIGHT_DECAY = 1.0  # AdamW's decoupled decay: each step shrinks kernels by lr *
 DROPOUT = 0.5  # on the deepest encoder stage and after ASPP
 GROUPS = 4  # GroupNorm groups; divides every width of the model
 TRAIN_IMAGES = 8
-# The sizes of a full run and of a toy run (what the test runs).
-SIZES = {
-    "full": dict(image_size=(72, 128), steps=200, every=20, log_every=10,
-                 model=dict(widths=(8, 16, 32, 64), blocks=(1, 1, 2, 2), decoder_widths=(32, 16, 8),
-                            aspp_features=32, se_reduction=4)),
-    "toy": dict(image_size=(32, 32), steps=2, every=2, log_every=1,
-                model=dict(widths=(4, 8), blocks=1, decoder_widths=(4,), aspp_features=4,
-                           se_reduction=2)),
-}
+# The proposal's widths: arguments of configs/default.py's asym_unet_kwargs.
+WIDTHS = dict(widths=(8, 16, 32, 64), blocks=(1, 1, 2, 2), decoder_widths=(32, 16, 8),
+              aspp_features=32, se_reduction=4)
+# Overrides every setting shares: the small training set and the budget.
+BASE = {"model.name": "asym_unet", "model.ablation": "", "data.image_size": (72, 128),
+        "data.train_subset": TRAIN_IMAGES, "data.augment.enabled": False,
+        "optim.weight_decay": 0.0, "optim.warmup_steps": 10, "train.num_steps": 200,
+        "train.global_batch_size": 4, "eval.global_batch_size": 8, "train.eval_every": 20,
+        "train.checkpoint_every": 200, "train.log_every": 10, "eval.num_images": 2}
 
 
-def model_kwargs(size: str, *, norm="batch", dropout: float = 0.0) -> dict:
-  """model.kwargs of asym_unet at `size` with `norm` and `dropout` in every part that has them."""
-  kwargs = default.asym_unet_kwargs(**SIZES[size]["model"])
+def model_kwargs(widths: dict, *, norm="batch", dropout: float = 0.0) -> dict:
+  """model.kwargs of asym_unet at `widths` with `norm` and `dropout` in every part that has them."""
+  kwargs = default.asym_unet_kwargs(**widths)
   kwargs["backbone_kwargs"].update(norm=norm, dropout_rate=dropout)
   kwargs["neck_kwargs"].update(norm=norm, dropout_rate=dropout)
   kwargs["decoder_kwargs"].update(norm=norm)
   return kwargs
 
 
-def base(size: str) -> dict:
-  """Overrides every setting shares: the small training set and the budget."""
-  s = SIZES[size]
-  return {"model.name": "asym_unet", "model.ablation": "", "data.image_size": s["image_size"],
-          "data.train_subset": TRAIN_IMAGES if size == "full" else 2,
-          "data.augment.enabled": False, "optim.weight_decay": 0.0,
-          "optim.warmup_steps": s["every"] // 2, "train.num_steps": s["steps"],
-          "train.global_batch_size": 4 if size == "full" else 2,
-          "eval.global_batch_size": 8 if size == "full" else 2,
-          "train.eval_every": s["every"], "train.checkpoint_every": s["steps"],
-          "train.log_every": s["log_every"], "eval.num_images": 2}
-
-
-def settings(size: str) -> dict:
+def settings() -> dict:
   """Setting name -> overrides."""
   out = {
       "baseline": {},
       "weight_decay": {"optim.weight_decay": WEIGHT_DECAY},
-      "dropout": {"model.kwargs": model_kwargs(size, dropout=DROPOUT)},
-      "group_norm": {"model.kwargs": model_kwargs(
-          size, norm={"kind": "group", "num_groups": GROUPS if size == "full" else 2})},
-      "no_norm": {"model.kwargs": model_kwargs(size, norm="none")},
+      "dropout": {"model.kwargs": model_kwargs(WIDTHS, dropout=DROPOUT)},
+      "group_norm": {"model.kwargs": model_kwargs(WIDTHS, norm={"kind": "group",
+                                                                "num_groups": GROUPS})},
+      "no_norm": {"model.kwargs": model_kwargs(WIDTHS, norm="none")},
   }
-  return {name: {**base(size), "model.kwargs": model_kwargs(size), **overrides}
+  return {name: {**BASE, "model.kwargs": model_kwargs(WIDTHS), **overrides}
           for name, overrides in out.items()}
 
 
-# A toy run trains this setting only (the one whose norm is given by its fields; the test of the
-# sweep builds every setting).
-TOY_SETTINGS = ("group_norm",)
-
-
-def get_sweep(size: str = "full"):
-  if size == "toy":
-    return {"settings": {k: v for k, v in settings(size).items() if k in TOY_SETTINGS},
-            "seeds": SEEDS[:1]}
-  return {"settings": settings(size), "seeds": SEEDS}
+def get_sweep():
+  return {"settings": settings(), "seeds": SEEDS}

@@ -13,29 +13,30 @@ model trained from scratch at the same budget.
    ``init_from`` (``ARMS``).
 3. Every run's best-validation checkpoint is evaluated on the test tiles.
 
-Runs live in ``RUNS`` (``<out>/runs`` with ``--toy``); a finished run is read back, not trained
-again, so an interrupted command picks up where it stopped. The README section lists every run
-as the ``seg_jax.main`` command it is, with tables, curves and the wall time of each run.
+Runs live in ``RUNS`` (``<out>/runs`` with ``--toy``, which trains ``TOY``), the wall time of each
+in ``RUNS/timing.json``; a finished run is read back, not trained again, so an interrupted
+command picks up where it stopped. The README section lists every run as the ``seg_jax.main``
+command it is, with tables, curves and the wall time of each run.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 from absl import logging
 import ml_collections
 import numpy as np
 
+from configs import default
 from configs import dubai as dubai_config
 from experiments import common
+from experiments import sweeps
 from seg_jax import sweep
-from seg_jax import train
 from seg_jax import viz
+from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import palettes
 
@@ -59,14 +60,8 @@ ARMS = {
     "full": {"model.init_from": "<pretrain>", "model.init_part": "model",
              "optim.backbone": "train"},
 }
-TOY = {"data.image_size": (32, 32), "train.global_batch_size": 2, "eval.global_batch_size": 2,
-       "model.kwargs": ml_collections.ConfigDict(dict(
-           backbone_kwargs=dict(widths=(4, 8), blocks=1, se=True, se_reduction=2),
-           neck="aspp", neck_kwargs=dict(features=8, rates=(2, 4, 6)),
-           decoder_kwargs=dict(widths=(4,), blocks=1, se=False, skip_se=False,
-                               se_reduction=2)))}
+TOY = {**sweeps.TOY, "model.kwargs": default.asym_unet_kwargs(**sweeps.TOY_PROPOSAL)}
 TOY_DATA = {"data.num_train": 4, "data.num_val": 2, "data.num_test": 2}
-TIMING = "timing.json"
 
 
 def overrides_for(name: str, seed: int, steps: int, runs: str, toy: bool,
@@ -76,11 +71,11 @@ def overrides_for(name: str, seed: int, steps: int, runs: str, toy: bool,
          "train.checkpoint_every": EVAL_EVERY, "train.log_every": EVAL_EVERY,
          "train.compilation_cache_dir": os.path.join(runs, "xla_cache")}
   if toy:
-    out.update({**TOY, "train.eval_every": steps, "train.checkpoint_every": steps})
+    out.update(TOY)
   if name == "pretrain":
-    every = steps if toy else PRETRAIN_EVAL_EVERY
-    return {**out, "train.eval_every": every, "train.checkpoint_every": every, **PRETRAIN,
-            **(TOY_DATA if toy else {})}
+    every = {} if toy else {"train.eval_every": PRETRAIN_EVAL_EVERY,
+                            "train.checkpoint_every": PRETRAIN_EVAL_EVERY}
+    return {**out, **every, **PRETRAIN, **(TOY_DATA if toy else {})}
   out["data.root"] = data_root
   pretrain = os.path.join(runs, "pretrain")
   return {**out, **{k: (pretrain if v == "<pretrain>" else v) for k, v in ARMS[name].items()}}
@@ -99,30 +94,24 @@ def command(workdir: str, overrides: dict[str, Any]) -> str:
           f"{flags}")
 
 
-def run(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Trains (or reads back) one run and evaluates its best checkpoint on the test split.
-
-  Returns its val records (metrics.jsonl), test scores and wall time.
-  """
-  timing_path = os.path.join(workdir, TIMING)
-  if not os.path.exists(timing_path):
+def train_run(name: str, workdir: str, config: ml_collections.ConfigDict,
+              runs: str) -> dict[str, Any]:
+  """Trains and tests run ``name`` (or reads it back): its val records, test scores and wall
+  time (``runs/timing.json``: seconds of training and testing, load averages around them)."""
+  path = os.path.join(runs, "timing.json")
+  timing = workdir_lib.read_json(path) or {}
+  if name not in timing:
     start, load = time.perf_counter(), os.getloadavg()[0]
-    train.train_and_evaluate(config, workdir)
-    with config.unlocked():
-      config.train.mode, config.eval.split = "eval", "test"
-    train.evaluate_checkpoint(config, workdir)
-    writers.write_json(timing_path, {"seconds": time.perf_counter() - start,
-                                     "load_start": load, "load_end": os.getloadavg()[0]})
-  with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
-    val = [json.loads(line) for line in f]
-  with open(os.path.join(workdir, "eval_test.json")) as f:
-    test = json.load(f)
-  with open(timing_path) as f:
-    timing = json.load(f)
-  return {"val": val, "test": test, "timing": timing}
+    sweeps.train_and_test(config, workdir)
+    timing[name] = {"seconds": time.perf_counter() - start, "load_start": load,
+                    "load_end": os.getloadavg()[0]}
+    writers.write_json(path, timing)
+  records = sweeps.records(workdir)
+  return {"val": records.val, "test": records.test, "timing": timing[name]}
 
 
-def _minutes(seconds: float) -> str:
+def minutes(seconds: float) -> str:
+  """"84m22s": whole minutes and seconds, as the README's tables give wall times."""
   return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
@@ -140,9 +129,9 @@ def tables(results: dict[tuple[str, int], dict[str, Any]], pretrain: dict[str, A
     best = _best(r["val"])
     rows.append([arm, seed, f"{best['miou']:.3f} (step {best['step']})",
                  f"{r['val'][-1]['miou']:.3f}", f"{r['test']['miou']:.3f}",
-                 f"{r['test']['pixel_accuracy']:.3f}", _minutes(r["timing"]["seconds"]),
+                 f"{r['test']['pixel_accuracy']:.3f}", minutes(r["timing"]["seconds"]),
                  f"{r['timing']['load_start']:.1f} / {r['timing']['load_end']:.1f}"])
-  per_run = common.markdown_table(
+  per_run = writers.markdown_table(
       ["arm", "seed", "best val mIoU", "val mIoU, last step", "test mIoU", "test pixel acc",
        "wall time", "load at start / end"], rows)
 
@@ -159,19 +148,19 @@ def tables(results: dict[tuple[str, int], dict[str, Any]], pretrain: dict[str, A
       row += [f"{np.mean(values):.3f}", f"{min(values):.3f}-{max(values):.3f}",
               "" if arm == "scratch" else " / ".join(f"{g:+.3f}" for g in gaps)]
     rows.append(row)
-  per_arm = common.markdown_table(
+  per_arm = writers.markdown_table(
       ["arm", "best val mIoU, mean", "range", "gap to scratch per seed", "test mIoU, mean",
        "range", "gap to scratch per seed"], rows)
 
   class_names = palettes.DUBAI_AERIAL.names
   rows = [[arm] + [f"{np.mean([results[(arm, s)]['test']['iou'][c] for s in seeds]):.3f}"
                    for c in class_names] for arm in ARMS]
-  per_class = common.markdown_table(["arm", *class_names], rows)
+  per_class = writers.markdown_table(["arm", *class_names], rows)
   best = _best(pretrain["val"])
   return [
       f"Pretraining on {num_scenes} synthetic scenes: best val mIoU "
       f"{best['miou']:.3f} at step {best['step']} (synthetic val split), wall time "
-      f"{_minutes(pretrain['timing']['seconds'])}.",
+      f"{minutes(pretrain['timing']['seconds'])}.",
       "### Each run\n\nBest val mIoU over the evaluations every "
       f"{EVAL_EVERY} steps; test scores of that best-val checkpoint.\n\n" + per_run,
       f"### Each arm over seeds {', '.join(map(str, seeds))}\n\nGap to scratch: the arm's score "
@@ -185,47 +174,41 @@ def mean_curves(results: dict[tuple[str, int], dict[str, Any]]) -> dict[str, lis
   curves = {}
   for arm in ARMS:
     runs = [r["val"] for (a, _), r in results.items() if a == arm]
-    steps = sorted(set.intersection(*[{r["step"] for r in records} for records in runs]))
+    means = {key: common.seed_mean([[(r["step"], r[key]) for r in val] for val in runs])
+             for key in ("miou", "loss")}
+    (steps, miou, _), (_, loss, _) = means["miou"], means["loss"]
     curves[f"{arm} (mean of {len(runs)})"] = [
-        {"step": step, **{key: float(np.mean([next(r[key] for r in records if r["step"] == step)
-                                              for records in runs]))
-                          for key in ("miou", "loss")}} for step in steps]
+        {"step": step, "miou": m, "loss": l} for step, m, l in zip(steps, miou, loss)]
   return curves
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def run(options: common.Options) -> None:
   """Runs the experiment and writes the README section; see the module docstring."""
-  args = common.parse_args(__doc__.splitlines()[0], FOLDER, argv)
   logging.set_verbosity(logging.INFO)  # each run's progress and where its weights came from
-  runs = os.path.join(args.out, "runs") if args.toy else RUNS
-  pretrain_steps = 2 if args.toy else PRETRAIN_STEPS
-  steps = 2 if args.toy else FINETUNE_STEPS
-  seeds = SEEDS[:1] if args.toy else SEEDS
-  commands = []
-
-  configs = {}
-
-  def one(name: str, seed: int, steps: int) -> dict[str, Any]:
-    overrides = overrides_for(name, seed, steps, runs, args.toy, args.data_root)
-    workdir = os.path.join(runs, name if name == "pretrain" else f"{name}_seed{seed}")
-    commands.append(command(workdir, overrides))
-    configs[name] = make_config(overrides, name)
-    return run(workdir, configs[name])
-
-  pretrain = one("pretrain", 0, pretrain_steps)
-  results = {(arm, seed): one(arm, seed, steps) for seed in seeds for arm in ARMS}
-  viz.save_curves(mean_curves(results), os.path.join(args.out, "curves.png"))
+  runs = os.path.join(options.out, "runs") if options.toy else RUNS
+  plan = [("pretrain", 0, PRETRAIN_STEPS)] + [
+      (arm, seed, FINETUNE_STEPS) for seed in (SEEDS[:1] if options.toy else SEEDS)
+      for arm in ARMS]
+  commands, results = [], {}
+  for name, seed, steps in plan:
+    overrides = overrides_for(name, seed, steps, runs, options.toy, options.data_root)
+    label = name if name == "pretrain" else f"{name}_seed{seed}"
+    commands.append(command(os.path.join(runs, label), overrides))
+    results[(name, seed)] = train_run(label, os.path.join(runs, label),
+                                      make_config(overrides, name), runs)
+  pretrain = results.pop(("pretrain", 0))
+  viz.save_curves(mean_curves(results), os.path.join(options.out, "curves.png"))
   total = sum(r["timing"]["seconds"] for r in [pretrain, *results.values()])
-  sections = [
+  num_scenes = (TOY_DATA if options.toy else PRETRAIN)["data.num_train"]
+  common.finish(options, __spec__.name, [
       "### Commands\n\nWhat the command above runs, one `seg_jax.main` run each (then "
       "`--config.train.mode=eval --config.eval.split=test` on the same workdir):\n\n"
       + "\n".join(f"    {c}" for c in commands),
-      *tables(results, pretrain, configs["pretrain"].data.num_train),
+      *tables(results, pretrain, num_scenes),
       f"![val mIoU and loss per arm, mean over seeds](curves.png)\n\nAll runs together: "
-      f"{_minutes(total)} of wall time.",
-  ]
-  common.finish(args, __spec__.name, sections)
+      f"{minutes(total)} of wall time.",
+  ])
 
 
 if __name__ == "__main__":
-  main()
+  common.command(run, FOLDER)

@@ -1,4 +1,5 @@
-"""Datasets (synthetic aerial scenes, image/mask folders), augmentation and the input pipeline.
+"""Datasets (synthetic aerial scenes, image/mask folders, rasters), augmentation and the input
+pipeline.
 
 `DATASETS` lists every `data.name` (`dataset.py`), with the `data` fields each reads.
 
@@ -21,4 +22,5 @@ from seg_jax.data.palettes import load_palette
 from seg_jax.data.palettes import Palette
 from seg_jax.data.preprocess import class_pixel_counts
 from seg_jax.data.sources import ArraySource
+from seg_jax.data.sources import Bands
 from seg_jax.data.sources import Dataset

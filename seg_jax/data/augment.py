@@ -61,9 +61,9 @@ def _geometry(key, h: int, w: int, cfg):
 def _warp(image, label, m, offset, ignore_index: int):
   """Samples one image bilinearly and its label at the nearest pixel through (m, offset).
 
-  `image` (H, W, 3) and `label` (H, W) keep their stored dtype (uint8): each tap
-  reads the narrow values and converts them to float32, and the label becomes
-  int32 after the lookup. Returns (float32 image, int32 label).
+  `image` (H, W, C) and `label` (H, W) keep their stored dtype (uint8, or a raster's): each
+  tap reads the narrow values and converts them to float32, and the label becomes int32 after
+  the lookup. Returns (float32 image, int32 label).
   """
   h, w = label.shape
   cy, cx = (h - 1) / 2, (w - 1) / 2
@@ -98,7 +98,7 @@ def _factor(key, amount: float):
 
 
 def _colour_affine(key, channel_mean, cfg):
-  """Brightness, contrast, saturation and hue jitter of one image as one map x -> a @ x + o.
+  """Brightness, contrast, saturation and hue jitter of one RGB image as one map x -> a @ x + o.
 
   Each step is affine in RGB, so composing them costs one pass over the pixels.
   `channel_mean` (3,) is the image's mean colour, which sets the contrast pivot.
@@ -133,15 +133,42 @@ def _has_geometry(cfg) -> bool:
               cfg.scale_max != 1.0 or cfg.rotate_degrees != 0)
 
 
-def augment_batch(images, labels, rng, aug_config, ignore_index: int = 255):
-  """Augments a batch: uint8 images (B, H, W, 3), labels (B, H, W) -> (float32 [0, 255], int32).
+def has_colour_jitter(cfg) -> bool:
+  """Whether `cfg` (a `data.augment` group) changes colours: brightness, contrast, saturation
+  or hue."""
+  return bool(cfg.enabled and (cfg.brightness > 0 or cfg.contrast > 0 or cfg.saturation > 0
+                               or cfg.hue > 0))
 
-  `aug_config` is the `data.augment` group; its values are read at trace time.
+
+def _jitter_colours(images, keys, rgb, cfg):
+  """Colour jitter of the red, green and blue channels `rgb` of float32 images (B, H, W, C)."""
+  whole = tuple(rgb) == tuple(range(images.shape[-1]))  # an RGB image: no gather, no scatter
+  colour = images if whole else images[..., list(rgb)]
+  a, o = jax.vmap(lambda k, m: _colour_affine(k, m, cfg))(keys, colour.mean(axis=(1, 2)))
+  # A weighted channel sum fuses into one pass; a dot of width 3 is slow on CPU.
+  colour = sum(colour[..., k:k + 1] * a[:, None, None, :, k] for k in range(3))
+  colour = colour + o[:, None, None, :]
+  return colour if whole else images.at[..., list(rgb)].set(colour)
+
+
+def augment_batch(images, labels, rng, aug_config, ignore_index: int = 255,
+                  rgb: tuple[int, ...] = (0, 1, 2),
+                  value_range: tuple[float, float] = (0.0, 255.0)):
+  """Augments a batch: images (B, H, W, C), labels (B, H, W) -> (float32, int32).
+
+  `aug_config` is the `data.augment` group; its values are read at trace time. Images are
+  uint8 RGB (C = 3) or any bands of a raster; colour jitter changes the channels `rgb` (red,
+  green, blue: () for none, and then it is refused), and the result is clipped to
+  `value_range` ([0, 255] for uint8).
   """
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images must be (B, H, W, 3), got {images.shape}.")
+  if images.ndim != 4:
+    raise ValueError(f"images must be (B, H, W, C), got {images.shape}.")
   if labels.shape != images.shape[:3]:
     raise ValueError(f"labels must be {images.shape[:3]}, got {labels.shape}.")
+  if has_colour_jitter(aug_config) and len(rgb) != 3:
+    raise ValueError("colour jitter (data.augment brightness, contrast, saturation, hue) "
+                     "changes red, green and blue bands, and the data names none: set "
+                     "data.rgb_bands, or turn the jitter off")
   if not aug_config.enabled:
     return images.astype(jnp.float32), labels.astype(jnp.int32)
   b, h, w, _ = images.shape
@@ -155,17 +182,12 @@ def augment_batch(images, labels, rng, aug_config, ignore_index: int = 255):
     # With every geometric option off the warp is the identity map: skip it.
     images = images.astype(jnp.float32)
     labels = labels.astype(jnp.int32)
-  if aug_config.brightness > 0 or aug_config.contrast > 0 or aug_config.saturation > 0 or (
-      aug_config.hue > 0):
-    a, o = jax.vmap(lambda k, m: _colour_affine(k, m, aug_config))(
-        colour_keys, images.mean(axis=(1, 2)))
-    # A weighted channel sum fuses into one pass; a dot of width 3 is slow on CPU.
-    images = sum(images[..., k:k + 1] * a[:, None, None, :, k] for k in range(3))
-    images = images + o[:, None, None, :]
+  if has_colour_jitter(aug_config):
+    images = _jitter_colours(images, colour_keys, tuple(rgb), aug_config)
   if aug_config.noise_std > 0:
     # One draw for the whole batch: threefry inside vmap is several times slower on CPU.
     images = images + aug_config.noise_std * jax.random.normal(noise_key, images.shape)
-  return jnp.clip(images, 0.0, 255.0), labels
+  return jnp.clip(images, *value_range), labels
 
 
 def normalize(images, mean, std):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 from seg_jax.data import folder
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
+from seg_jax.data import raster_dataset
 from seg_jax.data import sources
 from seg_jax.data import splits
 from seg_jax.data import synthetic
@@ -38,6 +39,9 @@ class Builder:
   # `full_resolution_examples` of a split; None where only preprocessed examples are stored.
   full_resolution: Optional[Callable[[Any, str], Iterator[dict[str, Any]]]]
   fields: tuple[str, ...]
+  # Whether full-resolution examples are scenes read window by window ({"scene", "name"}),
+  # not arrays ({"image", "label", "name"}).
+  scenes: bool = False
 
 
 def _tfds_dataset(c) -> sources.Dataset:
@@ -75,6 +79,14 @@ DATASETS: dict[str, Builder] = {
     # A folder with the Dubai classes and colours unless data.palette names others.
     "dubai_aerial": _folder(default_palette=palettes.DUBAI_AERIAL,
                             download="; " + DUBAI_DOWNLOAD),
+    # Image and mask rasters (seg_jax.data.raster_dataset): any band count and type, nodata,
+    # read window by window; data.palette names the classes.
+    "raster": Builder(
+        raster_dataset.build_dataset, raster_dataset.full_resolution_examples,
+        fields=("root", "palette", "ignore_color", "split", "seed", "prep", "patch_size",
+                "patch_overlap", "windows_per_epoch", "ignore_index", "on_bad_file",
+                "max_unknown_fraction", "bands", "rgb_bands", "nodata", "mask_nodata", "scale"),
+        scenes=True),
     # A prepared TFDS dataset: size, split and palette were fixed by seg_jax.data.prepare.
     TFDS_PREFIX: Builder(_tfds_dataset, None, fields=("name", "tfds_dir", "ignore_index")),
 }
@@ -109,6 +121,9 @@ def _check_config(c) -> Builder:
     raise ValueError(f"data.split must be one of {SPLIT_MODES}, got {c.split!r}.")
   if c.prep not in preprocess.PREPS:
     raise ValueError(f"data.prep must be one of {preprocess.PREPS}, got {c.prep!r}.")
+  if c.prep == "windows" and "windows_per_epoch" not in entry.fields:
+    raise ValueError(f"data.prep='windows' draws random windows from rasters (data.name="
+                     f"{_readers('windows_per_epoch')}), not from {c.name!r}.")
   if c.labels not in LABELS:
     raise ValueError(f"data.labels must be one of {LABELS}, got {c.labels!r}.")
   if not 0.0 < c.min_purity <= 1.0:
@@ -149,7 +164,8 @@ def full_resolution_examples(c, split: str) -> Iterator[dict[str, Any]]:
   with the same reader and checks (palette decoding, unknown colours, on_bad_file), stopping
   before the resize or patch cut: image uint8 (H, W, 3) and label uint8 (H, W) at the file's
   size. Synthetic scenes exist only at `data.image_size`, so they come as generated. The
-  files are listed now and read one by one as the iterator advances.
+  files are listed now and read one by one as the iterator advances. A raster dataset (a
+  `Builder` with `scenes`) gives {scene, name} instead: `windows.Scene`s read window by window.
   Raises:
     ValueError: a TFDS dataset (prepared already resized or cut), a random_patch split (its
       splits hold patches, not images), majority labels (one class per example, not per pixel

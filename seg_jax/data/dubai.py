@@ -1,4 +1,7 @@
-"""Reads image/mask pairs of the Dubai aerial layout (`Tile N/images|masks`) or a flat `images/` + `masks/` folder."""
+"""Reads image/mask pairs of the Dubai aerial layout (`Tile N/images|masks`) or a flat `images/` + `masks/` folder.
+
+Each images/masks folder may also be named in the singular (`image/`, `mask/`).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Optional
 from absl import logging
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 from seg_jax.data import palettes
 
@@ -17,6 +21,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # Lossless formats (WebP may be either): JPEG blurs the colours that name the classes.
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".webp")
 _TILE_RE = re.compile(r"^tile[ _-]?(\d+)$", re.IGNORECASE)
+# The names the image and mask folders may have, the first the layout's own.
+IMAGE_DIRS = ("images", "image")
+MASK_DIRS = ("masks", "mask")
+LAYOUTS = "'Tile N/images|masks' or 'images/' + 'masks/' (or singular: 'image/', 'mask/')"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +80,19 @@ def _files(folder: str, kind: str, extensions, log: SkipLog) -> dict[str, str]:
   return out
 
 
-def _pair_folder(images_dir: str, masks_dir: str, tile: Optional[int], log: SkipLog,
-                 prefix: str) -> list[Pair]:
-  if not os.path.isdir(masks_dir):
-    log.bad(masks_dir, f"mask folder missing next to {images_dir}")
+def _subfolder(parent: str, names: tuple[str, ...]) -> Optional[str]:
+  """The first of the folders `names` that `parent` holds, or None."""
+  return next((os.path.join(parent, n) for n in names if os.path.isdir(os.path.join(parent, n))),
+              None)
+
+
+def _pair_folder(images_dir: str, tile: Optional[int], log: SkipLog, prefix: str) -> list[Pair]:
+  """The pairs of `images_dir` and the masks folder beside it."""
+  parent = os.path.dirname(images_dir)
+  masks_dir = _subfolder(parent, MASK_DIRS)
+  if masks_dir is None:
+    log.bad(os.path.join(parent, MASK_DIRS[0]), f"mask folder ({' or '.join(MASK_DIRS)}/) "
+            f"missing next to {images_dir}")
     return []
   images = _files(images_dir, "image", IMAGE_EXTENSIONS, log)
   masks = _files(masks_dir, "mask", MASK_EXTENSIONS, log)
@@ -104,18 +121,18 @@ def find_pairs(root: str, log: Optional[SkipLog] = None) -> list[Pair]:
   pairs: list[Pair] = []
   if tiles:
     for tile, d in sorted(tiles):
-      images_dir = os.path.join(root, d, "images")
-      if not os.path.isdir(images_dir):
-        log.bad(os.path.join(root, d), "tile folder has no images/ folder")
+      images_dir = _subfolder(os.path.join(root, d), IMAGE_DIRS)
+      if images_dir is None:
+        log.bad(os.path.join(root, d), f"tile folder has no {' or '.join(IMAGE_DIRS)}/ folder")
         continue
-      pairs += _pair_folder(images_dir, os.path.join(root, d, "masks"), tile, log,
-                            prefix=f"tile{tile}/")
-  elif os.path.isdir(os.path.join(root, "images")):
-    pairs = _pair_folder(os.path.join(root, "images"), os.path.join(root, "masks"),
-                         None, log, prefix="")
+      pairs += _pair_folder(images_dir, tile, log, prefix=f"tile{tile}/")
+  elif _subfolder(root, IMAGE_DIRS):
+    pairs = _pair_folder(_subfolder(root, IMAGE_DIRS), None, log, prefix="")
   else:
+    held = sorted(os.listdir(root))
     raise ValueError(
-        f"data root {root} has neither 'Tile N/images' folders nor an 'images/' folder.")
+        f"data root {root} is laid out as neither {LAYOUTS}; it holds "
+        f"{held[:8] + ['...'] if len(held) > 8 else held}.")
   if not pairs:
     raise ValueError(f"data root {root} holds no image/mask pairs.")
   return pairs
@@ -130,7 +147,8 @@ def read_rgb(path: str) -> tuple[np.ndarray, str]:
     with Image.open(path) as im:
       mode = im.mode
       wide = mode.startswith(("I", "F"))
-      rgb = None if wide else np.asarray(im.convert("RGB"))
+      # The EXIF orientation is applied, as image viewers do, to images and masks alike.
+      rgb = None if wide else np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
   # Pillow's format plugins raise many exception types on corrupt files (OSError, EOFError,
   # struct.error, DecompressionBombError, ...): every one of them means an unreadable file.
   except Exception as e:  # pylint: disable=broad-except

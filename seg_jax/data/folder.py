@@ -39,9 +39,10 @@ def read_palette(c, default: Optional[palettes.Palette]) -> palettes.Palette:
 
 def iter_examples(pairs, c, palette: palettes.Palette, log: dubai.SkipLog,
                   ignored: list) -> Iterator[dict[str, Any]]:
-  """Reads, decodes and preprocesses pairs into examples {image, label, name, tile}.
+  """Reads, decodes and preprocesses pairs into examples {image, label, name, tile, scale}.
 
-  Appends (mask path, ignored pixels, pixels) of each decoded mask to `ignored`.
+  `scale` is the example's size relative to its file's (`resize_scale`; 1 for patches). Appends
+  (mask path, ignored pixels, pixels) of each decoded mask to `ignored`.
   """
   for pair, image, label in dubai.read_pairs(
       pairs, log, palette=palette, ignore_index=c.ignore_index,
@@ -50,11 +51,25 @@ def iter_examples(pairs, c, palette: palettes.Palette, log: dubai.SkipLog,
     tile = -1 if pair.tile is None else pair.tile
     if c.prep == "resize":
       im, lb = preprocess.resize_pair(image, label, c.image_size)
-      yield {"image": im, "label": lb, "name": pair.name, "tile": tile}
+      yield {"image": im, "label": lb, "name": pair.name, "tile": tile,
+             "scale": resize_scale(label.shape, lb.shape)}
     else:
       ims, lbs = preprocess.patchify(image, label, c.patch_size, c.patch_overlap, c.ignore_index)
       for k, (im, lb) in enumerate(zip(ims, lbs)):
-        yield {"image": im, "label": lb, "name": f"{pair.name}/{k:04d}", "tile": tile}
+        yield {"image": im, "label": lb, "name": f"{pair.name}/{k:04d}", "tile": tile,
+               "scale": 1.0}
+
+
+def resize_scale(original: tuple[int, int], resized: tuple[int, int]) -> float:
+  """How much a resize from `original` (H, W) to `resized` scaled objects: the geometric mean of
+  the height and width factors (sqrt of the area ratio), so a squeeze counts by its area."""
+  return float(np.sqrt(resized[0] / original[0] * resized[1] / original[1]))
+
+
+def training_scale(examples: list) -> float:
+  """The median `scale` of the training examples (1 for none): the scale the model learns at,
+  which prediction at the files' own size must reproduce."""
+  return float(np.median([e["scale"] for e in examples])) if examples else 1.0
 
 
 def split_folder(root: str, *, split: str, seed: int, log: dubai.SkipLog) -> dict[str, list]:
@@ -125,7 +140,7 @@ def _check_root(c, download: str) -> None:
   if not c.root or not os.path.isdir(c.root):
     raise ValueError(
         f"data.root {c.root!r} is not a folder: pass --config.data.root=DIR, the dataset "
-        f"folder ('Tile N/images|masks' or 'images/' + 'masks/'){download}.")
+        f"folder ({dubai.LAYOUTS}){download}.")
 
 
 def build_dataset(c, *, default_palette: Optional[palettes.Palette] = None,
@@ -148,9 +163,14 @@ def build_dataset(c, *, default_palette: Optional[palettes.Palette] = None,
                                                        c.min_purity)
   mean, std = preprocess.mean_std(split_sources["train"].images)
   size = preprocess.example_size(c.prep, c.image_size, c.patch_size)
+  scale = training_scale(examples["train"])
+  if scale != 1.0:
+    logging.info("training examples show objects at %.3g of their size in the files (median over "
+                 "the training images): predict whole files at that scale", scale)
   return sources.Dataset(**split_sources, class_names=palette.names, palette=palette,
                          ignore_index=c.ignore_index, image_size=tuple(int(v) for v in size),
-                         mean=mean, std=std, skipped=skipped, dropped=dropped)
+                         mean=mean, std=std, skipped=skipped, dropped=dropped,
+                         training_scale=scale)
 
 
 def full_resolution_examples(c, split: str, *,

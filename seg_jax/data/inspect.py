@@ -5,7 +5,9 @@
   python -m seg_jax.data.inspect --config=configs/dubai.py --config.data.prep=patches
 
 `--config` takes any run config (`configs/*.py[:arg]`) and `--config.data.<field>=value`
-overrides, exactly as `seg_jax.main` does; only its `data` group is read.
+overrides, exactly as `seg_jax.main` does; only its `data` group is read. Without `--out` the
+grid goes to the system's temporary folder (the path is printed), never into the working
+directory. A dataset that cannot be read is one line `error (data): ...` (exit code 2).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import tempfile
 
 from absl import flags
 import numpy as np
@@ -20,6 +23,8 @@ from PIL import Image
 from PIL import ImageDraw
 
 from seg_jax import cli
+from seg_jax import errors
+from seg_jax import writers
 from seg_jax.data import dataset as dataset_lib
 from seg_jax.data import palettes
 
@@ -32,12 +37,15 @@ DEFAULT_CONFIG = os.path.normpath(os.path.join(
 def define_flags() -> None:
   """Defines this command's flags besides --config (once per process)."""
   flags.DEFINE_integer("num_images", 4, "Train examples in the PNG grid (0: no picture).")
-  flags.DEFINE_string("out", "", "PNG grid path ('': inspect_<data.name>.png here).")
+  flags.DEFINE_string("out", "", "PNG grid path ('': inspect_<data.name>.png in the system's "
+                      "temporary folder, printed).")
 
 
 def default_out(name: str) -> str:
-  """File name of the grid of dataset `name` in the working directory."""
-  return "inspect_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png"
+  """Where the grid of dataset `name` goes without --out: the temporary folder, not the working
+  directory (which may be a clone whose committed pictures it would replace)."""
+  return os.path.join(tempfile.gettempdir(),
+                      "inspect_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png")
 
 
 def class_histogram(source, num_classes: int) -> np.ndarray:
@@ -76,7 +84,10 @@ def main(argv) -> None:
   """Prints the counts and class shares of --config's dataset and writes the grid."""
   del argv
   c = FLAGS.config.data
-  ds = dataset_lib.get_dataset(c)
+  try:
+    ds = dataset_lib.get_dataset(c)
+  except ValueError as e:  # a folder, file or field the reader cannot use: named in `e`
+    raise errors.DataError(str(e)) from e
   names = ds.class_names + ("ignore",)
   print(f"{c.name}: image_size={ds.image_size} classes={len(ds.class_names)} "
         f"mean={[round(float(v), 2) for v in ds.mean]} "
@@ -95,10 +106,14 @@ def main(argv) -> None:
   if n > 0:
     out = FLAGS.out or default_out(c.name)
     step = max(len(ds.train) // n, 1)
-    grid = overlay_grid([ds.train[i * step] for i in range(n)], ds.palette)
+    examples = [ds.train[i * step] for i in range(n)]
+    grid = overlay_grid([dict(ex, image=ds.bands.preview(ex["image"])) for ex in examples],
+                        ds.palette)
     # An adaptive 256-colour palette keeps the PNG small enough to commit.
+    writers.makedirs_for(out)
     Image.fromarray(grid).quantize(256).save(out, optimize=True)
-    print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]})")
+    where = "" if FLAGS.out else "; --out=FILE writes it elsewhere"
+    print(f"wrote {out} ({grid.shape[1]}x{grid.shape[0]}{where})")
 
 
 if __name__ == "__main__":

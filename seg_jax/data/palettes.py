@@ -102,6 +102,29 @@ DUBAI_AERIAL = Palette(
     ),
 )
 
+# Distinct colours that stay apart when blended with aerial images, for overlays only (masks keep
+# a dataset's own colours). The first six follow the aerial classes of DUBAI_AERIAL and the
+# synthetic scenes (building red, land yellow, road magenta, vegetation green, water blue,
+# unlabeled white); the rest are from Sasha Trubetskoy's list of 20 distinct colours.
+CONTRAST_COLORS: tuple[Color, ...] = (
+    (230, 25, 75), (255, 225, 25), (240, 50, 230), (60, 180, 75), (0, 130, 200),
+    (255, 255, 255), (245, 130, 48), (70, 240, 240), (145, 30, 180), (210, 245, 60),
+    (0, 128, 128), (170, 110, 40), (128, 0, 0), (0, 0, 128), (128, 128, 0), (250, 190, 212),
+    (170, 255, 195), (220, 190, 255), (255, 215, 180), (0, 0, 0))
+
+
+def high_contrast(palette: Palette) -> Palette:
+  """`palette`'s classes in `CONTRAST_COLORS`, in class order (for drawing, not decoding masks).
+
+  Raises:
+    ValueError: more classes than `CONTRAST_COLORS` holds.
+  """
+  n = len(palette.names)
+  if n > len(CONTRAST_COLORS):
+    raise ValueError(f"the contrast palette has {len(CONTRAST_COLORS)} colours, the dataset {n} "
+                     "classes: draw it in the dataset's colours")
+  return Palette(names=palette.names, colors=CONTRAST_COLORS[:n], ignore_color=None)
+
 
 def _class_colors(mapping: Any, where: str) -> list[tuple[str, Any]]:
   """(name, colour) pairs of `{"name": "#RRGGBB"}` or `{"classes": [{"title", "color"}]}`."""

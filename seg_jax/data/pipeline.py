@@ -16,12 +16,17 @@ KEYS = ("image", "label")
 
 
 class _Fetch:
-  """Reads local example k: its global position, its source index and a valid flag."""
+  """Reads local example k: its global position, its source index and a valid flag.
+
+  A source with an `at(index, epoch)` method (random raster windows) is asked for the example
+  of that epoch, so it can serve new examples each epoch.
+  """
 
   def __init__(self, source, order, *, global_batch: int, local_batch: int, process: int,
                total: Optional[int], template: dict[str, np.ndarray]):
     self.source = source
     self.order = order
+    self.num_examples = len(source)
     self.global_batch = global_batch
     self.local_batch = local_batch
     self.process = process
@@ -35,8 +40,11 @@ class _Fetch:
       out = {key: np.zeros_like(v) for key, v in self.template.items()}
       out["valid"] = np.bool_(False)
       return out
-    ex = self.source[self.order[g]]
-    out = {key: np.asarray(ex[key], np.uint8) for key in KEYS}
+    if hasattr(self.source, "at"):
+      ex = self.source.at(self.order[g], g // self.num_examples)
+    else:
+      ex = self.source[self.order[g]]
+    out = {key: np.asarray(ex[key], self.template[key].dtype) for key in KEYS}
     out["valid"] = np.bool_(True)
     return out
 
@@ -98,7 +106,9 @@ class InputPipeline:
     else:
       self.num_batches = math.ceil(self._total / self.global_batch_size)
     first = source[0]
-    self._template = {k: np.asarray(first[k], np.uint8) for k in KEYS}
+    # Images keep their stored type (uint8, or a raster's); labels are uint8.
+    self._template = {"image": np.asarray(first["image"]),
+                      "label": np.asarray(first["label"], np.uint8)}
     if self.keep_on_device:
       self._setup_device()
     self._next_batch = 0
@@ -109,7 +119,7 @@ class InputPipeline:
       images, labels = np.asarray(self.source.images), np.asarray(self.source.labels)
     else:
       items = [self.source[i] for i in range(self.num_examples)]
-      images = np.stack([np.asarray(e["image"], np.uint8) for e in items])
+      images = np.stack([np.asarray(e["image"], self._template["image"].dtype) for e in items])
       labels = np.stack([np.asarray(e["label"], np.uint8) for e in items])
     replicated = jax.sharding.NamedSharding(self.sharding.mesh, jax.sharding.PartitionSpec())
     # Every process holds the whole set, so it can be placed replicated directly.

@@ -7,8 +7,9 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-# data.prep: whole images resized to data.image_size, or cut into data.patch_size squares.
-PREPS = ("resize", "patches")
+# data.prep: whole images resized to data.image_size, or cut into data.patch_size squares, or
+# (rasters) data.windows_per_epoch random data.patch_size windows.
+PREPS = ("resize", "patches", "windows")
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -127,9 +128,9 @@ def class_pixel_counts(source, num_classes: int) -> np.ndarray:
 
 
 def example_size(prep: str, image_size, patch_size: int) -> tuple:
-  """(H, W) of every example: `image_size` for prep="resize", a square patch for "patches"."""
-  if prep == "patches":
+  """(H, W) of every example: `image_size` for prep="resize", a square patch otherwise."""
+  if prep in ("patches", "windows"):
     return (patch_size, patch_size)
   if prep == "resize":
     return tuple(image_size)
-  raise ValueError(f"prep must be 'resize' or 'patches', got {prep!r}.")
+  raise ValueError(f"prep must be one of {PREPS}, got {prep!r}.")

@@ -12,14 +12,22 @@ from seg_jax.data import palettes
 from seg_jax.data import preprocess
 
 
+# Types an image may hold until it is normalised on the accelerator.
+IMAGE_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
+
+
 class ArraySource:
-  """Random-access source over in-memory uint8 arrays images (N, H, W, 3) and labels (N, H, W)."""
+  """Random-access source over in-memory images (N, H, W, C) and uint8 labels (N, H, W).
+
+  Images are uint8 RGB for photographs, or any of `IMAGE_DTYPES` with C bands for rasters.
+  """
 
   def __init__(self, images: np.ndarray, labels: np.ndarray, names: Optional[list[str]] = None):
     images = np.asarray(images)
     labels = np.asarray(labels)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-      raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}.")
+    if images.ndim != 4 or images.shape[-1] < 1 or images.dtype not in IMAGE_DTYPES:
+      raise ValueError(f"images must be (N, H, W, C) of {[np.dtype(t).name for t in IMAGE_DTYPES]}"
+                       f", got {images.dtype} {images.shape}.")
     if labels.shape != images.shape[:3] or labels.dtype != np.uint8:
       raise ValueError(
           f"labels must be uint8 {images.shape[:3]}, got {labels.dtype} {labels.shape}.")
@@ -46,6 +54,38 @@ def from_examples(examples: list[dict[str, Any]]) -> ArraySource:
                      [e["name"] for e in examples])
 
 
+@dataclasses.dataclass(frozen=True)
+class Bands:
+  """The bands of the model input: which file bands, which of them are red, green and blue.
+
+  The defaults describe an 8-bit RGB photograph (the folder and synthetic datasets).
+  """
+
+  numbers: tuple[int, ...] = (1, 2, 3)  # the file's band numbers (1-based), in input order
+  rgb: tuple[int, ...] = (1, 2, 3)  # the band numbers of red, green, blue; () for none
+  scale: float = 1.0  # stored values times `scale` are the units of mean, std and augmentation
+  value_range: tuple[float, float] = (0.0, 255.0)  # of scaled values; augmentation clips to it
+
+  def __len__(self) -> int:
+    return len(self.numbers)
+
+  @property
+  def rgb_channels(self) -> tuple[int, ...]:
+    """Positions of red, green and blue in the model input (() when there are none)."""
+    return tuple(self.numbers.index(b) for b in self.rgb)
+
+  def preview(self, image: np.ndarray) -> np.ndarray:
+    """A uint8 RGB picture of an (H, W, C) input: as stored for 8-bit RGB, else its red, green
+    and blue bands (the first band as grey without them) stretched between their 2nd and
+    98th percentiles."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8 and self.rgb_channels == (0, 1, 2) and image.shape[-1] == 3:
+      return image
+    rgb = image[..., list(self.rgb_channels or (0, 0, 0))].astype(np.float32)
+    lo, hi = np.percentile(rgb, (2, 98))
+    return np.clip((rgb - lo) * (255.0 / max(hi - lo, 1e-6)), 0, 255).astype(np.uint8)
+
+
 @dataclasses.dataclass
 class Dataset:
   """Train/val/test random-access sources and what a trainer needs to know about them."""
@@ -63,6 +103,11 @@ class Dataset:
   skipped: tuple[tuple[str, str], ...] = ()
   # Examples left out of each split by data.labels="majority" (below data.min_purity).
   dropped: dict[str, int] = dataclasses.field(default_factory=dict)
+  bands: Bands = Bands()
+  # The scale objects have in the training examples relative to the files: the median over the
+  # training images of sqrt(example area / original area); 0.25 = shrunk 4 times per side, 1 =
+  # as stored (patches, windows, generated scenes, prepared TFDS data).
+  training_scale: float = 1.0
 
   @property
   def num_classes(self) -> int:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence, Union
 
+from jax import export
+
 Padding = Union[str, int, tuple[int, int]]
 
 PADDING_NAMES = ("valid", "same", "full", "circular")
@@ -33,6 +35,13 @@ def _check_positive(name: str, value: int) -> None:
     raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_size(value) -> None:
+  """A spatial size: a positive int, or a symbolic dimension of ``jax.export`` (always >= 1),
+  so models trace with symbolic heights and widths for export."""
+  if not export.is_symbolic_dim(value):
+    _check_positive("size", value)
+
+
 def _effective_kernel(kernel_size: int, dilation: int) -> int:
   return dilation * (kernel_size - 1) + 1
 
@@ -40,7 +49,7 @@ def _effective_kernel(kernel_size: int, dilation: int) -> int:
 def resolve_padding(size: int, kernel_size: int, stride: int = 1, padding: Padding = "valid",
                     dilation: int = 1) -> tuple[int, int]:
   """Returns the explicit ``(low, high)`` padding of one dimension."""
-  _check_positive("size", size)
+  _check_size(size)
   _check_positive("kernel_size", kernel_size)
   _check_positive("stride", stride)
   _check_positive("dilation", dilation)
@@ -97,7 +106,7 @@ def conv_transpose_output_size(size: int, kernel_size: int, stride: int = 1,
   is ``size * stride - output_padding`` (TensorFlow's ``size * stride`` when it is 0), so that the
   matching ``"same"`` convolution maps it back to ``size``.
   """
-  _check_positive("size", size)
+  _check_size(size)
   _check_positive("kernel_size", kernel_size)
   _check_positive("stride", stride)
   _check_positive("dilation", dilation)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import jax
+from jax import export
 import jax.numpy as jnp
 
 MIN_SEGMENTATION_SIZE = 32
@@ -32,11 +33,27 @@ def pad_to_multiple(x: jax.Array, multiple: int, mode: str = "reflect") -> jax.A
   """
   if multiple < 1:
     raise ValueError(f"multiple must be >= 1, got {multiple}")
+  if mode == "reflect" and any(export.is_symbolic_dim(n) for n in x.shape[1:3]):
+    return _reflect_to_multiple(x, multiple)
   pad_h = -x.shape[1] % multiple
   pad_w = -x.shape[2] % multiple
   if pad_h == 0 and pad_w == 0:
     return x
   return jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode=mode)
+
+
+def _reflect_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+  """``pad_to_multiple``'s reflection for a symbolic H or W (a model exported by ``jax.export``).
+
+  ``jnp.pad`` needs the pad amounts as integers; here they depend on the symbolic size, so each
+  row (column) of the padded image is gathered from its reflected index. Pads shorter than the
+  image (any size >= ``multiple``) reflect exactly as ``jnp.pad``'s "reflect".
+  """
+  for axis in (1, 2):
+    size = x.shape[axis]
+    index = jax.lax.iota(jnp.int32, -(-size // multiple) * multiple)
+    x = jnp.take(x, jnp.where(index < size, index, 2 * (size - 1) - index), axis=axis)
+  return x
 
 
 def segment_padded(x: jax.Array, stride: int, body: Callable[[jax.Array], jax.Array],

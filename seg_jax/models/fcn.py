@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
+from jax import export
 import jax.numpy as jnp
 
 from seg_jax import layers
@@ -56,6 +57,8 @@ def conv_same_on_small_map(conv: layers.Conv, x: jax.Array) -> jax.Array:
   """
   kernel_h, kernel_w = conv.kernel_size
   h, w = x.shape[1:3]
+  if export.is_symbolic_dim(h) or export.is_symbolic_dim(w):  # traced for export: any size
+    return conv(x)
   pad_h, pad_w = max(kernel_h - h, 0), max(kernel_w - w, 0)
   if (pad_h == 0 and pad_w == 0) or jax.default_backend() != "cpu":
     return conv(x)

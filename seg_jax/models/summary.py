@@ -2,11 +2,13 @@
 
     python -m seg_jax.models.summary --model=deeplabv3 --height=144 --width=256 --num_classes=6
     python -m seg_jax.models.summary --config=configs/dubai.py:unet [--config.model.x=y ...]
+    python -m seg_jax.models.summary --workdir=/tmp/seg_dubai
 
 With `--config`, the model is the config's `model.name` with its `model.kwargs` and
 `model.ablation` at `data.image_size`, with `model.num_classes` classes (`--num_classes` where
-that is 0, the dataset's count). `--workdir` (a training run's model) is accepted as by every
-command but not read yet.
+that is 0, the dataset's count). With `--workdir`, it is the model a training run trains: its
+stored config (`--config` may be left out, `seg_jax.cli`), at the image size and with the
+classes of its dataset.json.
 
 Stages are the parts of a segmentation model (backbone, neck, decoder, head) and the top-level
 children of a classifier. FLOPs come from XLA's cost analysis of the compiled,
@@ -41,12 +43,12 @@ from seg_jax.models import segmentation
 FLAGS = flags.FLAGS
 # The flags that --config sets instead.
 _MODEL_FLAGS = ("model", "kwargs", "height", "width")
+DEFAULT_MODEL = "asym_unet"  # --model without --config or --workdir: the proposal
 
 
 @functools.cache
 def define_flags() -> None:
-  """Defines this command's flags besides --config and --workdir (once per process)."""
-  flags.DEFINE_string("model", "asym_unet", "Registered model name (default: the proposal).")
+  """Defines this command's flags besides --config, --workdir and --model (once per process)."""
   flags.DEFINE_integer("height", 144, "Input height.")
   flags.DEFINE_integer("width", 256, "Input width.")
   flags.DEFINE_integer("num_classes", 6, "Number of output classes.")
@@ -142,10 +144,10 @@ def as_tuples(value: Any) -> Any:
 
 def _model_from_flags() -> tuple[str, int, int, int, dict[str, Any]]:
   """(name, height, width, num_classes, model fields) of the model the flags name."""
-  if FLAGS.workdir is not None:
-    raise errors.FlagError("--workdir is not read by seg_jax.models.summary yet; give the run's "
-                           "config file as --config (with the run's --config.x=y overrides)")
   config = FLAGS.config
+  if config is None and FLAGS.workdir is not None:
+    raise errors.WorkdirError(f"--workdir={FLAGS.workdir} holds no training run (no stored "
+                              "config): give a run folder, or the config as --config")
   if config is None:
     try:
       kwargs = json.loads(FLAGS.kwargs)
@@ -153,18 +155,22 @@ def _model_from_flags() -> tuple[str, int, int, int, dict[str, Any]]:
       raise errors.FlagError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}") from e
     if not isinstance(kwargs, dict):
       raise errors.FlagError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}")
-    return FLAGS.model, FLAGS.height, FLAGS.width, FLAGS.num_classes, as_tuples(kwargs)
+    return (FLAGS.model or DEFAULT_MODEL, FLAGS.height, FLAGS.width, FLAGS.num_classes,
+            as_tuples(kwargs))
   given = [f"--{name}" for name in _MODEL_FLAGS if FLAGS[name].present]
   if given:
     raise errors.FlagError(f"{', '.join(given)} and --config: the config sets the model; "
                            "override it with --config.model.name=... instead")
-  height, width = config.data.image_size
-  return (config.model.name, height, width, config.model.num_classes or FLAGS.num_classes,
+  if FLAGS.workdir is not None:  # the run's classes and image size
+    num_classes, (height, width) = cli.workdir_data(FLAGS.workdir)
+  else:
+    (height, width), num_classes = config.data.image_size, config.model.num_classes
+  return (config.model.name, height, width, num_classes or FLAGS.num_classes,
           {"ablation": config.model.ablation, **as_tuples(config.model.kwargs.to_dict())})
 
 
 def main(argv: Sequence[str]) -> None:
-  """Prints the summary of the model of ``--model`` (or of ``--config``)."""
+  """Prints the summary of the model of ``--model`` (or of ``--config``, or ``--workdir``'s)."""
   del argv
   name, height, width, num_classes, kwargs = _model_from_flags()
   try:
@@ -176,4 +182,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main, define_flags=define_flags)
+  cli.run(main, define_flags=define_flags, shared=("config", "workdir", "model"),
+          config_from_workdir=True)

@@ -164,6 +164,28 @@ class AugmentTest(parameterized.TestCase):
     out = augment.normalize(x, mean, std)
     np.testing.assert_allclose(np.asarray(out), (x - mean) / std, rtol=1e-6)
 
+  def test_any_band_count_jitters_only_the_rgb_bands(self):
+    # 5 uint16 bands, red, green, blue at positions 3, 1, 0 (bands 4, 2, 1 of a file).
+    images = np.random.default_rng(0).integers(900, 1100, (2, 8, 8, 5)).astype(np.uint16)
+    labels = np.zeros((2, 8, 8), np.uint8)
+
+    def run(x, cfg, rgb):
+      return np.asarray(jax.jit(functools.partial(
+          augment.augment_batch, aug_config=cfg, rgb=rgb, value_range=(0.0, 65535.0)))(
+              x, labels, jax.random.key(0))[0])
+
+    cfg = _geometry_only(hflip=True, brightness=0.3, saturation=0.3, hue=0.1)
+    out = run(images, cfg, (3, 1, 0))
+    flipped = run(images, _geometry_only(hflip=True), ())
+    np.testing.assert_array_equal(out[..., [2, 4]], flipped[..., [2, 4]])
+    self.assertGreater(np.abs(out[..., [3, 1, 0]] - flipped[..., [3, 1, 0]]).mean(), 1.0)
+    self.assertGreater(out.max(), 255.0)  # clipped to the type's range, not to [0, 255]
+    # The same jitter as of an RGB image holding those bands in order.
+    np.testing.assert_allclose(out[..., [3, 1, 0]], run(images[..., [3, 1, 0]], cfg, (0, 1, 2)),
+                               rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, "names none: set data.rgb_bands"):
+      run(images, cfg, ())
+
   def test_bad_shapes(self):
     with self.assertRaisesRegex(ValueError, "labels must be"):
       augment.augment_batch(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 9), np.uint8),

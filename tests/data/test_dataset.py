@@ -14,9 +14,10 @@ from seg_jax.data import dataset
 from seg_jax.data import palettes
 from seg_jax.data import tfds_builders
 from tests.data import fixtures
+from tests.data import raster_fixtures
 
 # Every key of dataset.DATASETS; test_every_registered_name_is_tested keeps this complete.
-NAMES = ("synthetic_aerial", "folder", "dubai_aerial", dataset.TFDS_PREFIX)
+NAMES = ("synthetic_aerial", "folder", "dubai_aerial", "raster", dataset.TFDS_PREFIX)
 
 
 class _Recorder:
@@ -44,6 +45,12 @@ class RegistryTest(parameterized.TestCase):
     cls.palette = os.path.join(cls.tmp, "classes.json")
     with open(cls.palette, "w") as f:
       json.dump(palettes.DUBAI_AERIAL.to_dict(), f)
+    cls.rasters = os.path.join(cls.tmp, "rasters")
+    rng = np.random.default_rng(0)
+    for n in range(8):  # 3-band uint8 rasters, so every name gives the same kind of example
+      image, label = raster_fixtures.scene(rng, bands=3, dtype="uint8", size=(16, 16))
+      raster_fixtures.write(os.path.join(cls.rasters, "images", f"{n}.tif"), image)
+      raster_fixtures.write(os.path.join(cls.rasters, "masks", f"{n}.tif"), label)
     cls.tfds_dir = os.path.join(cls.tmp, "tfds")
     tfds_builders.SyntheticAerial(
         config=tfds_builders.SyntheticAerialConfig(
@@ -64,6 +71,8 @@ class RegistryTest(parameterized.TestCase):
                                  cache_dir=os.path.join(self.tmp, "cache"), **majority),
         "folder": dict(palette=self.palette, **folder),
         "dubai_aerial": folder,
+        "raster": dict(root=self.rasters, palette=self.palette, split="image", prep="windows",
+                       patch_size=16, windows_per_epoch=4),
         dataset.TFDS_PREFIX: dict(name="tfds:synthetic_aerial/tiny", tfds_dir=self.tfds_dir),
     }[key]
     return fixtures.data_config(**{"name": key, **per_name, **fields})
@@ -126,7 +135,8 @@ class RegistryTest(parameterized.TestCase):
   @parameterized.parameters("nope", "tfds:", "folders")
   def test_unknown_name_lists_the_registered_ones(self, name):
     with self.assertRaisesRegex(
-        ValueError, r"data.name must be one of \('synthetic_aerial', 'folder', 'dubai_aerial'\) "
+        ValueError, r"data.name must be one of \('synthetic_aerial', 'folder', 'dubai_aerial', "
+        r"'raster'\) "
         r"or 'tfds:<builder>/<config>'"):
       data.get_dataset(fixtures.data_config(name=name))
 

@@ -91,6 +91,33 @@ class DubaiReaderTest(parameterized.TestCase):
     np.testing.assert_allclose(ds.mean, px.astype(np.float64).mean(0), rtol=1e-6)
     np.testing.assert_allclose(ds.std, px.astype(np.float64).std(0), rtol=1e-5)
 
+  def test_training_scale_is_the_median_shrink_of_the_training_images(self):
+    written = fixtures.make_tile_layout(self.root, per_tile=3)
+    ds = data.get_dataset(_config(self.root))  # training split: tile 2, shrunk to 16x24
+    shrinks = [np.sqrt(16 * 24 / np.prod(written[f"tile2/image_part_00{i}"][1].shape))
+               for i in (1, 2, 3)]
+    self.assertAlmostEqual(ds.training_scale, float(np.median(shrinks)), places=6)
+    self.assertLess(ds.training_scale, 0.5)
+    self.assertEqual(data.get_dataset(_config(self.root, prep="patches")).training_scale, 1.0)
+
+  @parameterized.parameters(("flat",), ("tile",))
+  def test_singular_image_and_mask_folders_are_read(self, layout):
+    if layout == "flat":
+      written = fixtures.make_flat_layout(self.root, n=3)
+      parents = [self.root]
+    else:
+      written = fixtures.make_tile_layout(self.root)
+      parents = [os.path.join(self.root, f"Tile {t}") for t in (1, 2, 3)]
+    for parent in parents:
+      os.rename(os.path.join(parent, "images"), os.path.join(parent, "image"))
+      os.rename(os.path.join(parent, "masks"), os.path.join(parent, "mask"))
+    self.assertEqual([p.name for p in dubai.find_pairs(self.root)], sorted(written))
+
+  def test_an_unknown_layout_names_the_accepted_ones(self):
+    os.makedirs(os.path.join(self.root, "pictures"))
+    with self.assertRaisesRegex(ValueError, r"'image/', 'mask/'.*holds \['pictures'\]"):
+      dubai.find_pairs(self.root)
+
   def test_train_subset_keeps_that_many_training_examples_drawn_by_the_seed(self):
     fixtures.make_flat_layout(self.root, n=10)
     full = data.get_dataset(_config(self.root, split="image", seed=1))

@@ -98,6 +98,7 @@ class TfdsTest(absltest.TestCase):
     self.assertEqual(prepared.class_names, ds.class_names)
     self.assertEqual(prepared.palette, ds.palette)
     self.assertEqual(prepared.image_size, (16, 24))
+    self.assertAlmostEqual(prepared.training_scale, ds.training_scale, places=6)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     batches = pipeline.InputPipeline(
         prepared.train, global_batch_size=2, sharding=jax.sharding.NamedSharding(
@@ -110,6 +111,7 @@ class TfdsTest(absltest.TestCase):
                                           os.path.join(self.tmp, "tfds"))
     # Fixture images are smaller than a patch: one padded patch per image.
     self.assertLen(patches.train, 2)
+    self.assertEqual(patches.training_scale, 1.0)
     self.assertEqual(patches.train[0]["label"].shape, (256, 256))
 
   def test_trainer_trains_a_step_from_a_prepared_dataset(self):

@@ -213,6 +213,13 @@ class PaddingTest(parameterized.TestCase):
     padded = common.pad_to_multiple(jnp.asarray(x), multiple)
     expected = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
     np.testing.assert_array_equal(padded, expected)
+    # The same at a symbolic size (a model exported by jax.export): padded by a gather.
+    shape = jax.export.symbolic_shape("b, h, w, 3", constraints=(f"h >= {multiple}",
+                                                                  f"w >= {multiple}"))
+    exported = jax.export.export(jax.jit(functools.partial(common.pad_to_multiple,
+                                                           multiple=multiple)))(
+        jax.ShapeDtypeStruct(shape, jnp.float32))
+    np.testing.assert_array_equal(exported.call(x), expected)
 
   def test_segment_padded_crops_and_casts(self):
     x = jnp.zeros((1, 33, 40, 3), jnp.bfloat16)

@@ -4,14 +4,20 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 from absl.testing import absltest
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from seg_jax import errors
+from seg_jax import workdir as workdir_lib
+from seg_jax import writers
+from seg_jax.data import palettes
 from seg_jax.models import summary
+from tests.train_testing import tiny_config
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 # The proposal at its smallest widths, so the forward pass compiles in a moment.
@@ -40,6 +46,23 @@ class SummaryCommandTest(absltest.TestCase):
     run = _summary(f"--config={config}", "--config.data.image_size=(32, 48)")
     self.assertEqual(run.returncode, 0, run.stderr[-2000:])
     self.assertEqual(run.stdout.splitlines()[0], "asym_unet at 1x32x48x3")
+
+  def test_workdir_names_the_runs_model_classes_and_size(self):
+    # A run folder's config.json and dataset.json (4 classes at 40x56), no --config.
+    run_dir = workdir_lib.RunDir(tempfile.mkdtemp())
+    config = tiny_config(**{"model.kwargs": ml_collections.ConfigDict(TINY_ASYM_UNET)})
+    run_dir.save_config(config)
+    palette = palettes.Palette(names=("a", "b", "c", "d"), colors=((1, 1, 1), (2, 2, 2),
+                                                                    (3, 3, 3), (4, 4, 4)),
+                               ignore_color=(0, 0, 0))
+    info = workdir_lib.DataInfo(palette, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (40, 56))
+    writers.write_json(run_dir.file(workdir_lib.DATA_INFO_FILE), info.to_dict())
+    run = _summary(f"--workdir={run_dir.path}")
+    self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+    lines = run.stdout.splitlines()
+    self.assertEqual(lines[0], "asym_unet at 1x40x56x3")
+    # The proposal's 2,054 parameters with 6 classes, less the head's 2 x (4 + 1) of 2 classes.
+    self.assertIn(["total", "2,044"], [line.split() for line in lines])
 
   def test_config_and_model_flag_is_one_line_error(self):
     config = os.path.join(os.path.abspath(REPO), "tests", "train_testing.py")

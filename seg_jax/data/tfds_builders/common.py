@@ -74,4 +74,6 @@ def load_prepared(name: str, data_dir: str) -> sources.Dataset:
       test=_Source(split_sources["test"]), class_names=tuple(meta["class_names"]), palette=palette,
       ignore_index=int(meta["ignore_index"]), image_size=(int(h), int(w)),
       mean=np.asarray(meta["mean"], np.float32), std=np.asarray(meta["std"], np.float32),
-      skipped=tuple(tuple(s) for s in meta["skipped"]))
+      skipped=tuple(tuple(s) for s in meta["skipped"]),
+      # Datasets prepared before the training scale was recorded count as stored (1).
+      training_scale=float(meta.get("training_scale", 1.0)))

@@ -86,9 +86,9 @@ class DubaiAerial(tfds.core.GeneratorBasedBuilder):
         self.info, mean=mean, std=std, palette=palette,
         ignore_index=c.ignore_index, split=c.split,
         tile_splits={k: list(v) for k, v in splits.DUBAI_TILE_SPLITS.items()},
-        skipped=skipped)
+        skipped=skipped, training_scale=folder.training_scale(examples["train"]))
     return {s: self._generate_examples(examples[s]) for s in splits.SPLITS}
 
   def _generate_examples(self, examples):
     for e in examples:
-      yield e["name"], e
+      yield e["name"], {k: e[k] for k in ("image", "label", "name", "tile")}
