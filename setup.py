@@ -45,7 +45,7 @@ setuptools.setup(
         "export": EXPORT,
         "tensorboard": TENSORBOARD,
         # benchmarks/cpu_vs_torch.py: the PyTorch side of the CPU comparison, in its own venv
-        # (README there). 2.13.0 is the version the reference timings used; here pip resolves it
+        # (README there). 2.13.0 is the version the CPU comparison is measured with; pip resolves it
         # to the local CPU wheel (torch-2.13.0+cpu), elsewhere add
         # --extra-index-url https://download.pytorch.org/whl/cpu to keep CUDA libraries out.
         "bench": ["torch==2.13.0"],
