@@ -1,4 +1,4 @@
-"""What a careless user or a hostile machine does to a run (issue 19): a second writer, a deleted
+"""What a careless user or a hostile machine does to a run: a second writer, a deleted
 config.json, a full disk, read-only folders, values out of range, Ctrl-C, a damaged log, bad
 paths and rotated photos each end in one line and a documented exit code, never a wrong run.
 
