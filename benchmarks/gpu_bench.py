@@ -30,17 +30,15 @@ from collections.abc import Sequence
 from absl import flags
 import jax
 import ml_collections
-import numpy as np
 
+from benchmarks import common
 from benchmarks import loop_bench
 from seg_jax import cli
 from seg_jax import compilation
 from seg_jax import config_files
-from seg_jax import data as data_lib
 from seg_jax import models
 from seg_jax import steps as steps_lib
 from seg_jax import workdir as workdir_lib
-from seg_jax.data import palettes
 from seg_jax.models import summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,20 +94,6 @@ def peak_tflops(device: jax.Device) -> float | None:
   return None
 
 
-def random_dataset(size: tuple[int, int], num_train: int, num_val: int) -> data_lib.Dataset:
-  """Uniform-noise images and random labels over the six Dubai classes, in memory."""
-  rng = np.random.default_rng(0)
-
-  def split(n):
-    return data_lib.ArraySource(rng.integers(0, 256, (n, *size, 3), np.uint8),
-                                rng.integers(0, 6, (n, *size), np.uint8))
-
-  return data_lib.Dataset(
-      train=split(num_train), val=split(num_val), test=split(1),
-      class_names=palettes.DUBAI_AERIAL.names, palette=palettes.DUBAI_AERIAL, ignore_index=255,
-      image_size=size, mean=np.full(3, 127.5, np.float32), std=np.full(3, 73.9, np.float32))
-
-
 def model_config(spec: dict, cache: str) -> ml_collections.ConfigDict:
   """configs/gpu_asym_unet.py (bf16, AdamW, data on the device) with the model of `spec`."""
   config = config_files.load_module(GPU_CONFIG).get_config()
@@ -142,7 +126,7 @@ def bench_model(key: str, spec: dict, bare_steps: int) -> dict:
   config = model_config(spec, tempfile.mkdtemp())
   config.lock()
   batch_size = spec["batch"]
-  dataset = random_dataset(spec["size"], 2 * batch_size, batch_size)
+  dataset = common.random_dataset(spec["size"], 2 * batch_size, batch_size)
   record = {"framework": "seg_jax", "model": key, "batch": batch_size,
             "height": spec["size"][0], "width": spec["size"][1], "torch_model": spec["torch"],
             "device": jax.devices()[0].device_kind, "jax": jax.__version__}
@@ -182,7 +166,7 @@ def bench_loop(spec: dict, toy: bool, loop_steps: int = 0) -> dict:
   config.lock()
   compilation.use_persistent_cache(config.train.compilation_cache_dir)
   batch_size = spec["batch"]
-  trainer = steps_lib.Trainer(config, random_dataset(spec["size"], 16 * batch_size,
+  trainer = steps_lib.Trainer(config, common.random_dataset(spec["size"], 16 * batch_size,
                                                      4 * batch_size))
   root = tempfile.mkdtemp()
   try:
