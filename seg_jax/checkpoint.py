@@ -14,6 +14,7 @@ Where both folders lie in a run folder is `seg_jax.workdir.RunDir`'s to say.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -45,6 +46,54 @@ class Restored(NamedTuple):
 
 class _Unreadable(Exception):
   """A checkpoint whose files cannot be turned back into the saved state."""
+
+
+class _RestoreLoop(asyncio.SelectorEventLoop):
+  """The event loop of an Orbax restore, which ends the reads a failed restore abandons.
+
+  Orbax reads every array of a checkpoint at once on a fresh event loop and closes that loop as
+  soon as one read fails, with the other reads suspended: each would later print a traceback
+  (a coroutine closed mid-read, a TensorStore completion posted to the closed loop, an error
+  never retrieved), thousands for a large model. This loop cancels and drains them before it
+  closes and drops the completions that still arrive; the first error is the one reported.
+  """
+
+  def close(self):
+    if not self.is_running() and not self.is_closed():
+      pending = asyncio.all_tasks(self)
+      for task in pending:
+        task.cancel()
+      if pending:
+        self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    super().close()
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    try:
+      return super().call_soon_threadsafe(callback, *args, context=context)
+    except RuntimeError:
+      if self.is_closed():
+        return None
+      raise
+
+  def call_exception_handler(self, context):
+    if "exception was never retrieved" not in context.get("message", ""):
+      super().call_exception_handler(context)
+
+
+class _RestoreLoops(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self):
+    return _RestoreLoop()
+
+
+@contextlib.contextmanager
+def _restore_loops() -> Iterator[None]:
+  """Event loops created meanwhile (Orbax makes one per restore) are `_RestoreLoop`s."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_RestoreLoops())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 @jax.jit
@@ -207,8 +256,9 @@ class Checkpointer:
   def _restore_step(self, step: int, abstract_state: Any) -> Restored:
     """Restores one step into `abstract_state`; raises _Unreadable with the reason."""
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), run=ocp.args.JsonRestore()))
+      with _restore_loops():
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), run=ocp.args.JsonRestore()))
       record = restored.run
       saved = record["fingerprint"]
     except Exception as e:  # any unreadable part makes the whole checkpoint unusable
