@@ -28,7 +28,7 @@ from seg_jax import predict
 from seg_jax import workdir as workdir_lib
 from tests import test_predict
 from tests.models import testing
-from tests.train_testing import REPO, TINY_KWARGS
+from tests.train_testing import LOOP_MODEL, REPO, TINY_KWARGS
 
 MEAN, STD = (120.0, 110.0, 100.0), (60.0, 55.0, 50.0)
 SEGMENTATION = [n for n in models.available() if models.is_segmentation(n)]
@@ -177,7 +177,7 @@ class ArtifactTest(parameterized.TestCase):
     self.assertEqual((side["class_names"], side["mean"], side["image_size"]),
                      (list(info.class_names), list(info.mean), [32, 32]))
     self.assertLen(side["colors"], 6)
-    self.assertEqual((side["model"], side["outputs"], side["step"]), ("asym_unet", "logits", 2))
+    self.assertEqual((side["model"], side["outputs"], side["step"]), (LOOP_MODEL, "logits", 2))
     self.assertLen(side["config_hash"], 16)
     self.assertIn("seg_jax_version", side)
     stablehlo = artifact_lib.read_sidecar(self.path("stablehlo"))

@@ -243,7 +243,7 @@ class WorkdirTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.source_config = tiny_config()
+    cls.source_config = tiny_config("asym_unet")
     cls.source = _workdir(cls.source_config)
     cls.best = _restore(cls.source, cls.source_config, "best")
 
@@ -254,7 +254,7 @@ class WorkdirTest(absltest.TestCase):
     overrides = {"model.init_from": source, "model.init_part": "model",
                  "optim.backbone": "freeze", "train.num_steps": 2}
     with self.assertLogs(level="INFO") as logs:
-      train.train_and_evaluate(tiny_config(**overrides), workdir, tiny_dataset())
+      train.train_and_evaluate(tiny_config("asym_unet", **overrides), workdir, tiny_dataset())
     log = "\n".join(logs.output)
     self.assertIn(f"initial weights from the best checkpoint of {source} (step 3, model "
                   "'asym_unet')", log)
@@ -262,14 +262,14 @@ class WorkdirTest(absltest.TestCase):
       self.assertRegex(log, rf"  {part}: \d+ arrays \([\d,]+ values\) imported from the source")
     self.assertNotIn("from the seed", log)
     # The log confirms what is frozen: the backbone's parameters, the rest trainable.
-    params = state_lib.abstract_state(tiny_config(), 6, (32, 32)).params
+    params = state_lib.abstract_state(tiny_config("asym_unet"), 6, (32, 32)).params
     frozen = models.count_params({"params": params["backbone"]})
     total = models.count_params({"params": params})
     self.assertIn(f"model asym_unet: {total:,} parameters ({frozen:,} frozen in backbone by "
                   f"optim.backbone=freeze, {total - frozen:,} trainable)", log)
     # The frozen backbone is the source's to the bit, params and BatchNorm statistics; every
     # other array trained away from it.
-    tuned = _restore(workdir, tiny_config(**overrides))
+    tuned = _restore(workdir, tiny_config("asym_unet", **overrides))
     for path, value in tuned.items():
       if path.split("/")[1] == "backbone":
         np.testing.assert_array_equal(value, self.best[path], err_msg=path)
@@ -280,7 +280,7 @@ class WorkdirTest(absltest.TestCase):
     shutil.rmtree(source)
     overrides["train.num_steps"] = 4
     with mock.patch.object(init_from, "load", side_effect=AssertionError("read")) as load:
-      final = train.train_and_evaluate(tiny_config(**overrides), workdir, tiny_dataset()).final
+      final = train.train_and_evaluate(tiny_config("asym_unet", **overrides), workdir, tiny_dataset()).final
     load.assert_not_called()
     self.assertEqual(final["step"], 4)
 
@@ -300,7 +300,7 @@ class WorkdirTest(absltest.TestCase):
 
   def test_for_another_class_count(self):
     for part in ("model", "backbone"):
-      config = tiny_config(**{"model.init_from": self.source, "model.init_part": part})
+      config = tiny_config("asym_unet", **{"model.init_from": self.source, "model.init_part": part})
       initial = init_from.load(config.model, state_lib.build_model(config, 4),
                                state_lib.abstract_state(config, 4, (32, 32)))
       for path, how in initial.provenance.items():
@@ -316,7 +316,7 @@ class WorkdirTest(absltest.TestCase):
   def test_rgb_workdir_into_more_bands_with_extra_kernels_zeroed_gives_its_logits(self):
     # 5 bands, of which bands 2, 4, 5 are red, green, blue: input channels 1, 3, 4.
     bands = data_lib.Bands(numbers=(1, 2, 3, 4, 5), rgb=(2, 4, 5))
-    config = tiny_config(**{"model.init_from": self.source, "model.init_part": "model"})
+    config = tiny_config("asym_unet", **{"model.init_from": self.source, "model.init_part": "model"})
     dataset = _with_bands(bands)
     trainer = steps.Trainer(config, dataset)
     initial = init_from.load(config.model, trainer.model, trainer.abstract_state, bands)

@@ -25,7 +25,7 @@ from seg_jax.models import asym_unet
 from seg_jax.models import summary
 from seg_jax import workdir as workdir_lib
 
-from tests.train_testing import REPO, snapshot, tiny_config
+from tests.train_testing import LOOP_MODEL, REPO, snapshot, tiny_config
 
 TESTS = os.path.join(REPO, "tests")
 SWEEP = os.path.join(TESTS, "sweep_testing.py")
@@ -96,7 +96,7 @@ class SweepFileTest(parameterized.TestCase):
        r"field, which holds 4 \(int\)"),
       ({"train.num_steps": True}, r"key 'train.num_steps': True \(bool\) does not fit"),
       ({"model.name": 3}, r"key 'model.name': 3 \(int\) does not fit the field, which holds "
-       r"'asym_unet' \(str\)"),
+       rf"'{LOOP_MODEL}' \(str\)"),
       ({"data.image_size": 32}, r"key 'data.image_size': 32 \(int\) does not fit the field, "
        r"which holds \(32, 32\) \(tuple\)"),
   )

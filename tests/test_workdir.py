@@ -11,6 +11,7 @@ from seg_jax import errors
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import palettes
+from tests.train_testing import LOOP_MODEL
 from tests.train_testing import tiny_config
 from tests.train_testing import tiny_dataset
 
@@ -74,7 +75,7 @@ class WorkdirTest(absltest.TestCase):
     diff = {k: (old, new) for k, old, new in workdir_lib.differences(stored, tiny_config())}
     self.assertNotIn("data.image_size", diff)
     self.assertNotIn("seed", diff)
-    self.assertEqual(diff["model.name"], ("<absent>", "asym_unet"))
+    self.assertEqual(diff["model.name"], ("<absent>", LOOP_MODEL))
     allowed = workdir_lib.differences(stored, tiny_config(), allowed=tuple(diff))
     self.assertEqual(allowed, [])
 

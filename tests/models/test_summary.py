@@ -17,7 +17,7 @@ from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import palettes
 from seg_jax.models import summary
-from tests.train_testing import tiny_config
+from tests.train_testing import LOOP_MODEL, tiny_config
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 # The proposal at its smallest widths, so the forward pass compiles in a moment.
@@ -45,12 +45,12 @@ class SummaryCommandTest(absltest.TestCase):
     config = os.path.join(os.path.abspath(REPO), "tests", "train_testing.py")
     run = _summary(f"--config={config}", "--config.data.image_size=(32, 48)")
     self.assertEqual(run.returncode, 0, run.stderr[-2000:])
-    self.assertEqual(run.stdout.splitlines()[0], "asym_unet at 1x32x48x3")
+    self.assertEqual(run.stdout.splitlines()[0], f"{LOOP_MODEL} at 1x32x48x3")
 
   def test_workdir_names_the_runs_model_classes_and_size(self):
     # A run folder's config.json and dataset.json (4 classes at 40x56), no --config.
     run_dir = workdir_lib.RunDir(tempfile.mkdtemp())
-    config = tiny_config(**{"model.kwargs": ml_collections.ConfigDict(TINY_ASYM_UNET)})
+    config = tiny_config("asym_unet", **{"model.kwargs": ml_collections.ConfigDict(TINY_ASYM_UNET)})
     run_dir.save_config(config)
     palette = palettes.Palette(names=("a", "b", "c", "d"), colors=((1, 1, 1), (2, 2, 2),
                                                                     (3, 3, 3), (4, 4, 4)),
