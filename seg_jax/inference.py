@@ -2,7 +2,7 @@
 
 `predict(model, variables, image, ...)` returns per-class probabilities (H, W, C) at the image's
 own size. The model is a Flax model with its variables, or any other callable (variables None) from
-uint8 windows to logits, such as an exported artifact (`seg_jax.artifact`): one code path for both.
+raw windows to logits, such as an exported artifact (`seg_jax.artifact`): one code path for both.
 
 - mode="resize" is what training saw: the image is resized to the training size (the data
   pipeline's own resize), predicted in one pass, and the probabilities are resized back.
@@ -43,6 +43,7 @@ from PIL import Image
 
 from seg_jax.data import augment
 from seg_jax.data import preprocess
+from seg_jax.data import raster
 
 MODES = ("resize", "slide")
 BLENDS = ("uniform", "smooth", "crop")
@@ -106,13 +107,34 @@ def _tta_probs(logits_fn: Callable[[jax.Array], Any], windows, tta: str) -> jax.
 
 @functools.partial(jax.jit, static_argnames=("model", "tta", "dtype"))
 def _window_probs(model: _ByIdentity, variables, windows, mean, std, *, tta: str, dtype):
-  """Probabilities (B, h, w, C) of uint8 windows (B, h, w, 3), averaged over the TTA transforms."""
+  """Probabilities (B, h, w, C) of windows (B, h, w, bands), averaged over the TTA transforms."""
 
   def logits(x):
     x = augment.normalize(x, mean, std).astype(dtype)  # what the train/eval steps feed
     return model.model.apply(variables, x, train=False)
 
   return _tta_probs(logits, windows, tta)
+
+
+def window_predictor(model, variables, *, tta: str, mean: Sequence[float] | None = None,
+                     std: Sequence[float] | None = None, value_scale: float = 1.0,
+                     dtype: Any = jnp.float32) -> Callable[[np.ndarray], jax.Array]:
+  """A function from windows (B, h, w, bands) as stored to probabilities (B, h, w, C), averaged
+  over the TTA transforms.
+
+  A Flax `model` normalises by `mean` and `std`, which describe stored values times
+  `value_scale` (`seg_jax.data.Bands.scale`); any other callable (`variables` None, e.g. an
+  exported artifact) takes the raw windows and normalises itself.
+  """
+  if not isinstance(model, nn.Module):
+    return functools.partial(_tta_probs, model, tta=tta)
+  mean = np.asarray(mean, np.float32) / value_scale
+  std = np.asarray(std, np.float32) / value_scale
+  if mean.ndim != 1 or mean.shape != std.shape or np.min(std) <= 0:
+    raise ValueError(f"mean and std must hold one value per band (std > 0), got {mean} and "
+                     f"{std}")
+  return functools.partial(_window_probs, _ByIdentity(model), jax.device_put(variables),
+                           mean=jnp.asarray(mean), std=jnp.asarray(std), tta=tta, dtype=dtype)
 
 
 def _axis_weights(starts: Sequence[int], size: int, blend: str) -> list[np.ndarray]:
@@ -138,7 +160,7 @@ def _grid(size: Sequence[int], window: Sequence[int], overlap: Sequence[int]):
 def _slide(window_probs: Callable[[np.ndarray], jax.Array], image: np.ndarray,
            window: tuple[int, int], overlap: tuple[int, int], blend: str, batch_size: int,
            progress: Callable[[int], None]) -> np.ndarray:
-  """Blended window probabilities (H, W, C) of a uint8 image (H, W, 3)."""
+  """Blended window probabilities (H, W, C) of an image (H, W, bands)."""
   (height, width), (h, w) = image.shape[:2], window
   if height < h or width < w:
     image = np.pad(image, ((0, max(h - height, 0)), (0, max(w - width, 0)), (0, 0)),
@@ -163,7 +185,8 @@ def _slide(window_probs: Callable[[np.ndarray], jax.Array], image: np.ndarray,
   pending = None
   for start in range(0, len(boxes), n):
     chunk = boxes[start:start + n]
-    windows = np.zeros((n, h, w, 3), np.uint8)  # rows past the chunk are padding, discarded
+    # Rows past the chunk are padding, discarded.
+    windows = np.zeros((n, h, w, image.shape[-1]), image.dtype)
     for k, (i, j) in enumerate(chunk):
       windows[k] = image[ys[i]:ys[i] + h, xs[j]:xs[j] + w]
     probs = window_probs(windows)  # dispatched asynchronously: blend the previous batch meanwhile
@@ -222,27 +245,50 @@ def _passes(size: Sequence[int], mode: str, window: Sequence[int], overlap: floa
   return passes
 
 
+def window_count(size: Sequence[int], window: Sequence[int], overlap: float) -> int:
+  """How many windows slide mode predicts on an image of `size` (H, W), before TTA."""
+  return math.prod(map(len, _grid(size, window, (int(overlap * window[0]),
+                                                 int(overlap * window[1])))))
+
+
 def _scale(size: Sequence[int], scale: float) -> tuple[int, int]:
   return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+def _check_image(image: np.ndarray, mean: Sequence[float] | None, resized: bool) -> None:
+  """ValueError unless `image` is (H, W, bands) of a raster type with one `mean` per band (None:
+  not checked), and 8-bit RGB if it is `resized`."""
+  if image.ndim != 3 or image.dtype.name not in raster.DTYPES:
+    raise ValueError(f"image must be an (H, W, bands) array of one of {raster.DTYPES}, got "
+                     f"{image.dtype} {image.shape}")
+  if mean is not None and np.shape(mean) != (image.shape[-1],):
+    raise ValueError(f"mean and std must hold one value per band of the {image.shape} image, "
+                     f"got {mean}")
+  if resized and (image.dtype != np.uint8 or image.shape[-1] != 3):
+    raise ValueError(f"only 8-bit RGB images are resized; predict this {image.dtype} image of "
+                     f"{image.shape[-1]} bands in slide mode at scale 1")
+
+
 def predict(model, variables, image: np.ndarray, *, window: tuple[int, int],
             mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-            mode: str = "resize",
+            value_scale: float = 1.0, mode: str = "resize",
             overlap: float = 0.25, blend: str = "uniform", tta: str = "none",
             scales: Sequence[float] = (1.0,), batch_size: int = 8, dtype: Any = jnp.float32,
             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-  """Per-class probabilities (H, W, C) float32 of a uint8 RGB image (H, W, 3).
+  """Per-class probabilities (H, W, C) float32 of an image (H, W, bands).
 
   Args:
     model: a Flax segmentation model, `model.apply(variables, x, train=False)` giving logits;
-      or any other callable mapping uint8 windows (B, h, w, 3) to logits (B, h, w, C) that
+      or any other callable mapping windows (B, h, w, bands) to logits (B, h, w, C) that
       normalises them itself (an exported artifact, `seg_jax.artifact.Artifact`), with
       `variables` None. Both run through the same windows, blending, TTA and scales.
     variables: the Flax model's variables ({"params": ..., "batch_stats": ...}).
-    image: uint8 (H, W, 3), any size.
-    mean, std: per-channel normalisation of the training data ([0, 255] units); for a model
-      with variables only.
+    image: (H, W, bands) of any size, of a raster type (`seg_jax.data.raster.DTYPES`): uint8
+      RGB for a photograph. Only uint8 RGB is resized: other images are predicted in slide
+      mode at scale 1.
+    mean, std: per-band normalisation of the training data, in the units of stored values times
+      `value_scale` ([0, 255] for a photograph); for a model with variables only.
+    value_scale: the factor from stored values to the units of `mean` and `std`.
     window: (H, W) the model sees: the resize target ("resize") or the window size ("slide");
       usually the training image size.
     mode: "resize" or "slide" (see the module docstring).
@@ -256,22 +302,14 @@ def predict(model, variables, image: np.ndarray, *, window: tuple[int, int],
     progress: called after each batch with (windows done, windows in all), counted before TTA.
   """
   image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-    raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {image.dtype} "
-                     f"{image.shape}")
   check_options(mode=mode, window=window, overlap=overlap, blend=blend, tta=tta, scales=scales,
                 batch_size=batch_size)
-  if not isinstance(model, nn.Module):  # a callable of raw windows, e.g. an exported artifact
-    window_probs = functools.partial(_tta_probs, model, tta=tta)
-  else:
-    if np.shape(mean) != (3,) or np.shape(std) != (3,) or np.min(std) <= 0:
-      raise ValueError(f"mean and std must hold 3 values (std > 0), got {mean} and {std}")
-    window_probs = functools.partial(
-        _window_probs, _ByIdentity(model), jax.device_put(variables),
-        mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32), tta=tta,
-        dtype=dtype)
   passes = _passes(image.shape[:2], mode, window, overlap, scales)
-  total_windows = sum(math.prod(map(len, _grid(*p))) for p in passes)
+  _check_image(image, mean if isinstance(model, nn.Module) else None,
+               resized=any(p[0] != image.shape[:2] for p in passes))
+  window_probs = window_predictor(model, variables, tta=tta, mean=mean, std=std,
+                                  value_scale=value_scale, dtype=dtype)
+  total_windows = sum(window_count(size, win, overlap) for size, win, _ in passes)
   done = 0
 
   def count(n: int) -> None:

@@ -2,7 +2,7 @@
 
 A scene (`seg_jax.data.windows.Scene`: a raster pair read window by window) is predicted with
 the slide mode of `seg_jax.inference`: the same windows, blending weights, TTA and batches
-(`inference._grid`, `_axis_weights`, `_window_probs`), so its probabilities are those
+(`inference._grid`, `_axis_weights`, `window_predictor`), so its probabilities are those
 `inference`'s slide mode gives the whole scene in one piece. Only a strip one window high and
 the scene's width is held: windows are predicted one row of windows at a time, and the rows no
 later window reaches are handed on (`strips`) and dropped. Windows that overlap no labelled
@@ -85,14 +85,6 @@ class _Padded:
     return True
 
 
-def _window_probs(model, variables, *, mean, std, scale: float, tta: str, dtype):
-  """`inference`'s jitted window prediction of stored (unscaled) windows."""
-  return functools.partial(
-      inference._window_probs, inference._ByIdentity(model), jax.device_put(variables),  # pylint: disable=protected-access
-      mean=np.asarray(mean, np.float32) / scale, std=np.asarray(std, np.float32) / scale,
-      tta=tta, dtype=dtype)
-
-
 def _batches(predict, scene, y: int, xs: list[int], size: tuple[int, int], n: int):
   """(x, probabilities, labels) of the windows at row y, columns xs, predicted n at a time."""
   h, w = size
@@ -119,8 +111,8 @@ def strips(model, variables, scene, *, mean, std, scale: float, dtype, ignore_in
   del unused  # mode and scales: slide at scale 1, checked by seg_jax.checks
   (height, width), (h, w) = scene.shape, tuple(window)
   overlap_px = (int(overlap * h), int(overlap * w))
-  predict = _window_probs(model, variables, mean=mean, std=std, scale=scale, tta=tta,
-                          dtype=dtype)
+  predict = inference.window_predictor(model, variables, tta=tta, mean=mean, std=std,
+                                       value_scale=scale, dtype=dtype)
   if height < h or width < w:  # smaller than a window: padded by reflection, as inference does
     scene = _Padded(scene.read(0, 0, height, width), (h, w), ignore_index)
   ys, xs = inference._grid(scene.shape, (h, w), overlap_px)  # pylint: disable=protected-access

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pkgutil
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from benchmarks import locally_connected_bench
 from benchmarks import loop_bench
 from benchmarks import models_bench
 from benchmarks import predict_bench
+from benchmarks import predict_raster
 from benchmarks import replicas_bench
 from configs import dubai
 from seg_jax import compilation
@@ -169,6 +171,18 @@ class PredictBenchTest(BenchmarkTest):
     text = self.printed(predict_bench.run, model, predict_bench.initialised(model, (32, 32)),
                         (40, 72), (32, 32), 0.25, "uniform", 2, ["none"], 1)
     self.assertRegex(text, r"tta=none +\d+ windows x 1 passes: .* MP/s")
+
+
+class PredictRasterTest(BenchmarkTest):
+
+  def test_a_toy_scene(self):
+    scratch = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, scratch)
+    text = self.printed(predict_raster.run, 128, 2, True, False, scratch, toy=True)
+    self.assertRegex(text, r"scene 128x128x4 uint8 .*window 32x32")
+    self.assertRegex(text, r"predict: [\d.]+ s, [\d.]+ MP/s")
+    self.assertRegex(text, r"peak RSS \(VmHWM\): \d+ MiB after writing the scene, \d+ MiB after")
+    self.assertIn("scene_classes.tif", text)
 
 
 class ExportBenchTest(BenchmarkTest):

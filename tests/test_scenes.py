@@ -134,8 +134,8 @@ class ScenesTest(absltest.TestCase):
                                counts=counts, **options))
     self.assertGreater(len(parts), 1)  # several strips
     whole = scene.read(0, 0, *scene.shape)
-    predict = scenes._window_probs(self.trainer.model, variables, mean=d.mean, std=d.std,
-                                   scale=1.0, tta="none", dtype=np.float32)
+    predict = inference.window_predictor(self.trainer.model, variables, tta="none", mean=d.mean,
+                                         std=d.std, dtype=np.float32)
     probs = _one_piece(predict, whole["image"], 32, 8)
     for top, part, labels in parts:
       np.testing.assert_allclose(part, probs[top:top + len(part)], rtol=1e-5, atol=1e-6)
@@ -159,8 +159,8 @@ class ScenesTest(absltest.TestCase):
         tta="none", batch_size=2, counts={})
     whole = example["scene"].read(0, 0, 70, 90)
     padded = np.pad(whole["image"], ((0, 10), (0, 6), (0, 0)), mode="reflect")
-    predict = scenes._window_probs(self.trainer.model, variables, mean=d.mean, std=d.std,
-                                   scale=1.0, tta="none", dtype=np.float32)
+    predict = inference.window_predictor(self.trainer.model, variables, tta="none", mean=d.mean,
+                                         std=d.std, dtype=np.float32)
     self.assertEqual(top, 0)
     np.testing.assert_allclose(probs, np.asarray(predict(padded[None]))[0, :70, :90],
                                rtol=1e-5, atol=1e-6)

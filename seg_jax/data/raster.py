@@ -12,11 +12,13 @@ ignore index, as does a mask pixel holding the mask's nodata value (the file's, 
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import rasterio
+from rasterio.enums import Interleaving
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
@@ -65,13 +67,39 @@ def describe(path: str) -> RasterInfo:
             transform=tuple(ds.transform)[:6], nodata=ds.nodata,
             descriptions=tuple(d or "" for d in ds.descriptions), colormap=colormap)
         dtypes = set(ds.dtypes)
+        missing = _missing_bytes(ds, path)
   except (RasterioError, OSError) as e:
     raise ValueError(f"{path}: not a raster GDAL can open ({_one_line(e)})") from e
   if info.count == 0:
     raise ValueError(f"{path}: the raster has no bands")
   if len(dtypes) > 1:
     raise ValueError(f"{path}: its bands have different types {sorted(dtypes)}")
+  if missing:
+    raise ValueError(f"{path}: the file is cut short: its pixel blocks end at byte {missing[0]} "
+                     f"but it holds {missing[1]} bytes")
   return info
+
+
+def _missing_bytes(ds, path: str) -> Optional[tuple[int, int]]:
+  """(end of the last pixel block, file size) of a TIFF cut short, else None (also for files
+  of other formats, whose reads fail instead).
+
+  The TIFF header lists every block's offset and size, so a cut file is found before any pixel
+  is read.
+  """
+  if ds.driver != "GTiff" or not ds.count:
+    return None
+  (block_h, block_w), end = ds.block_shapes[0], 0
+  rows, columns = -(-ds.height // block_h), -(-ds.width // block_w)
+  planes = range(1, ds.count + 1) if ds.interleaving == Interleaving.band else (1,)
+  for band in planes:
+    for i in range(rows):
+      for j in range(columns):
+        offset = ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=band)
+        size = ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=band)
+        end = max(end, int(offset or 0) + int(size or 0))
+  length = os.path.getsize(path)
+  return (end, length) if end > length else None
 
 
 def _has_colormap(ds) -> bool:
@@ -225,33 +253,59 @@ class Labels:
     return palettes.decode_mask(rgb, self.palette, self.ignore_index, return_unknown=True)
 
 
+def read_pixels(ds, path: str, bands: Sequence[int], nodata: Optional[float], window: Window):
+  """(image (h, w, N) as stored, nodata (h, w) bool) of `bands` of an open raster in `window`.
+
+  A pixel is nodata where any band holds `nodata` or is not finite.
+  Raises ValueError naming `path` when GDAL cannot read it (a truncated file).
+  """
+  try:
+    image = np.moveaxis(ds.read(list(bands), window=window), 0, -1)
+  except (RasterioError, OSError) as e:
+    raise ValueError(f"{path}: cannot read pixels ({_one_line(e)})") from e
+  missing = equals_nodata(image, nodata).any(axis=-1)
+  if image.dtype.kind == "f":
+    missing |= ~np.isfinite(image).all(axis=-1)
+  return image, missing
+
+
+def fill_values(mean: Sequence[float], scale: float, dtype: str) -> np.ndarray:
+  """What nodata pixels become, per band, in `dtype`: the band means (`mean` of values times
+  `scale`) as stored, rounded for integer types and clipped to the type's range, so that they
+  normalise to about 0."""
+  fill = np.asarray(mean, np.float64) / scale
+  if np.dtype(dtype).kind != "f":
+    limits = np.iinfo(dtype)
+    fill = np.clip(np.round(fill), limits.min, limits.max)
+  return fill.astype(dtype)
+
+
 def read_window(image_ds, mask_ds, pair: Pair, labels: Labels, window: Window):
   """One window of a pair: (image (h, w, N) as stored, nodata (h, w) bool, labels, unknown).
 
   The labels are the ignore index wherever the image is nodata.
   Raises ValueError naming the file GDAL could not read (a truncated file).
   """
-  try:
-    image = np.moveaxis(image_ds.read(list(pair.bands), window=window), 0, -1)
-  except (RasterioError, OSError) as e:
-    raise ValueError(f"{pair.image.path}: cannot read pixels ({_one_line(e)})") from e
+  image, nodata = read_pixels(image_ds, pair.image.path, pair.bands, pair.nodata, window)
   try:
     raw = mask_ds.read(window=window)
   except (RasterioError, OSError) as e:
     raise ValueError(f"{pair.mask.path}: cannot read pixels ({_one_line(e)})") from e
-  nodata = equals_nodata(image, pair.nodata).any(axis=-1)
-  if image.dtype.kind == "f":
-    nodata |= ~np.isfinite(image).all(axis=-1)
   label, unknown = labels.decode(raw, pair)
   label[nodata] = labels.ignore_index
   return image, nodata, label, unknown
 
 
-def open_pair(pair: Pair):
-  """The pair's two files opened (the caller closes them)."""
+def open_raster(path: str):
+  """`path` opened for reading (the caller closes it); a file without a CRS says nothing."""
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", NotGeoreferencedWarning)
-    return rasterio.open(pair.image.path), rasterio.open(pair.mask.path)
+    return rasterio.open(path)
+
+
+def open_pair(pair: Pair):
+  """The pair's two files opened (the caller closes them)."""
+  return open_raster(pair.image.path), open_raster(pair.mask.path)
 
 
 def chunks(height: int, width: int, size: int = CHUNK):

@@ -214,12 +214,10 @@ def load(c) -> Loaded:
   first = _check_inputs(pairs)
   raster.check_rgb_bands(first.bands, tuple(c.rgb_bands))
   mean, std = raster.mean_std(scans["train"], c.scale)
-  fill = (mean.astype(np.float64) / c.scale)
-  if np.dtype(first.image.dtype).kind != "f":
-    fill = np.round(fill)
+  fill = raster.fill_values(mean, c.scale, first.image.dtype)
   bands = sources.Bands(numbers=first.bands, rgb=tuple(c.rgb_bands), scale=float(c.scale),
                         value_range=_value_range(first.image.dtype, c.scale))
-  scenes = {s: windows.Scenes(pairs[s], labels, fill.astype(first.image.dtype))
+  scenes = {s: windows.Scenes(pairs[s], labels, fill)
             for s in splits.SPLITS}
   return Loaded(palette, bands, mean, std, scenes, scans, tuple(log.skipped))
 

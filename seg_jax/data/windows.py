@@ -191,3 +191,47 @@ class RandomWindows:
 
   def __repr__(self):
     return f"RandomWindows({self.count} a epoch of {self.size}, seed {self.seed})"
+
+
+class ImageScene:
+  """An image raster without a mask, read window by window to be predicted (`seg_jax.scenes`).
+
+  Its labels only say where the image is nodata (`NODATA`) or not (`DATA`): there are no classes
+  to read. Nodata pixels become `fill` (the training band means, `raster.fill_values`), as in
+  training. Use it as a context manager (it holds the file open).
+  """
+
+  DATA, NODATA = 0, 1
+
+  def __init__(self, info: raster.RasterInfo, bands: Sequence[int], fill: np.ndarray):
+    self.info, self.bands, self.fill = info, tuple(bands), np.asarray(fill)
+    self.shape = (info.height, info.width)
+    self.name = info.path
+    self.nodata = info.nodata
+    self._ds = None
+
+  def __enter__(self):
+    self._ds = raster.open_raster(self.info.path)
+    return self
+
+  def __exit__(self, *exc):
+    self._ds.close()
+
+  @property
+  def dataset(self):
+    """The open rasterio dataset (its CRS and transform are the outputs')."""
+    return self._ds
+
+  def read(self, y: int, x: int, h: int, w: int) -> dict[str, np.ndarray]:
+    """{"image": (h, w, N) stored type, "label": uint8 (h, w) `NODATA` or `DATA`} of rows y..,
+    columns x.. inside the scene."""
+    with raster.gdal_env():
+      image, nodata = raster.read_pixels(self._ds, self.info.path, self.bands, self.nodata,
+                                         Window(x, y, w, h))
+    image[nodata] = self.fill
+    return {"image": image, "label": nodata.astype(np.uint8)}
+
+  def labelled(self, y: int, x: int, h: int, w: int) -> bool:
+    """Every window is predicted (a window of nodata only costs its forward pass)."""
+    del y, x, h, w
+    return True
