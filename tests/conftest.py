@@ -4,16 +4,25 @@ Every test process, and every command a test starts, uses the repository's .cach
 $XDG_CACHE_HOME, so tests share compiled programs but leave the user's own caches alone.
 
 Compiling dominates the suite's time on a CPU, so tests compile with XLA's backend optimisations
-off (LLVM level 0, no expensive passes): about a third less CPU time for a train step's compile.
+off (LLVM level 0, no expensive passes) and with XLA's older CPU fusion emitters: the tiny
+asym_unet's train step compiles in 2.3 s instead of 4.3 s (and 10-15 s at XLA's defaults;
+`python -m benchmarks.compile_bench --configs=tests/train_testing.py:asym_unet --in_process`).
 The programs compute the same functions; tests compare programs compiled alike, or compare with
 references to float tolerance.
+
+`--cpu_times=N` prints the N tests that used the most CPU time, with the commands they start:
+on a shared machine a better measure of a test's cost than its wall time.
 """
 
 import os
+import resource
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["XDG_CACHE_HOME"] = os.path.join(REPO, ".cache")
-QUICK_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+QUICK_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                       "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), QUICK_COMPILE_FLAGS]))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -21,8 +30,51 @@ from seg_jax import compilation  # pylint: disable=g-import-not-at-top,wrong-imp
 
 compilation.use_persistent_cache(default.get_config().train.compilation_cache_dir)
 
+_CPU_START = pytest.StashKey[float]()
+
 
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: over ~10 s on 2 cores (training subprocesses, reference models), each "
       "saying why; still part of the suite, deselect with -m 'not slow' while iterating")
+
+
+def pytest_addoption(parser):
+  parser.addoption("--cpu_times", type=int, default=0, metavar="N",
+                   help="print the N tests that used the most CPU time (the test process and "
+                   "the commands it starts, setup to teardown) and the suite's total")
+
+
+def _cpu_seconds() -> float:
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+      resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  del nextitem
+  item.stash[_CPU_START] = _cpu_seconds()
+  yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  outcome = yield
+  if call.when == "teardown":
+    outcome.get_result().user_properties.append(("cpu", _cpu_seconds() - item.stash[_CPU_START]))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  del exitstatus
+  count = config.getoption("cpu_times")
+  if not count:
+    return
+  times = [(dict(report.user_properties)["cpu"], report.nodeid)
+           for reports in terminalreporter.stats.values() for report in reports
+           if getattr(report, "when", None) == "teardown"
+           and "cpu" in dict(getattr(report, "user_properties", ()))]
+  terminalreporter.write_sep("=", f"CPU time of the {count} costliest tests")
+  for seconds, nodeid in sorted(times, reverse=True)[:count]:
+    terminalreporter.write_line(f"{seconds:7.1f}s {nodeid}")
+  terminalreporter.write_line(f"{sum(s for s, _ in times):7.1f}s in all {len(times)} tests")
