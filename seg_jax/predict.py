@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import inspect
+import io
 import os
 import sys
 import time
@@ -51,6 +51,7 @@ from seg_jax import errors
 from seg_jax import inference
 from seg_jax import models
 from seg_jax import state as state_lib
+from seg_jax import storage
 from seg_jax import viz
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
@@ -229,17 +230,17 @@ def load_workdir(workdir: str, which: str = "best") -> TrainedModel:
 
 def find_images(spec: str) -> list[str]:
   """Image files named by `spec`: a file, a folder's images (by extension) or a glob."""
-  if glob.has_magic(spec):
-    paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
-  elif os.path.isdir(spec):
-    files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
-                   if os.path.isfile(os.path.join(spec, f)) and not f.startswith("."))
+  if storage.has_magic(spec):
+    paths = [p for p in storage.glob(spec) if storage.isfile(p)]
+  elif storage.isdir(spec):
+    files = [storage.join(spec, f) for f in storage.listdir(spec)
+             if storage.isfile(storage.join(spec, f)) and not f.startswith(".")]
     paths = [p for p in files if os.path.splitext(p)[1].lower() in dubai.IMAGE_EXTENSIONS]
     if len(paths) < len(files):
       logging.warning("%s: %d files without an image extension %s left out: %s", spec,
                       len(files) - len(paths), dubai.IMAGE_EXTENSIONS,
                       [os.path.basename(p) for p in files if p not in paths][:10])
-  elif os.path.isfile(spec):
+  elif storage.isfile(spec):
     paths = [spec]
   else:
     raise ValueError(f"{spec}: no such file or folder")
@@ -254,7 +255,7 @@ def read_image(path: str) -> np.ndarray:
   Greyscale is repeated into R, G and B and alpha is dropped, each with a logged warning.
   """
   try:
-    im = Image.open(path)
+    im = Image.open(io.BytesIO(storage.read_bytes(path)))
     im.load()
     im = ImageOps.exif_transpose(im)  # the EXIF orientation, as training reads images
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -298,7 +299,7 @@ def predict_file(trained: TrainedModel, path: str, output: str, *, save_probs: b
   start = time.time()
   probs = trained.predict(image, **options)
   labels = np.argmax(probs, axis=-1).astype(np.uint8)
-  stem = os.path.join(output, os.path.splitext(os.path.basename(path))[0])
+  stem = storage.join(output, os.path.splitext(os.path.basename(path))[0])
   palette = trained.info.palette
   save_mask(stem + "_mask.png", labels, palette)
   overlay = overlay or palette
@@ -328,10 +329,10 @@ def run(workdir: str | None, input_spec: str, output: str, *, checkpoint: str,
     overlay = overlay_colors(trained.info.palette, overlay_palette)
     inference.check_options(window=window, **options, min_size=trained.min_input_size)
     paths = find_images(input_spec)
-    if os.path.exists(output) and not os.path.isdir(output):
+    if storage.isfile(output):
       raise ValueError(f"--output {output} is a file: it must be a folder (new or existing) "
                        "that receives the masks and overlays")
-    os.makedirs(output, exist_ok=True)
+    storage.makedirs(output)
   except (OSError, ValueError, errors.RunError) as e:
     cli.print_error(getattr(e, "kind", "input"), str(e))
     return errors.EXIT_USER_ERROR

@@ -1,0 +1,171 @@
+"""Runs whose workdir, data and predictions lie in a Cloud Storage bucket, against a real local
+storage server (fake-gcs-server, `tests/gcs_testing.py`), never a mock.
+
+One server serves the whole module; the commands the tests start find it through
+STORAGE_EMULATOR_HOST, as a run on a TPU VM finds the real service.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import numpy as np
+from PIL import Image
+import pytest
+
+from seg_jax import data as data_lib
+from seg_jax import errors
+from seg_jax import predict
+from seg_jax import storage
+from seg_jax import train
+from seg_jax import workdir as workdir_lib
+from tests import gcs_testing
+from tests.data import fixtures
+from tests import test_faults
+from tests.train_testing import REPO, tiny_config
+
+pytestmark = pytest.mark.gcs
+_EMULATOR = None
+
+
+def setUpModule():
+  global _EMULATOR
+  _EMULATOR = gcs_testing.Emulator()
+  _EMULATOR.start()
+  _EMULATOR.create_bucket()
+
+
+def tearDownModule():
+  _EMULATOR.close()
+
+
+def _final(workdir):
+  return json.loads(storage.read_text(storage.join(workdir, workdir_lib.FINAL_METRICS)))
+
+
+class StorageTest(absltest.TestCase):
+  """`seg_jax.storage` on a bucket."""
+
+  def test_files_folders_and_exclusive_create(self):
+    folder = gcs_testing.new_prefix()
+    self.assertFalse(storage.isdir(folder))
+    path = storage.join(folder, "a", "b.json")
+    storage.write_bytes(path, b"{}")
+    self.assertTrue(storage.isdir(storage.join(folder, "a")))
+    self.assertEqual(storage.listdir(folder), ["a"])
+    self.assertEqual(storage.glob("*/*.json", folder), [path])
+    storage.create(storage.join(folder, "lock"), b"1")
+    with self.assertRaises(FileExistsError):
+      storage.create(storage.join(folder, "lock"), b"2")
+    storage.append(storage.join(folder, "log"), b"x\n")
+    storage.append(storage.join(folder, "log"), b"y\n")
+    self.assertEqual(storage.read_text(storage.join(folder, "log")), "x\ny\n")
+    storage.move(storage.join(folder, "a"), storage.join(folder, "c"))
+    self.assertEqual(storage.listdir(folder), ["c", "lock", "log"])
+    self.assertFalse(storage.bucket_exists("gs://no-such-bucket/run"))
+
+
+@pytest.mark.slow  # 3 training processes (~25 s)
+class RunInBucketTest(absltest.TestCase):
+  """The tiny training command with --workdir=gs://..., killed and resumed, then scored and
+  predicted from the bucket."""
+
+  def test_killed_run_resumes_to_the_final_metrics_of_a_local_run(self):
+    local = tempfile.mkdtemp()
+    code, err = test_faults.run_main(local)
+    self.assertEqual(code, 0, err[-3000:])
+    workdir = gcs_testing.new_prefix()
+    code, err = test_faults.run_main(workdir, kill_at=("checkpoint", 2))
+    self.assertEqual(code, -9, err[-3000:])
+    self.assertFalse(storage.exists(storage.join(workdir, workdir_lib.FINAL_METRICS)))
+    code, err = test_faults.run_main(workdir)
+    self.assertEqual(code, 0, err[-3000:])
+    self.assertIn("resum", err)
+    got = test_faults._flat_numbers(_final(workdir))  # pylint: disable=protected-access
+    expected = test_faults._flat_numbers(_final(local))  # pylint: disable=protected-access
+    self.assertEqual(sorted(got), sorted(expected))
+    np.testing.assert_allclose([got[k] for k in sorted(got)],
+                               [expected[k] for k in sorted(expected)], atol=1e-6)
+    run_dir = workdir_lib.RunDir(workdir)
+    self.assertEqual([r["step"] for r in run_dir.metrics()],
+                     [r["step"] for r in workdir_lib.RunDir(local).metrics()])
+    self.assertEqual({s for s, _ in run_dir.scalars("val/miou")}, set(range(1, 7)))
+    for name in (workdir_lib.CURVES, workdir_lib.CONFUSION_MATRIX, "predictions/step_6.png"):
+      self.assertTrue(storage.isfile(run_dir.file(name)), name)
+    self._eval_only(run_dir)
+    self._predict(run_dir)
+
+  def _eval_only(self, run_dir):
+    config = run_dir.load_config().copy_and_resolve_references()
+    config.train.mode = "eval"
+    config.lock()
+    train.run(config, run_dir.path)
+    record = run_dir.eval_record("val")
+    self.assertIsNotNone(record)
+    self.assertEqual(record["step"], run_dir.best_step())
+
+  def _predict(self, run_dir):
+    images = gcs_testing.new_prefix("images")
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)).save(
+        buffer, format="PNG")
+    storage.write_bytes(storage.join(images, "tile.png"), buffer.getvalue())
+    output = storage.join(run_dir.path, "predicted")
+    code = predict.run(run_dir.path, images, output, checkpoint="best", window=None,
+                       save_probs=False, mode="resize", overlap=0.25, blend="uniform",
+                       tta="none", scales=(1.0,), batch_size=8)
+    self.assertEqual(code, 0)
+    self.assertEqual(storage.listdir(output), ["tile_mask.png", "tile_overlay.png"])
+    with Image.open(io.BytesIO(storage.read_bytes(storage.join(output, "tile_mask.png")))) as im:
+      self.assertEqual(im.size, (48, 40))
+
+
+@pytest.mark.slow  # reads the folder twice and trains 2 steps in this process (~15 s)
+class DataInBucketTest(absltest.TestCase):
+  """A Dubai-layout folder copied into the bucket reads as it does locally, and trains."""
+
+  def test_folder_dataset_from_the_bucket(self):
+    local = tempfile.mkdtemp()
+    fixtures.make_tile_layout(local, per_tile=3)
+    root = gcs_testing.new_prefix("data")
+    gcs_testing.upload_tree(local, root)
+    fields = {"data.name": "dubai_aerial", "data.prep": "resize", "data.split": "image",
+              "train.num_steps": 2}
+    from_disk = data_lib.get_dataset(tiny_config(**fields, **{"data.root": local}).data)
+    config = tiny_config(**fields, **{"data.root": root})
+    from_bucket = data_lib.get_dataset(config.data)
+    for split in ("train", "val", "test"):
+      np.testing.assert_array_equal(getattr(from_bucket, split).images,
+                                    getattr(from_disk, split).images)
+      np.testing.assert_array_equal(getattr(from_bucket, split).labels,
+                                    getattr(from_disk, split).labels)
+    workdir = gcs_testing.new_prefix()
+    train.train_and_evaluate(config, workdir, from_bucket)
+    self.assertEqual(workdir_lib.RunDir(workdir).final_record()["step"], 2)
+
+
+class FaultTest(absltest.TestCase):
+  """What a run says when its bucket is missing."""
+
+  def test_missing_bucket_is_one_error_before_compiling(self):
+    with self.assertRaisesRegex(errors.WorkdirError, "gs://no-such-bucket/run.*bucket"):
+      train.run(tiny_config(), "gs://no-such-bucket/run")
+
+  def test_missing_bucket_on_the_command_line(self):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-m", "seg_jax.main", "--config=tests/train_testing.py",
+         "--workdir=gs://no-such-bucket/run"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=120, check=False)
+    self.assertEqual(done.returncode, errors.EXIT_USER_ERROR, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    self.assertIn("gs://no-such-bucket/run", lines[-1])
+    self.assertNotIn("Traceback", done.stderr)
+
+
+if __name__ == "__main__":
+  absltest.main()
