@@ -20,7 +20,10 @@ import pytest
 from seg_jax import data as data_lib
 from seg_jax import errors
 from seg_jax import predict
+from seg_jax import preemption
+from seg_jax import results
 from seg_jax import storage
+from seg_jax import sweep as sweep_lib
 from seg_jax import train
 from seg_jax import workdir as workdir_lib
 from tests import gcs_testing
@@ -146,6 +149,32 @@ class DataInBucketTest(absltest.TestCase):
     workdir = gcs_testing.new_prefix()
     train.train_and_evaluate(config, workdir, from_bucket)
     self.assertEqual(workdir_lib.RunDir(workdir).final_record()["step"], 2)
+
+
+@pytest.mark.slow  # one tiny run trained here, then the sweep command (~15 s)
+class SweepInBucketTest(absltest.TestCase):
+  """A sweep whose folder is in the bucket skips its finished runs when run again."""
+
+  def test_rerun_skips_finished_runs_and_writes_results(self):
+    sweep_file = os.path.join(tempfile.mkdtemp(), "sweep.py")
+    with open(sweep_file, "w") as f:
+      f.write("def get_sweep():\n  return {'settings': {'base': {}}, 'seeds': [0]}\n")
+    workdir = gcs_testing.new_prefix("sweep")
+    runs = sweep_lib.expand(tiny_config(**{"train.num_steps": 2}),
+                            sweep_lib.load_sweep(sweep_file), workdir)
+    runner = sweep_lib.Runner(runs, workdir, max_replicas=1)
+    runner.check()
+    with preemption.PreemptionWatch() as preempt:
+      self.assertTrue(runner.run(preempt))
+    self.assertTrue(sweep_lib.trained(runs[0]))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [sys.executable, "-m", "seg_jax.sweep", "--config=tests/train_testing.py",
+         "--config.train.num_steps=2", f"--sweep={sweep_file}", f"--workdir={workdir}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+    self.assertIn("1 runs in this shard: 1 trained already, 0 to train", done.stderr)
+    self.assertIn("base", storage.read_text(storage.join(workdir, results.RESULTS_CSV)))
 
 
 class FaultTest(absltest.TestCase):
