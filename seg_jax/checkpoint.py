@@ -131,8 +131,8 @@ class Checkpointer:
       self._failed = True
       raise errors.WriteError(
           f"cannot save a checkpoint in {self.directory}: {_cause(e)}; the last complete "
-          "checkpoint is kept: free space (or fix the folder) and rerun the same command to "
-          "resume") from e
+          f"checkpoint is kept: {storage.failed_write_hint(self.directory)} and rerun the same "
+          "command to resume") from e
 
   def check(self) -> None:
     """Raises `WriteError` if a save running in the background has failed (call it after

@@ -280,4 +280,13 @@ def fail_on_run_error(e: errors.RunError) -> NoReturn:
   """Exits with the error's code and one line (re-raises for a traceback at --verbosity=1)."""
   if logging.get_verbosity() >= 1:
     raise e
+  if isinstance(e, errors.WriteError):
+    # Saves still running in the background may wait on storage that does not answer (TensorStore
+    # retries an unreachable bucket for minutes), and the interpreter would wait for them at
+    # exit. A rerun resumes from the last complete checkpoint, so they are not waited for.
+    print_error(e.kind, str(e) + " (--verbosity=1 shows the traceback)")
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.exit_code)  # pylint: disable=protected-access
   fail(e.kind, str(e) + " (--verbosity=1 shows the traceback)", e.exit_code)

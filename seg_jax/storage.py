@@ -315,6 +315,13 @@ def bucket_exists(path: str) -> bool:
   return fs.exists(inner.split("/", 1)[0])
 
 
+def failed_write_hint(path: str) -> str:
+  """What to do before rerunning after a write to `path` failed."""
+  if is_url(path):
+    return "once the storage answers again (check the bucket and the network)"
+  return "free space (or fix the folder)"
+
+
 def use_emulator() -> str | None:
   """Points every storage client at the emulator named by $STORAGE_EMULATOR_HOST, if set, with
   anonymous credentials; returns its URL (None: not set, nothing changed).

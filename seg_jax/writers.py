@@ -59,8 +59,9 @@ def writing(path: str, tmp: str | None = None) -> Iterator[None]:
       with contextlib.suppress(OSError):
         os.remove(tmp)
     raise errors.WriteError(
-        f"cannot write {path}: {e.strerror or e}; the last complete checkpoint is kept: free "
-        "space (or fix the folder) and rerun the same command to resume") from e
+        f"cannot write {path}: {e.strerror or e}; the last complete checkpoint is kept: "
+        f"{storage.failed_write_hint(path)} and rerun the same command to resume") from e
+
 
 
 def makedirs_for(path: str) -> None:

