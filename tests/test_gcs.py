@@ -26,8 +26,10 @@ from seg_jax import storage
 from seg_jax import sweep as sweep_lib
 from seg_jax import train
 from seg_jax import workdir as workdir_lib
+from seg_jax.data import palettes
 from tests import gcs_testing
 from tests.data import fixtures
+from tests.data import raster_fixtures
 from tests import test_faults
 from tests.train_testing import REPO, tiny_config
 
@@ -149,6 +151,31 @@ class DataInBucketTest(absltest.TestCase):
     workdir = gcs_testing.new_prefix()
     train.train_and_evaluate(config, workdir, from_bucket)
     self.assertEqual(workdir_lib.RunDir(workdir).final_record()["step"], 2)
+
+
+class RasterInBucketTest(absltest.TestCase):
+  """GeoTIFFs in the bucket read window by window through fsspec, as they read from disk."""
+
+  def test_raster_dataset_from_the_bucket(self):
+    local = tempfile.mkdtemp()
+    rng = np.random.default_rng(0)
+    for n in range(4):
+      image, label = raster_fixtures.scene(rng, bands=3, dtype="uint8", size=(16, 16))
+      raster_fixtures.write(os.path.join(local, "images", f"{n}.tif"), image)
+      raster_fixtures.write(os.path.join(local, "masks", f"{n}.tif"), label)
+    with open(os.path.join(local, "classes.json"), "w") as f:
+      json.dump(palettes.DUBAI_AERIAL.to_dict(), f)
+    root = gcs_testing.new_prefix("rasters")
+    gcs_testing.upload_tree(local, root)
+    read = [data_lib.get_dataset(fixtures.data_config(
+        name="raster", root=folder, palette=storage.join(folder, "classes.json"),
+        split="image", prep="patches", patch_size=16)) for folder in (local, root)]
+    for split in ("train", "val", "test"):
+      disk, bucket = (getattr(d, split) for d in read)
+      self.assertEqual(len(bucket), len(disk))
+      for i in range(len(disk)):
+        np.testing.assert_array_equal(bucket[i]["image"], disk[i]["image"])
+        np.testing.assert_array_equal(bucket[i]["label"], disk[i]["label"])
 
 
 @pytest.mark.slow  # one tiny run trained here, then the sweep command (~15 s)

@@ -21,6 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from seg_jax import storage
 from seg_jax.data import palettes
 
 DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -52,12 +53,21 @@ class RasterInfo:
   colormap: bool = False  # a single band with a colour table (a palette mask)
 
 
+def open_raster(path: str):
+  """`path` opened by rasterio: a local file directly, an object in a bucket through fsspec
+  (GDAL reads the byte ranges a window needs from the storage's file object, not the whole
+  file)."""
+  if storage.is_url(path):
+    return rasterio.open(path, opener=storage.open_file)
+  return rasterio.open(path)
+
+
 def describe(path: str) -> RasterInfo:
   """The header of `path`; ValueError naming it if GDAL cannot open it or it has no bands."""
   try:
     with gdal_env(), warnings.catch_warnings():
       warnings.simplefilter("ignore", NotGeoreferencedWarning)
-      with rasterio.open(path) as ds:
+      with open_raster(path) as ds:
         colormap = _has_colormap(ds)
         info = RasterInfo(
             path=path, height=ds.height, width=ds.width, count=ds.count,
@@ -251,7 +261,7 @@ def open_pair(pair: Pair):
   """The pair's two files opened (the caller closes them)."""
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", NotGeoreferencedWarning)
-    return rasterio.open(pair.image.path), rasterio.open(pair.mask.path)
+    return open_raster(pair.image.path), open_raster(pair.mask.path)
 
 
 def chunks(height: int, width: int, size: int = CHUNK):
