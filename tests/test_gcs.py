@@ -17,8 +17,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from seg_jax import artifact
 from seg_jax import data as data_lib
 from seg_jax import errors
+from seg_jax import export
 from seg_jax import predict
 from seg_jax import preemption
 from seg_jax import results
@@ -103,6 +105,7 @@ class RunInBucketTest(absltest.TestCase):
       self.assertTrue(storage.isfile(run_dir.file(name)), name)
     self._eval_only(run_dir)
     self._predict(run_dir)
+    self._export(run_dir)
 
   def _eval_only(self, run_dir):
     config = run_dir.load_config().copy_and_resolve_references()
@@ -127,6 +130,12 @@ class RunInBucketTest(absltest.TestCase):
     self.assertEqual(storage.listdir(output), ["tile_mask.png", "tile_overlay.png"])
     with Image.open(io.BytesIO(storage.read_bytes(storage.join(output, "tile_mask.png")))) as im:
       self.assertEqual(im.size, (48, 40))
+
+  def _export(self, run_dir):
+    output = storage.join(run_dir.path, "exported", "model.stablehlo")
+    sidecar = export.export_workdir(run_dir.path, output, fmt="stablehlo")
+    loaded = artifact.Artifact(output)
+    self.assertEqual(loaded.sidecar, sidecar)
 
 
 @pytest.mark.slow  # reads the folder twice and trains 2 steps in this process (~15 s)
