@@ -307,6 +307,19 @@ def check_writable(folder: str) -> None:
   remove(probe)
 
 
+def mirror(url: str, local: str) -> str:
+  """A local copy of folder `url` (a URL) in folder `local`, for readers of local files only:
+  files missing there, or of another size, are downloaded (each atomically). Returns `local`."""
+  fs, inner = _fs(url)
+  for path, info in sorted(fs.find(inner, detail=True).items()):
+    target = os.path.join(local, *posixpath.relpath(path, inner).split("/"))
+    if os.path.isfile(target) and os.path.getsize(target) == info["size"]:
+      continue
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    write_bytes(target, read_bytes(_url(url, path)), f"{target}.{os.getpid()}.tmp")
+  return local
+
+
 def bucket_exists(path: str) -> bool:
   """Whether the bucket of URL `path` exists (True for a local path)."""
   if not is_url(path):

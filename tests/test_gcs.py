@@ -29,10 +29,11 @@ from seg_jax import sweep as sweep_lib
 from seg_jax import train
 from seg_jax import workdir as workdir_lib
 from seg_jax.data import palettes
+from seg_jax.data import tfds_builders
 from tests import gcs_testing
+from tests import test_faults
 from tests.data import fixtures
 from tests.data import raster_fixtures
-from tests import test_faults
 from tests.train_testing import REPO, tiny_config
 
 pytestmark = pytest.mark.gcs
@@ -185,6 +186,31 @@ class RasterInBucketTest(absltest.TestCase):
       for i in range(len(disk)):
         np.testing.assert_array_equal(bucket[i]["image"], disk[i]["image"])
         np.testing.assert_array_equal(bucket[i]["label"], disk[i]["label"])
+
+
+class TfdsInBucketTest(absltest.TestCase):
+  """A prepared TFDS dataset in the bucket is copied into data.cache_dir once and read there."""
+
+  def test_prepared_tfds_dataset_from_the_bucket(self):
+    local = tempfile.mkdtemp()
+    tfds_builders.SyntheticAerial(
+        config=tfds_builders.SyntheticAerialConfig(
+            name="tiny", image_size=(16, 16), num_train=2, num_val=1, num_test=1, seed=0),
+        data_dir=local, file_format="array_record").download_and_prepare()
+    bucket = gcs_testing.new_prefix("tfds")
+    gcs_testing.upload_tree(local, bucket)
+    cache = tempfile.mkdtemp()
+    read = [data_lib.get_dataset(fixtures.data_config(
+        name="tfds:synthetic_aerial/tiny", tfds_dir=folder, cache_dir=cache))
+            for folder in (local, bucket, bucket)]
+    for split in ("train", "val", "test"):
+      disk, *from_bucket = (getattr(d, split) for d in read)
+      for source in from_bucket:
+        self.assertEqual(len(source), len(disk))
+        np.testing.assert_array_equal(source[0]["image"], disk[0]["image"])
+        np.testing.assert_array_equal(source[0]["label"], disk[0]["label"])
+    self.assertEqual(os.listdir(os.path.join(cache, "tfds")),
+                     ["gs_test-bucket_" + bucket.split("/")[-1]])  # one copy, read twice
 
 
 @pytest.mark.slow  # one tiny run trained here, then the sweep command (~15 s)
