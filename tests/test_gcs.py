@@ -5,6 +5,7 @@ One server serves the whole module; the commands the tests start find it through
 STORAGE_EMULATOR_HOST, as a run on a TPU VM finds the real service.
 """
 
+import collections
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from seg_jax import artifact
 from seg_jax import data as data_lib
@@ -28,6 +30,7 @@ from seg_jax import storage
 from seg_jax import sweep as sweep_lib
 from seg_jax import train
 from seg_jax import workdir as workdir_lib
+from seg_jax import writers
 from seg_jax.data import palettes
 from seg_jax.data import tfds_builders
 from tests import gcs_testing
@@ -76,37 +79,94 @@ class StorageTest(absltest.TestCase):
     self.assertEqual(storage.listdir(folder), ["c", "lock", "log"])
     self.assertFalse(storage.bucket_exists("gs://no-such-bucket/run"))
 
+  def test_tensorboard_reads_the_events_in_the_bucket(self):
+    run_dir = workdir_lib.RunDir(gcs_testing.new_prefix())
+    writer = run_dir.metric_writer()
+    writer.scalars(1, {"val/miou": 0.25})
+    writer.flush()
+    writer.scalars(2, {"val/miou": 0.5})
+    writer.images(2, {"val/prediction_0": np.full((8, 12, 3), 200, np.uint8)})
+    writer.close()
+    self.assertEqual(run_dir.scalars("val/miou"), [(1, 0.25), (2, 0.5)])
+    events = event_accumulator.EventAccumulator(run_dir.path, size_guidance={"images": 0})
+    events.Reload()
+    self.assertEqual([(e.step, e.value) for e in events.Scalars("val/miou")],
+                     [(1, 0.25), (2, 0.5)])
+    self.assertEqual(len(events.Images("val/prediction_0")), 1)
 
-@pytest.mark.slow  # 3 training processes (~25 s)
+
+def _harness(workdir):
+  """Starts the tiny training command of `test_faults` with the storage clients failing fast
+  (`gcs_testing.fail_fast`)."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+             JAX_PLATFORMS="cpu")
+  return subprocess.Popen(
+      [sys.executable, os.path.join(REPO, "tests", "gcs_testing.py"),
+       "--config=tests/train_testing.py", f"--workdir={workdir}", *test_faults.OVERRIDES],
+      cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _stop_server_at(proc, line_start):
+  """Reads the stderr of `proc` to its end, stopping the server once a line holds
+  `line_start`, and starts it again after; returns (exit code, stderr)."""
+  lines = []
+  try:
+    for line in proc.stderr:
+      lines.append(line)
+      if line_start in line and _EMULATOR.running:
+        _EMULATOR.stop()
+    proc.wait(timeout=240)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    _EMULATOR.start()
+  return proc.returncode, "".join(lines)
+
+
+@pytest.mark.slow  # 4 training processes (~30 s)
 class RunInBucketTest(absltest.TestCase):
-  """The tiny training command with --workdir=gs://..., killed and resumed, then scored and
-  predicted from the bucket."""
+  """The tiny training command with --workdir=gs://...: killed, then cut off from its storage
+  server, then resumed, it ends like a local run; then scored, predicted and exported."""
 
-  def test_killed_run_resumes_to_the_final_metrics_of_a_local_run(self):
-    local = tempfile.mkdtemp()
-    code, err = test_faults.run_main(local)
-    self.assertEqual(code, 0, err[-3000:])
+  def test_killed_and_cut_off_run_resumes_to_the_final_metrics_of_a_local_run(self):
+    local = tempfile.mkdtemp()  # the same run in this process (test_faults.OVERRIDES)
+    train.run(tiny_config(**{"train.num_steps": 6, "train.eval_every": 1,
+                             "train.checkpoint_every": 4, "train.keep_checkpoints": 2}), local)
     workdir = gcs_testing.new_prefix()
     code, err = test_faults.run_main(workdir, kill_at=("checkpoint", 2))
     self.assertEqual(code, -9, err[-3000:])
     self.assertFalse(storage.exists(storage.join(workdir, workdir_lib.FINAL_METRICS)))
+    # Resumed, then the server stops while step 4 is logged (every step is evaluated and saved).
+    code, err = _stop_server_at(_harness(workdir), "step 4/")
+    self.assertEqual(code, errors.EXIT_WRITE_FAILED, err[-3000:])
+    self.assertIn("resumed from step 2 in ", err)
+    last = err.strip().splitlines()[-1]
+    self.assertRegex(last, rf"^error \(write\): cannot (write|save a checkpoint in) {workdir}/")
+    self.assertIn("once the storage answers again", last)
     code, err = test_faults.run_main(workdir)
     self.assertEqual(code, 0, err[-3000:])
-    self.assertIn("resum", err)
-    got = test_faults._flat_numbers(_final(workdir))  # pylint: disable=protected-access
-    expected = test_faults._flat_numbers(_final(local))  # pylint: disable=protected-access
-    self.assertEqual(sorted(got), sorted(expected))
-    np.testing.assert_allclose([got[k] for k in sorted(got)],
-                               [expected[k] for k in sorted(expected)], atol=1e-6)
+    self.assertRegex(err, r"resumed from step [34] in ")
+    self.assertSameAsLocal(workdir_lib.RunDir(workdir), workdir_lib.RunDir(local))
     run_dir = workdir_lib.RunDir(workdir)
-    self.assertEqual([r["step"] for r in run_dir.metrics()],
-                     [r["step"] for r in workdir_lib.RunDir(local).metrics()])
-    self.assertEqual({s for s, _ in run_dir.scalars("val/miou")}, set(range(1, 7)))
-    for name in (workdir_lib.CURVES, workdir_lib.CONFUSION_MATRIX, "predictions/step_6.png"):
-      self.assertTrue(storage.isfile(run_dir.file(name)), name)
     self._eval_only(run_dir)
     self._predict(run_dir)
     self._export(run_dir)
+
+  def assertSameAsLocal(self, run_dir, local):
+    """Final metrics to 1e-6, every evaluation and TensorBoard value once, the outputs."""
+    got = test_faults._flat_numbers(_final(run_dir.path))  # pylint: disable=protected-access
+    expected = test_faults._flat_numbers(_final(local.path))  # pylint: disable=protected-access
+    self.assertEqual(sorted(got), sorted(expected))
+    np.testing.assert_allclose([got[k] for k in sorted(got)],
+                               [expected[k] for k in sorted(expected)], atol=1e-6)
+    self.assertEqual([r["step"] for r in run_dir.metrics()], [r["step"] for r in local.metrics()])
+    logged = collections.Counter((v.tag, e.step) for p in run_dir.event_files()
+                                 for e in writers.read_events(p) for v in e.summary.value)
+    self.assertEqual(max(logged.values()), 1, "a TensorBoard value was logged twice")
+    self.assertEqual(set(logged), {(v.tag, e.step) for p in local.event_files()
+                                   for e in writers.read_events(p) for v in e.summary.value})
+    for name in (workdir_lib.CURVES, workdir_lib.CONFUSION_MATRIX, "predictions/step_6.png"):
+      self.assertTrue(storage.isfile(run_dir.file(name)), name)
 
   def _eval_only(self, run_dir):
     config = run_dir.load_config().copy_and_resolve_references()
@@ -239,52 +299,8 @@ class SweepInBucketTest(absltest.TestCase):
     self.assertIn("base", storage.read_text(storage.join(workdir, results.RESULTS_CSV)))
 
 
-def _harness(workdir, *flags):
-  """Starts seg_jax.main with gcsfs failing fast (`gcs_testing.fail_fast`) on the tiny config."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
-             JAX_PLATFORMS="cpu")
-  return subprocess.Popen(
-      [sys.executable, os.path.join(REPO, "tests", "gcs_testing.py"),
-       "--config=tests/train_testing.py", f"--workdir={workdir}", *flags],
-      cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-
-
 class FaultTest(absltest.TestCase):
-  """What a run says when its storage server stops or its bucket is missing."""
-
-  @pytest.mark.slow  # two training processes (~20 s)
-  def test_server_stopped_mid_run_then_back(self):
-    workdir = gcs_testing.new_prefix()
-    flags = ("--config.train.num_steps=12", "--config.train.eval_every=4",
-             "--config.train.checkpoint_every=2")
-    proc = _harness(workdir, *flags)
-    lines = []
-    try:
-      for line in proc.stderr:
-        lines.append(line)
-        # Saving step 4 began after the save of step 2 had been committed.
-        if "step 5/" in line and _EMULATOR.running:
-          _EMULATOR.stop()
-      proc.wait(timeout=240)
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-      _EMULATOR.start()
-    err = "".join(lines)
-    self.assertEqual(proc.returncode, errors.EXIT_WRITE_FAILED, err[-3000:])
-    last = err.strip().splitlines()[-1]
-    self.assertRegex(last, rf"^error \(write\): cannot (write|save a checkpoint in) {workdir}/")
-    self.assertIn("once the storage answers again", last)
-    proc = _harness(workdir, *flags)
-    _, err = proc.communicate(timeout=240)
-    self.assertEqual(proc.returncode, 0, err[-3000:])
-    self.assertRegex(err, r"resumed from step [24] in ")
-    run_dir = workdir_lib.RunDir(workdir)
-    self.assertEqual(run_dir.final_record()["step"], 12)
-    self.assertEqual([r["step"] for r in run_dir.metrics()], [4, 8, 12])
-    steps = [s for s, _ in run_dir.scalars("train/loss")]
-    self.assertEqual(steps, sorted(set(steps)))
-    self.assertEqual(set(steps), set(range(1, 13)))
+  """What a run says when its bucket is missing."""
 
   def test_missing_bucket_is_one_error_before_compiling(self):
     with self.assertRaisesRegex(errors.WorkdirError, "gs://no-such-bucket/run.*bucket"):
