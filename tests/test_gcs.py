@@ -9,6 +9,8 @@ import collections
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,7 +125,7 @@ def _stop_server_at(proc, line_start):
   return proc.returncode, "".join(lines)
 
 
-@pytest.mark.slow  # 4 training processes (~30 s)
+@pytest.mark.slow  # 3 training processes and one in this process (~30 s)
 class RunInBucketTest(absltest.TestCase):
   """The tiny training command with --workdir=gs://...: killed, then cut off from its storage
   server, then resumed, it ends like a local run; then scored, predicted and exported."""
@@ -146,8 +148,8 @@ class RunInBucketTest(absltest.TestCase):
     code, err = test_faults.run_main(workdir)
     self.assertEqual(code, 0, err[-3000:])
     self.assertRegex(err, r"resumed from step [34] in ")
-    self.assertSameAsLocal(workdir_lib.RunDir(workdir), workdir_lib.RunDir(local))
     run_dir = workdir_lib.RunDir(workdir)
+    self.assertSameAsLocal(run_dir, workdir_lib.RunDir(local))
     self._eval_only(run_dir)
     self._predict(run_dir)
     self._export(run_dir)
@@ -197,6 +199,29 @@ class RunInBucketTest(absltest.TestCase):
     sidecar = export.export_workdir(run_dir.path, output, fmt="stablehlo")
     loaded = artifact.Artifact(output)
     self.assertEqual(loaded.sidecar, sidecar)
+
+
+@pytest.mark.slow  # two training processes (~15 s)
+class MultiHostTest(absltest.TestCase):
+  """Two processes (hosts) training into one bucket."""
+
+  def test_sigterm_on_one_host_saves_the_same_step_on_both_into_the_bucket(self):
+    workdir = gcs_testing.new_prefix()
+    results = test_faults.run_two_processes(workdir, test_faults._free_port(),  # pylint: disable=protected-access
+                                            signal_after_log=(signal.SIGTERM, 1))
+    steps = []
+    for code, err in results:
+      self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+      steps += re.findall(r"preempted: checkpoint saved at step (\d+)", err)
+    self.assertLen(steps, 2)
+    self.assertEqual(steps[0], steps[1])
+    run_dir = workdir_lib.RunDir(workdir)
+    self.assertEqual(run_dir.latest_step(), int(steps[0]))
+    state = run_dir.file(f"checkpoints/{steps[0]}/state")
+    self.assertEqual(storage.glob("ocdbt.process_*", state),
+                     [storage.join(state, f"ocdbt.process_{i}") for i in (0, 1)])
+    self.assertLen(run_dir.event_files(), 1)  # process 0 alone writes the run files
+    self.assertEqual(run_dir.load_config().train.num_steps, 6)
 
 
 @pytest.mark.slow  # reads the folder twice and trains 2 steps in this process (~15 s)
