@@ -224,28 +224,35 @@ class MultiHostTest(absltest.TestCase):
     self.assertEqual(run_dir.load_config().train.num_steps, 6)
 
 
-@pytest.mark.slow  # reads the folder twice and trains 2 steps in this process (~15 s)
-class DataInBucketTest(absltest.TestCase):
-  """A Dubai-layout folder copied into the bucket reads as it does locally, and trains."""
+# The Dubai-layout folder dataset of tests/data/fixtures.py, read with the tiny config.
+FOLDER_FIELDS = {"data.name": "dubai_aerial", "data.prep": "resize", "data.split": "image"}
+_FOLDERS = {}
 
-  def test_folder_dataset_from_the_bucket(self):
+
+def folder_in_bucket() -> tuple[str, str]:
+  """(local folder, its copy in the bucket) of a small Dubai-layout dataset (made once)."""
+  if not _FOLDERS:
     local = tempfile.mkdtemp()
     fixtures.make_tile_layout(local, per_tile=3)
-    root = gcs_testing.new_prefix("data")
-    gcs_testing.upload_tree(local, root)
-    fields = {"data.name": "dubai_aerial", "data.prep": "resize", "data.split": "image",
-              "train.num_steps": 2}
-    from_disk = data_lib.get_dataset(tiny_config(**fields, **{"data.root": local}).data)
-    config = tiny_config(**fields, **{"data.root": root})
-    from_bucket = data_lib.get_dataset(config.data)
+    _FOLDERS["local"], _FOLDERS["bucket"] = local, gcs_testing.new_prefix("data")
+    gcs_testing.upload_tree(local, _FOLDERS["bucket"])
+  return _FOLDERS["local"], _FOLDERS["bucket"]
+
+
+class DataInBucketTest(absltest.TestCase):
+  """A Dubai-layout folder copied into the bucket reads as it does locally (SweepInBucketTest
+  trains on it)."""
+
+  def test_folder_dataset_from_the_bucket(self):
+    local, bucket = folder_in_bucket()
+    from_disk, from_bucket = (
+        data_lib.get_dataset(tiny_config(**FOLDER_FIELDS, **{"data.root": root}).data)
+        for root in (local, bucket))
     for split in ("train", "val", "test"):
       np.testing.assert_array_equal(getattr(from_bucket, split).images,
                                     getattr(from_disk, split).images)
       np.testing.assert_array_equal(getattr(from_bucket, split).labels,
                                     getattr(from_disk, split).labels)
-    workdir = gcs_testing.new_prefix()
-    train.train_and_evaluate(config, workdir, from_bucket)
-    self.assertEqual(workdir_lib.RunDir(workdir).final_record()["step"], 2)
 
 
 class RasterInBucketTest(absltest.TestCase):
@@ -300,15 +307,16 @@ class TfdsInBucketTest(absltest.TestCase):
 
 @pytest.mark.slow  # one tiny run trained here, then the sweep command (~15 s)
 class SweepInBucketTest(absltest.TestCase):
-  """A sweep whose folder is in the bucket skips its finished runs when run again."""
+  """A sweep whose folder and data are in the bucket trains, then skips its finished runs
+  when run again."""
 
   def test_rerun_skips_finished_runs_and_writes_results(self):
     sweep_file = os.path.join(tempfile.mkdtemp(), "sweep.py")
     with open(sweep_file, "w") as f:
       f.write("def get_sweep():\n  return {'settings': {'base': {}}, 'seeds': [0]}\n")
     workdir = gcs_testing.new_prefix("sweep")
-    runs = sweep_lib.expand(tiny_config(**{"train.num_steps": 2}),
-                            sweep_lib.load_sweep(sweep_file), workdir)
+    fields = {**FOLDER_FIELDS, "data.root": folder_in_bucket()[1], "train.num_steps": 2}
+    runs = sweep_lib.expand(tiny_config(**fields), sweep_lib.load_sweep(sweep_file), workdir)
     runner = sweep_lib.Runner(runs, workdir, max_replicas=1)
     runner.check()
     with preemption.PreemptionWatch() as preempt:
@@ -317,11 +325,13 @@ class SweepInBucketTest(absltest.TestCase):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run(
         [sys.executable, "-m", "seg_jax.sweep", "--config=tests/train_testing.py",
-         "--config.train.num_steps=2", f"--sweep={sweep_file}", f"--workdir={workdir}"],
+         *(f"--config.{k}={v}" for k, v in fields.items()), f"--sweep={sweep_file}",
+         f"--workdir={workdir}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     self.assertEqual(done.returncode, 0, done.stderr[-3000:])
     self.assertIn("1 runs in this shard: 1 trained already, 0 to train", done.stderr)
     self.assertIn("base", storage.read_text(storage.join(workdir, results.RESULTS_CSV)))
+    self.assertEqual(workdir_lib.RunDir(runs[0].workdir).final_record()["step"], 2)
 
 
 class FaultTest(absltest.TestCase):
