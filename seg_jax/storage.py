@@ -17,7 +17,6 @@ and TensorStore). The functions here take either and behave alike:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import glob as glob_lib
 import io
@@ -25,7 +24,6 @@ import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Iterator
 from typing import IO, Any
 
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
@@ -133,16 +131,6 @@ def remove(path: str) -> None:
   fs.rm_file(inner)
 
 
-def rmtree(path: str) -> None:
-  """Deletes folder `path` and everything in it, if it exists."""
-  if not is_url(path):
-    shutil.rmtree(path, ignore_errors=True)
-    return
-  fs, inner = _fs(path)
-  if fs.isdir(inner):
-    fs.rm(inner, recursive=True)
-
-
 def move(source: str, target: str) -> None:
   """Moves file or folder `source` to `target` (same storage)."""
   if not is_url(source):
@@ -211,14 +199,7 @@ def create(path: str, data: bytes) -> None:
       f.write(data)
     return
   fs, inner = _fs(path)
-  try:
-    fs.pipe_file(inner, data, mode="create")
-  except FileExistsError:
-    raise
-  except OSError as e:  # the precondition failed: HTTP 412
-    if "412" in str(e) or "recondition" in str(e):
-      raise FileExistsError(f"{path} exists") from e
-    raise
+  fs.pipe_file(inner, data, mode="create")  # gcsfs: FileExistsError when the object exists
 
 
 def touch(path: str) -> None:
@@ -275,19 +256,6 @@ def append(path: str, data: bytes) -> None:
     appender.write(data)
   finally:
     appender.close()
-
-
-@contextlib.contextmanager
-def local_copy(path: str) -> Iterator[str]:
-  """A local file name holding the content of `path` (`path` itself if it is local)."""
-  if not is_url(path):
-    yield path
-    return
-  with tempfile.TemporaryDirectory() as folder:
-    local = os.path.join(folder, posixpath.basename(path))
-    with open(local, "wb") as f:
-      f.write(read_bytes(path))
-    yield local
 
 
 def check_writable(folder: str) -> None:

@@ -16,6 +16,9 @@
   seed<k>/                 replica k's own run folder when replicas train together
   lock.json                who writes the run folder now ({host, pid, since}; `RunDir.lock`)
 
+The workdir may be a local folder or a URL (`gs://bucket/run`): every file goes through
+`seg_jax.storage`, so the layout and the rules below are the same in a bucket.
+
 A rerun in a workdir continues the run stored there, so its config must be the stored one except
 for fields that cannot change what is trained (`RESUMABLE_FIELDS`); anything else is refused
 with the list of differing fields, before anything is compiled or written. The config that pins

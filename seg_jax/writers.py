@@ -1,5 +1,6 @@
 """File formats of run outputs: TensorBoard events (tensorboardX, no TensorFlow), JSON lines,
-JSON, PNGs, written atomically; where they go in a run folder is `seg_jax.workdir`'s to say."""
+JSON, PNGs, written atomically through `seg_jax.storage` (local or in a bucket); where they go in
+a run folder is `seg_jax.workdir`'s to say."""
 
 from __future__ import annotations
 

@@ -9,8 +9,6 @@ import collections
 import io
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -207,17 +205,10 @@ class MultiHostTest(absltest.TestCase):
 
   def test_sigterm_on_one_host_saves_the_same_step_on_both_into_the_bucket(self):
     workdir = gcs_testing.new_prefix()
-    results = test_faults.run_two_processes(workdir, test_faults._free_port(),  # pylint: disable=protected-access
-                                            signal_after_log=(signal.SIGTERM, 1))
-    steps = []
-    for code, err in results:
-      self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
-      steps += re.findall(r"preempted: checkpoint saved at step (\d+)", err)
-    self.assertLen(steps, 2)
-    self.assertEqual(steps[0], steps[1])
+    step = test_faults.preempt_one_of_two(self, workdir)
     run_dir = workdir_lib.RunDir(workdir)
-    self.assertEqual(run_dir.latest_step(), int(steps[0]))
-    state = run_dir.file(f"checkpoints/{steps[0]}/state")
+    self.assertEqual(run_dir.latest_step(), step)
+    state = run_dir.file(f"checkpoints/{step}/state")
     self.assertEqual(storage.glob("ocdbt.process_*", state),
                      [storage.join(state, f"ocdbt.process_{i}") for i in (0, 1)])
     self.assertLen(run_dir.event_files(), 1)  # process 0 alone writes the run files
