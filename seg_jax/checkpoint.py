@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -31,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from seg_jax import errors
+from seg_jax import storage
 
 WHICH = ("best", "latest")
 
@@ -149,14 +149,14 @@ class Checkpointer:
                read_only: bool = False):
     if keep < 1:
       raise errors.ConfigError(f"train.keep_checkpoints must be >= 1, got {keep}")
-    self.directory = os.path.abspath(directory)
-    self.unreadable = os.path.abspath(unreadable)
+    self.directory = storage.absolute(directory)
+    self.unreadable = storage.absolute(unreadable)
     self.keep = keep
     self.read_only = read_only
     self._manager = None
     self._miou: dict[int, float | None] = {}  # known mIoU of saved steps (None: not evaluated)
     self._failed = False  # a save failed: its error was raised, close() does not raise it again
-    if read_only and not os.path.isdir(self.directory):
+    if read_only and not storage.isdir(self.directory):
       return
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -180,8 +180,8 @@ class Checkpointer:
       self._failed = True
       raise errors.WriteError(
           f"cannot save a checkpoint in {self.directory}: {_cause(e)}; the last complete "
-          "checkpoint is kept: free space (or fix the folder) and rerun the same command to "
-          "resume") from e
+          f"checkpoint is kept: {storage.failed_write_hint(self.directory)} and rerun the same "
+          "command to resume") from e
 
   def check(self) -> None:
     """Raises `WriteError` if a save running in the background has failed (call it after
@@ -310,14 +310,14 @@ class Checkpointer:
     """Moves the given step folders to the folder of unreadable checkpoints (process 0)."""
     if jax.process_index() == 0:
       target_root = self.unreadable
-      os.makedirs(target_root, exist_ok=True)
+      storage.makedirs(target_root)
       for step in steps:
-        target = os.path.join(target_root, str(step))
+        target = storage.join(target_root, str(step))
         suffix = 1
-        while os.path.exists(target):
-          target = os.path.join(target_root, f"{step}.{suffix}")
+        while storage.exists(target):
+          target = storage.join(target_root, f"{step}.{suffix}")
           suffix += 1
-        shutil.move(os.path.join(self.directory, str(step)), target)
+        storage.move(storage.join(self.directory, str(step)), target)
         logging.warning("moved unreadable checkpoint %d to %s", step, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("seg_jax: unreadable checkpoints set aside")

@@ -6,8 +6,9 @@ A command module defines no flag at import. It holds a `define_flags()` for its 
   if __name__ == "__main__":
     cli.run(main, define_flags=define_flags, required=["config", "workdir"])
 
-`run` defines the shared flags it names (`--config`, `--workdir`, defined here once) and the
-command's own, parses them (a bad flag or config is one line, exit code 2), quiets library logs,
+`run` points the storage clients at a Cloud Storage emulator if STORAGE_EMULATOR_HOST names one
+(`seg_jax.storage.use_emulator`), defines the shared flags it names (`--config`, `--workdir`,
+defined here once) and the command's own, parses them (a bad flag or config is one line, exit code 2), quiets library logs,
 calls `main` and exits with its code; a `RunError` from `main` is one line
 `error (kind): message` on stderr and its exit code (`--verbosity=1` shows the traceback).
 
@@ -35,6 +36,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from seg_jax import errors
+from seg_jax import storage
 from seg_jax import writers
 
 SHARED_FLAGS = ("config", "workdir", "model")
@@ -89,6 +91,7 @@ def run(main: Callable[[list[str]], int | None], *,
     config_from_workdir: without `--config`, load the config stored in `--workdir` if it holds
       one (`with_stored_config`).
   """
+  storage.use_emulator()  # before the flags: a stored config may be read from a bucket
   define_shared_flags(shared, config_default=config_default)
   if define_flags is not None:
     define_flags()
@@ -277,4 +280,13 @@ def fail_on_run_error(e: errors.RunError) -> NoReturn:
   """Exits with the error's code and one line (re-raises for a traceback at --verbosity=1)."""
   if logging.get_verbosity() >= 1:
     raise e
+  if isinstance(e, errors.WriteError):
+    # Saves still running in the background may wait on storage that does not answer (TensorStore
+    # retries an unreachable bucket for minutes), and the interpreter would wait for them at
+    # exit. A rerun resumes from the last complete checkpoint, so they are not waited for.
+    print_error(e.kind, str(e) + " (--verbosity=1 shows the traceback)")
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.exit_code)  # pylint: disable=protected-access
   fail(e.kind, str(e) + " (--verbosity=1 shows the traceback)", e.exit_code)

@@ -4,8 +4,6 @@ at its original resolution through `seg_jax.inference` (sliding windows, TTA, sc
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 import time
 from typing import Any
 
@@ -24,6 +22,7 @@ from seg_jax import outputs
 from seg_jax import scenes
 from seg_jax import state as state_lib
 from seg_jax import steps
+from seg_jax import storage
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.state import TrainState
@@ -84,12 +83,10 @@ def _check_output_dir(config: ml_collections.ConfigDict, run_dir: RunDir) -> Non
   """Refuses, before anything is evaluated, an output folder (eval.output_dir, or the workdir)
   that cannot be written: a read-only workdir is evaluated with eval.output_dir set."""
   folder = config.eval.output_dir or run_dir.path
-  if not os.path.isdir(run_dir.path):
+  if not storage.isdir(run_dir.path):
     raise errors.WorkdirError(f"--workdir {run_dir.path} is not a folder holding a run")
   try:
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder):
-      pass
+    storage.check_writable(folder)
   except OSError as e:
     raise errors.WorkdirError(
         f"cannot write the eval-only outputs to {folder} ({e.strerror}): "
@@ -105,7 +102,7 @@ def _trainer(config: ml_collections.ConfigDict, run_dir: RunDir,
     return steps.Trainer(config, dataset)
   except errors.DataError as e:
     root = config.data.root
-    if (dataset is None and root and not os.path.isdir(root) and run_dir.has_config()
+    if (dataset is None and root and not storage.isdir(root) and run_dir.has_config()
         and run_dir.load_config().data.root == root):
       raise errors.DataError(
           f"{e} This data.root is the one the run was trained with, stored in "
@@ -119,7 +116,7 @@ def _write(trainer: steps.Trainer, run_dir: RunDir, name: str, record: dict[str,
   """eval_<name>.json, its table and confusion matrix into eval.output_dir (or the workdir),
   then a line naming each."""
   output_dir = trainer.config.eval.output_dir
-  os.makedirs(output_dir or run_dir.path, exist_ok=True)
+  storage.makedirs(output_dir or run_dir.path)
   paths = (run_dir.eval_file(name, output_dir), run_dir.eval_table(name, output_dir),
            run_dir.confusion_matrix(name, output_dir))
   writers.write_json(paths[0], record)

@@ -41,7 +41,6 @@ import functools
 import hashlib
 import json
 import logging as std_logging
-import os
 
 from absl import flags
 from absl import logging
@@ -60,6 +59,7 @@ from seg_jax import errors
 from seg_jax import models
 from seg_jax import predict
 from seg_jax import state as state_lib
+from seg_jax import storage
 from seg_jax import writers
 from seg_jax.data import augment
 
@@ -316,7 +316,7 @@ def main(argv) -> int:
                            dtype=FLAGS.dtype, size=size)
   size = "any size" if sidecar.input_size is None else "x".join(map(str, sidecar.input_size))
   logging.info("step %d of %s exported", sidecar.step, FLAGS.workdir)
-  print(f"wrote {FLAGS.output} ({os.path.getsize(FLAGS.output):,} bytes; {sidecar.model}, "
+  print(f"wrote {FLAGS.output} ({storage.size(FLAGS.output):,} bytes; {sidecar.model}, "
         f"{sidecar.outputs} at {size}) and {artifact_lib.sidecar_path(FLAGS.output)}")
   return errors.EXIT_OK
 

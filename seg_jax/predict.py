@@ -61,8 +61,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import glob
 import inspect
+import io
 import os
 import sys
 import time
@@ -84,6 +84,7 @@ from seg_jax import inference
 from seg_jax import models
 from seg_jax import scenes
 from seg_jax import state as state_lib
+from seg_jax import storage
 from seg_jax import viz
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
@@ -307,17 +308,17 @@ def is_raster(path: str) -> bool:
 
 def find_images(spec: str) -> list[str]:
   """Image files named by `spec`: a file, a folder's images (by extension) or a glob."""
-  if glob.has_magic(spec):
-    paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
-  elif os.path.isdir(spec):
-    files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
-                   if os.path.isfile(os.path.join(spec, f)) and not f.startswith("."))
+  if storage.has_magic(spec):
+    paths = sorted(p for p in storage.glob(spec) if storage.isfile(p))
+  elif storage.isdir(spec):
+    files = sorted(storage.join(spec, f) for f in storage.listdir(spec)
+                   if storage.isfile(storage.join(spec, f)) and not f.startswith("."))
     paths = [p for p in files if os.path.splitext(p)[1].lower() in INPUT_EXTENSIONS]
     if len(paths) < len(files):
       logging.warning("%s: %d files without an image extension %s left out: %s", spec,
                       len(files) - len(paths), INPUT_EXTENSIONS,
                       [os.path.basename(p) for p in files if p not in paths][:10])
-  elif os.path.isfile(spec):
+  elif storage.isfile(spec):
     paths = [spec]
   else:
     raise ValueError(f"{spec}: no such file or folder")
@@ -332,7 +333,7 @@ def read_image(path: str) -> np.ndarray:
   Greyscale is repeated into R, G and B and alpha is dropped, each with a logged warning.
   """
   try:
-    im = Image.open(path)
+    im = Image.open(io.BytesIO(storage.read_bytes(path)))
     im.load()
     im = ImageOps.exif_transpose(im)  # the EXIF orientation, as training reads images
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -368,7 +369,7 @@ def save_mask(path: str, labels: np.ndarray, palette) -> None:
 
 def _stem(output: str, path: str) -> str:
   """The path in `output` that the outputs of input `path` start with."""
-  return os.path.join(output, os.path.splitext(os.path.basename(path))[0])
+  return storage.join(output, os.path.splitext(os.path.basename(path))[0])
 
 
 def _shares(names: Sequence[str], counts: np.ndarray) -> str:
@@ -517,10 +518,10 @@ def _setup(workdir: str | None, input_spec: str, output: str, *, checkpoint: str
     kinds["raster"] = _raster_options(trained, options, user_scales)
   for kind_options in kinds.values():
     inference.check_options(**kind_options, min_size=trained.min_input_size)
-  if os.path.exists(output) and not os.path.isdir(output):
+  if storage.isfile(output):
     raise ValueError(f"--output {output} is a file: it must be a folder (new or existing) "
                      "that receives the masks and overlays")
-  os.makedirs(output, exist_ok=True)
+  storage.makedirs(output)
   return trained, overlay, paths, kinds
 
 

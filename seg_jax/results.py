@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from seg_jax import errors
+from seg_jax import storage
 from seg_jax import viz
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
@@ -49,7 +50,7 @@ NOT_SCORES = ("step", "split", "checkpoint", "resolution", "image_size", "predic
 def run_dir(workdir: str, setting: str, seed: int) -> str:
   """The folder of run (setting, seed) of the sweep in `workdir`: where the setting's replicas
   trained together in DIR/<setting> put that seed."""
-  return workdir_lib.RunDir(os.path.join(workdir, setting)).replica(seed).path
+  return workdir_lib.RunDir(storage.join(workdir, setting)).replica(seed).path
 
 
 def _nan(value: Any) -> float:
@@ -124,7 +125,7 @@ def setting_row(setting: str, runs: Sequence[dict[str, float]], model: dict[str,
 
 def read_model(workdir: str, setting: str) -> dict[str, Any] | None:
   """DIR/<setting>/model.json (written by the sweep runner), or None."""
-  path = os.path.join(workdir, setting, MODEL_JSON)
+  path = storage.join(workdir, setting, MODEL_JSON)
   return workdir_lib.read_json(path)
 
 
@@ -243,9 +244,9 @@ def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
   else:
     names = excluded.pop() if excluded else ()
   text = markdown(rows, missing, image_size, names)
-  writers.write_text(os.path.join(workdir, RESULTS_CSV), _csv_text(rows))
-  writers.write_text(os.path.join(workdir, RESULTS_MD), f"# Results of {workdir}\n\n{text}\n")
-  pngs = [os.path.join(workdir, CURVES_PNG)]
+  writers.write_text(storage.join(workdir, RESULTS_CSV), _csv_text(rows))
+  writers.write_text(storage.join(workdir, RESULTS_MD), f"# Results of {workdir}\n\n{text}\n")
+  pngs = [storage.join(workdir, CURVES_PNG)]
   if readme:
     writers.write_section(readme, text + f"\n\n![val mIoU vs step]({CURVES_PNG})", "results")
     pngs.append(os.path.join(os.path.dirname(os.path.abspath(readme)), CURVES_PNG))

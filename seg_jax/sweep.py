@@ -47,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -69,6 +68,7 @@ from seg_jax import results
 from seg_jax import evaluate
 from seg_jax import state as state_lib
 from seg_jax import steps
+from seg_jax import storage
 from seg_jax import train
 from seg_jax import workdir as workdir_lib
 from seg_jax import writers
@@ -288,7 +288,7 @@ def _group_config(group: list[Run]) -> tuple[ml_collections.ConfigDict, str]:
   config = first.config.copy_and_resolve_references()
   config.train.num_replicas = len(group)
   config.lock()
-  return config, os.path.dirname(first.workdir)
+  return config, storage.dirname(first.workdir)
 
 
 class Runner:
@@ -338,12 +338,12 @@ class Runner:
 
   def _write_model(self, run: Run, trainer: steps.Trainer) -> None:
     """DIR/<setting>/model.json: parameters and forward GFLOPs at batch 1 (if missing)."""
-    path = os.path.join(self.workdir, run.setting, results.MODEL_JSON)
-    if os.path.exists(path) or jax.process_index() != 0:
+    path = storage.join(self.workdir, run.setting, results.MODEL_JSON)
+    if storage.exists(path) or jax.process_index() != 0:
       return
     variables = state_lib.variables(trainer.abstract_state)
     shape = (1, *trainer.dataset.image_size, len(trainer.dataset.bands))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    writers.makedirs_for(path)
     writers.write_json(path, {
         "params": models.count_params(variables),
         "gflops": summary.forward_flops(trainer.model, variables, shape) / 1e9,
@@ -362,7 +362,7 @@ class Runner:
                    group[0].setting, "s" if len(group) > 1 else "",
                    ", ".join(str(run.seed) for run in group),
                    f"resuming at step {step}" if step else "from the start",
-                   group[0].workdir if len(group) == 1 else os.path.dirname(group[0].workdir))
+                   group[0].workdir if len(group) == 1 else storage.dirname(group[0].workdir))
     return planned
 
   def run(self, preempt: preemption.PreemptionWatch) -> bool:
@@ -439,7 +439,7 @@ def main(argv) -> int:
           return errors.EXIT_PREEMPTED
       failed = runner.failed
   rows = results.summarize(workdir, list(sweep.settings), sweep.seeds, FLAGS.readme)
-  logging.info("wrote %s: %s", os.path.join(workdir, results.RESULTS_MD),
+  logging.info("wrote %s: %s", storage.join(workdir, results.RESULTS_MD),
                ", ".join(f"{r['setting']} n={r['n']}" for r in rows))
   if failed:
     logging.error("failed runs: %s", ", ".join(failed))

@@ -13,6 +13,7 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
+from seg_jax import writers
 from seg_jax.data.palettes import encode_mask
 from seg_jax.data.palettes import palette_colors
 
@@ -49,7 +50,7 @@ def save_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str,
       ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=7,
               color="white" if norm[i, j] > 0.5 else "black")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  writers.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
   plt.close(fig)
 
 
@@ -293,8 +294,8 @@ def _save_quantized(fig, path: str, bottom: float = 0.0) -> None:
   _pyplot().close(fig)
   with Image.open(buffer) as image:
     # Octree keeps flat colours (class colours, legend swatches) closer than median cut does.
-    image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(
-        path, optimize=True)
+    quantized = image.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+  writers.write_atomic(path, lambda f: quantized.save(f, format="PNG", optimize=True))
 
 
 def _draw_panel(ax, panel: Panel) -> None:

@@ -16,6 +16,9 @@
   seed<k>/                 replica k's own run folder when replicas train together
   lock.json                who writes the run folder now ({host, pid, since}; `RunDir.lock`)
 
+The workdir may be a local folder or a URL (`gs://bucket/run`): every file goes through
+`seg_jax.storage`, so the layout and the rules below are the same in a bucket.
+
 A rerun in a workdir continues the run stored there, so its config must be the stored one except
 for fields that cannot change what is trained (`RESUMABLE_FIELDS`); anything else is refused
 with the list of differing fields, before anything is compiled or written. The config that pins
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import json
 import os
 import re
@@ -43,6 +45,7 @@ import ml_collections
 
 from seg_jax import checkpoint as checkpoint_lib
 from seg_jax import errors
+from seg_jax import storage
 from seg_jax import writers
 from seg_jax.data import palettes
 from seg_jax.data import sources
@@ -242,8 +245,7 @@ def eval_name(split: str, *, checkpoint: str = "best",
 def read_json(path: str) -> Any | None:
   """The JSON object in `path`, or None if the file is missing or cut short."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (OSError, ValueError):
     return None
 
@@ -251,22 +253,21 @@ def read_json(path: str) -> Any | None:
 def read_jsonl(path: str, key: str | None = None) -> list[dict[str, Any]]:
   """The records of a JSON-lines file ([] if it does not exist); WorkdirError naming the file
   and line of one that is not a JSON object (or, with `key`, that lacks that field)."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return []
   records = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        records.append(json.loads(line))
-      except ValueError as e:
-        raise errors.WorkdirError(
-            f"{path}, line {number}, is not a JSON record ({e}): the file is damaged; rerun "
-            "the run's training command, which drops a line cut short, or remove the line")
-      if not isinstance(records[-1], dict) or (key is not None and key not in records[-1]):
-        raise errors.WorkdirError(f"{path}, line {number}, is not a record"
-                                  + (f" with a {key!r} field" if key else ""))
+  for number, line in enumerate(storage.read_text(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except ValueError as e:
+      raise errors.WorkdirError(
+          f"{path}, line {number}, is not a JSON record ({e}): the file is damaged; rerun "
+          "the run's training command, which drops a line cut short, or remove the line")
+    if not isinstance(records[-1], dict) or (key is not None and key not in records[-1]):
+      raise errors.WorkdirError(f"{path}, line {number}, is not a record"
+                                + (f" with a {key!r} field" if key else ""))
   return records
 
 
@@ -297,7 +298,7 @@ class _Lock:
             "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     for _ in range(2):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        storage.create(self.path, json.dumps(body).encode())
       except FileExistsError:
         holder = read_json(self.path)
         stale = self._stale(holder)
@@ -311,15 +312,13 @@ class _Lock:
               f"{LOCK_LEASE_SECONDS} s elsewhere)")
         logging.warning("taking over %s: %s", self.path, stale)
         with contextlib.suppress(FileNotFoundError):
-          os.remove(self.path)
+          storage.remove(self.path)
         continue
       except OSError as e:
         raise errors.WorkdirError(
             f"{folder} is not writable ({e.strerror}): a run writes its checkpoints and logs "
             "there; make it writable or pass another --workdir (eval-only: set "
             "--config.eval.output_dir)") from e
-      with os.fdopen(fd, "w") as f:
-        json.dump(body, f)
       self._thread = threading.Thread(target=self._refresh, daemon=True)
       self._thread.start()
       return
@@ -328,7 +327,7 @@ class _Lock:
   def _stale(self, holder: Any) -> str | None:
     """Why the lock of `holder` may be taken over, or None if its holder may be alive."""
     try:
-      age = time.time() - os.path.getmtime(self.path)
+      age = time.time() - storage.mtime(self.path)
     except FileNotFoundError:
       return "released meanwhile"
     if not isinstance(holder, dict):
@@ -347,13 +346,13 @@ class _Lock:
   def _refresh(self) -> None:
     while not self._stop.wait(LOCK_REFRESH_SECONDS):
       with contextlib.suppress(OSError):
-        os.utime(self.path)
+        storage.touch(self.path)
 
   def release(self) -> None:
     """Stops refreshing and removes the lock file."""
     self._stop.set()
     with contextlib.suppress(OSError):
-      os.remove(self.path)
+      storage.remove(self.path)
 
 
 class RunDir:
@@ -367,15 +366,15 @@ class RunDir:
 
   def file(self, name: str) -> str:
     """The path of file `name` of the run folder."""
-    return os.path.join(self.path, name)
+    return storage.join(self.path, name)
 
   def replica(self, seed: int) -> RunDir:
     """The run folder of seed `seed` among replicas trained together into this one."""
-    return RunDir(os.path.join(self.path, f"seed{seed}"))
+    return RunDir(storage.join(self.path, f"seed{seed}"))
 
   def makedirs(self) -> None:
     """Creates the run folder if it does not exist."""
-    os.makedirs(self.path, exist_ok=True)
+    storage.makedirs(self.path)
 
   # Who writes the run folder.
 
@@ -402,25 +401,28 @@ class RunDir:
       held.release()
 
   def _check_folder(self) -> None:
-    """Creates the run folder; WorkdirError if it is a file or cannot be created."""
-    if os.path.exists(self.path) and not os.path.isdir(self.path):
+    """Creates the run folder; WorkdirError if it is a file or cannot be created, or (in a
+    bucket) if the bucket does not exist or refuses a write."""
+    if storage.isfile(self.path):
       raise errors.WorkdirError(f"--workdir {self.path} is a file: it must be a folder (a new "
                                 "one, or one holding a run)")
     try:
-      os.makedirs(self.path, exist_ok=True)
+      if storage.is_url(self.path):
+        storage.check_writable(self.path)
+      storage.makedirs(self.path)
     except OSError as e:
       raise errors.WorkdirError(f"cannot create the workdir {self.path}: {e.strerror}; it must "
-                                "be a folder under a writable one") from e
+                                "be a folder under a writable one, in a bucket that exists") from e
 
   def remove_temporaries(self) -> list[str]:
     """Removes the temporary files (`*.tmp`) of writes cut short, in the run folder, its
     predictions/ and its replicas' folders; returns their paths."""
     found = []
-    for folder in ("", PREDICTIONS_DIR, "seed*", os.path.join("seed*", PREDICTIONS_DIR)):
-      found += [p for p in glob.glob(os.path.join(glob.escape(self.path), folder, "*.tmp"))
-                if os.path.isfile(p)]
+    for folder in ("", PREDICTIONS_DIR, "seed*", f"seed*/{PREDICTIONS_DIR}"):
+      found += [p for p in storage.glob(f"{folder}/*.tmp".lstrip("/"), self.path)
+                if storage.isfile(p)]
     for path in found:
-      os.remove(path)
+      storage.remove(path)
     if found:
       logging.info("removed %d temporary files of writes cut short: %s", len(found),
                    ", ".join(found))
@@ -430,11 +432,11 @@ class RunDir:
 
   def has_config(self) -> bool:
     """Whether the run folder holds a config.json, or a checkpoint that recorded its config."""
-    return os.path.exists(self.file(CONFIG_FILE)) or self._checkpoint_config() is not None
+    return storage.exists(self.file(CONFIG_FILE)) or self._checkpoint_config() is not None
 
   def _checkpoint_config(self) -> tuple[int, dict[str, Any]] | None:
     """(step, config) recorded with the newest checkpoint that holds one, or None."""
-    if not os.path.isdir(self.file(CHECKPOINTS)):
+    if not storage.isdir(self.file(CHECKPOINTS)):
       return None
     with self.reading() as ckpt:
       return ckpt.stored_config()
@@ -443,14 +445,13 @@ class RunDir:
     """The parsed config.json (the newest checkpoint's config if it was deleted); WorkdirError
     if there is neither or it is unreadable."""
     path = self.file(CONFIG_FILE)
-    if not os.path.exists(path):
+    if not storage.exists(path):
       recorded = self._checkpoint_config()
       if recorded is None:
         raise errors.WorkdirError(f"{path} does not exist: {self.path} holds no training run")
       return _upgrade(recorded[1])
     try:
-      with open(path) as f:
-        return _upgrade(json.load(f))
+      return _upgrade(json.loads(storage.read_text(path)))
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise errors.WorkdirError(f"{path} is unreadable ({e!r}); restore it from a backup, or "
                                 f"move {self.path} away to start afresh") from e
@@ -463,7 +464,7 @@ class RunDir:
     if recorded is not None:
       step, config = recorded
       return f"checkpoint {step} in {self.file(CHECKPOINTS)}", _upgrade(config)
-    if os.path.exists(self.file(CONFIG_FILE)):
+    if storage.exists(self.file(CONFIG_FILE)):
       return self.file(CONFIG_FILE), self._read_stored()
     return None
 
@@ -529,8 +530,7 @@ class RunDir:
     """The run's dataset.json; WorkdirError naming the file if it is missing or invalid."""
     path = self.file(DATA_INFO_FILE)
     try:
-      with open(path) as f:
-        return DataInfo.from_dict(json.load(f))
+      return DataInfo.from_dict(json.loads(storage.read_text(path)))
     except FileNotFoundError as e:
       raise errors.WorkdirError(f"{path} does not exist: {self.path} holds no trained run") from e
     except (OSError, KeyError, TypeError, ValueError) as e:
@@ -548,7 +548,7 @@ class RunDir:
 
   def event_files(self) -> list[str]:
     """The run's TensorBoard event files (complete ones; `.tmp` rewrites left out)."""
-    return sorted(p for p in glob.glob(self.file(writers.EVENT_FILES)) if not p.endswith(".tmp"))
+    return [p for p in storage.glob(writers.EVENT_FILES, self.path) if not p.endswith(".tmp")]
 
   def metric_writer(self) -> writers.MetricWriter:
     """A writer of this run's TensorBoard events and metrics.jsonl records."""
@@ -556,7 +556,7 @@ class RunDir:
 
   def prediction_grid(self, step: int) -> str:
     """Where the prediction grid of the evaluation after `step` goes."""
-    return os.path.join(self.path, PREDICTIONS_DIR, f"step_{step}.png")
+    return storage.join(self.path, PREDICTIONS_DIR, f"step_{step}.png")
 
   def discard_after(self, step: int) -> None:
     """Drops the metrics.jsonl records, TensorBoard events and prediction grids of steps after
@@ -566,13 +566,13 @@ class RunDir:
     checkpoint; dropping them first keeps each step logged once. A line or event cut short by
     the kill goes too.
     """
-    predictions = os.path.join(self.path, PREDICTIONS_DIR)
-    for name in os.listdir(predictions) if os.path.isdir(predictions) else ():
+    predictions = self.file(PREDICTIONS_DIR)
+    for name in storage.listdir(predictions) if storage.isdir(predictions) else ():
       match = _PREDICTION_GRID.match(name)
       if name.endswith(".tmp") or (match and int(match.group(1)) > step):
-        os.remove(os.path.join(predictions, name))
+        storage.remove(storage.join(predictions, name))
     writers.discard_jsonl_after(self.file(METRICS_FILE), step)
-    writers.discard_events_after(glob.glob(self.file(writers.EVENT_FILES)), step)
+    writers.discard_events_after(storage.glob(writers.EVENT_FILES, self.path), step)
 
   def lost_evaluations(self, step: int, split: str) -> list[int]:
     """Steps up to `step` whose evaluation the TensorBoard events hold (`<split>/miou`) but
@@ -596,16 +596,16 @@ class RunDir:
     """confusion_matrix.png of the run's end, or confusion_matrix_<name>.png of eval-only run
     `name` (in `directory`, default the run folder)."""
     stem, ext = os.path.splitext(CONFUSION_MATRIX)
-    return os.path.join(directory or self.path, f"{stem}_{name}{ext}" if name else
+    return storage.join(directory or self.path, f"{stem}_{name}{ext}" if name else
                         CONFUSION_MATRIX)
 
   def eval_file(self, name: str, directory: str = "") -> str:
     """eval_<name>.json of an eval-only run (in `directory`, default the run folder)."""
-    return os.path.join(directory or self.path, f"eval_{name}.json")
+    return storage.join(directory or self.path, f"eval_{name}.json")
 
   def eval_table(self, name: str, directory: str = "") -> str:
     """eval_<name>_table.txt: the per-class table of eval-only run `name`."""
-    return os.path.join(directory or self.path, f"eval_{name}_table.txt")
+    return storage.join(directory or self.path, f"eval_{name}_table.txt")
 
   def eval_record(self, name: str) -> dict[str, Any] | None:
     """eval_<name>.json (e.g. "test"), or None if missing or unreadable."""
@@ -627,10 +627,10 @@ class RunDir:
             (FINAL_METRICS, "the scores of the last step (the run is finished)"))
     lines = [f"{self.path} holds:"]
     for name, description in what:
-      found = [p for p in glob.glob(self.file(name)) if not p.endswith(".tmp")]
+      found = [p for p in storage.glob(name, self.path) if not p.endswith(".tmp")]
       shown = name if len(found) == 1 else f"{name} ({len(found)} files)"
-      if len(found) == 1 and os.path.isdir(found[0]):
-        shown, description = name + "/", f"{description} ({len(os.listdir(found[0]))})"
+      if len(found) == 1 and storage.isdir(found[0]):
+        shown, description = name + "/", f"{description} ({len(storage.listdir(found[0]))})"
       if found:
         lines.append(f"  {shown:<24} {description}")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """File formats of run outputs: TensorBoard events (tensorboardX, no TensorFlow), JSON lines,
-JSON, PNGs, written atomically; where they go in a run folder is `seg_jax.workdir`'s to say."""
+JSON, PNGs, written atomically through `seg_jax.storage` (local or in a bucket); where they go in
+a run folder is `seg_jax.workdir`'s to say."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -21,6 +23,7 @@ from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 from seg_jax import errors
+from seg_jax import storage
 
 # TensorBoard's own file naming: events.out.tfevents.<time>.<host>.<pid>.
 EVENT_FILES = "events.out.tfevents.*"
@@ -53,26 +56,25 @@ def writing(path: str, tmp: str | None = None) -> Iterator[None]:
   except OSError as e:
     if isinstance(e, errors.RunError):
       raise
-    if tmp is not None:
+    if tmp is not None and not storage.is_url(path):
       with contextlib.suppress(OSError):
         os.remove(tmp)
     raise errors.WriteError(
-        f"cannot write {path}: {e.strerror or e}; the last complete checkpoint is kept: free "
-        "space (or fix the folder) and rerun the same command to resume") from e
+        f"cannot write {path}: {e.strerror or e}; the last complete checkpoint is kept: "
+        f"{storage.failed_write_hint(path)} and rerun the same command to resume") from e
+
 
 
 def makedirs_for(path: str) -> None:
   """Creates the folder that `path` goes into, if it does not exist."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  storage.makedirs(storage.dirname(path) or ".")
 
 
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (also when several processes write the same file)."""
   tmp = f"{path}.{os.getpid()}.tmp"
   with writing(path, tmp):
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
+    storage.write_bytes(path, text.encode(), tmp)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -85,11 +87,10 @@ def write_atomic(path: str, write: Callable[[BinaryIO], Any]) -> None:
 
   A process killed meanwhile leaves the previous `path` (or none), never a file cut short.
   """
-  tmp = path + ".tmp"
-  with writing(path, tmp):
-    with open(tmp, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
+  buffer = io.BytesIO()
+  write(buffer)
+  with writing(path, path + ".tmp"):
+    storage.write_bytes(path, buffer.getvalue())
 
 
 def write_png(path: str, picture: np.ndarray) -> None:
@@ -123,11 +124,11 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._events = None
     if self.enabled:
-      os.makedirs(events_dir, exist_ok=True)
+      storage.makedirs(events_dir)
       name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-      self.events_path = os.path.join(events_dir, name)
+      self.events_path = storage.join(events_dir, name)
       with writing(self.events_path):
-        self._events = open(self.events_path, "ab")
+        self._events = storage.Appender(self.events_path)
       self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 
   def _write(self, event: event_pb2.Event) -> None:
@@ -157,11 +158,12 @@ class MetricWriter:
     """Appends one JSON object (one line) to the JSON-lines file."""
     if not self.enabled:
       return
-    with writing(self.jsonl_path), open(self.jsonl_path, "a") as f:
-      f.write(json.dumps(to_jsonable(record), sort_keys=True) + "\n")
+    with writing(self.jsonl_path):
+      storage.append(self.jsonl_path,
+                     (json.dumps(to_jsonable(record), sort_keys=True) + "\n").encode())
 
   def flush(self) -> None:
-    """Hands every event written so far to the operating system."""
+    """Hands every event written so far to the storage (the operating system, or the bucket)."""
     if self._events is not None:
       with writing(self.events_path):
         self._events.flush()
@@ -177,8 +179,7 @@ class MetricWriter:
 
 def read_events(path: str) -> list[event_pb2.Event]:
   """The events of a TensorBoard event file, up to a record cut short (a killed writer)."""
-  with open(path, "rb") as f:
-    data = f.read()
+  data = storage.read_bytes(path)
   events, i = [], 0
   while i + 12 <= len(data):  # TFRecord: length, its crc, payload, payload crc
     n = struct.unpack("<Q", data[i:i + 8])[0]
@@ -200,17 +201,14 @@ def _write_events(path: str, events: list[event_pb2.Event]) -> None:
   """Writes `events` as a TensorBoard event file, atomically."""
   tmp = path + ".tmp"
   with writing(path, tmp):
-    with open(tmp, "wb") as f:
-      f.writelines(_record_bytes(e.SerializeToString()) for e in events)
-    os.replace(tmp, path)
+    storage.write_bytes(path, b"".join(_record_bytes(e.SerializeToString()) for e in events))
 
 
 def discard_jsonl_after(path: str, step: int) -> None:
   """Drops the records of a JSON-lines log whose "step" is after `step`, and lines cut short."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return
-  with open(path) as f:
-    lines = f.read().splitlines()
+  lines = storage.read_text(path).splitlines()
   kept = []
   for line in lines:
     try:
@@ -230,11 +228,11 @@ def discard_events_after(event_files: list[str], step: int) -> None:
   """
   for path in event_files:
     if path.endswith(".tmp"):
-      os.remove(path)
+      storage.remove(path)
       continue
     events = read_events(path)
     kept = [e for e in events if e.step <= step]
-    if len(kept) != len(events) or os.path.getsize(path) != sum(
+    if len(kept) != len(events) or storage.size(path) != sum(
         16 + e.ByteSize() for e in events):
       _write_events(path, kept)
 

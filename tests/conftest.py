@@ -37,6 +37,9 @@ def pytest_configure(config):
   config.addinivalue_line(
       "markers", "slow: over ~10 s on 2 cores (training subprocesses, reference models), each "
       "saying why; still part of the suite, deselect with -m 'not slow' while iterating")
+  config.addinivalue_line(
+      "markers", "gcs: against a local Cloud Storage server (fake-gcs-server, started by the "
+      "test module itself); part of the suite")
 
 
 def pytest_addoption(parser):

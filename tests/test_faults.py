@@ -85,6 +85,19 @@ def run_two_processes(workdir, port, signal_after_log=None):
     return [first.result(), second.result()]
 
 
+def preempt_one_of_two(test, workdir) -> int:
+  """Runs the command as 2 processes, SIGTERM to process 1 after step 1; asserts both exit
+  preempted, having saved the same step, and returns that step."""
+  results = run_two_processes(workdir, _free_port(), signal_after_log=(signal.SIGTERM, 1))
+  steps = []
+  for code, err in results:
+    test.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
+    steps += re.findall(r"preempted: checkpoint saved at step (\d+)", err)
+  test.assertLen(steps, 2)
+  test.assertEqual(steps[0], steps[1])
+  return int(steps[0])
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -237,20 +250,14 @@ class FaultInjectionTest(_UninterruptedRunTest):
   @pytest.mark.slow
   def test_two_processes_save_the_same_step_when_one_gets_sigterm(self):
     workdir = self.new_workdir()
-    results = run_two_processes(workdir, _free_port(), signal_after_log=(signal.SIGTERM, 1))
-    steps = []
-    for code, err in results:
-      self.assertEqual(code, errors.EXIT_PREEMPTED, err[-3000:])
-      steps += re.findall(r"preempted: checkpoint saved at step (\d+)", err)
-    self.assertLen(steps, 2)
-    self.assertEqual(steps[0], steps[1])
+    step = preempt_one_of_two(self, workdir)
     saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
-    self.assertEqual(max(saved), int(steps[0]))
+    self.assertEqual(max(saved), step)
     self.assertLess(max(saved), 6)
     results = run_two_processes(workdir, _free_port())
     for code, err in results:
       self.assertEqual(code, 0, err[-3000:])
-      self.assertIn(f"resumed from step {steps[0]}", err)
+      self.assertIn(f"resumed from step {step}", err)
     # The reference ran in one process: two processes sum the loss across hosts in another
     # order, so float32 sums may differ in their last bits.
     self.assertSameAsUninterrupted(workdir, rtol=1e-5)

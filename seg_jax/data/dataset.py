@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from typing import Any, Callable, Iterator, Optional
 
+from seg_jax import storage
 from seg_jax.data import folder
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
@@ -47,7 +49,16 @@ class Builder:
 def _tfds_dataset(c) -> sources.Dataset:
   # tensorflow_datasets is slow to import, so only tfds: names import it.
   from seg_jax.data.tfds_builders import common  # pylint: disable=g-import-not-at-top
-  ds = common.load_prepared(c.name[len(TFDS_PREFIX):], os.path.expanduser(c.tfds_dir))
+  name, data_dir, cache_dir = c.name[len(TFDS_PREFIX):], c.tfds_dir, c.cache_dir
+  if storage.is_url(data_dir):
+    # array_record reads local files only: the prepared dataset (its builder/config folder) is
+    # copied once into data.cache_dir, and again where a file changed size.
+    prepared = name.split(":")[0]
+    local = os.path.join(os.path.expanduser(cache_dir), "tfds",
+                         re.sub(r"[^\w.-]+", "_", data_dir))
+    storage.mirror(storage.join(data_dir, prepared), os.path.join(local, *prepared.split("/")))
+    data_dir = local
+  ds = common.load_prepared(name, os.path.expanduser(data_dir))
   if ds.ignore_index != c.ignore_index:
     raise ValueError(f"data.ignore_index={c.ignore_index} but {c.name!r} was prepared with "
                      f"ignore_index={ds.ignore_index}.")
@@ -88,7 +99,8 @@ DATASETS: dict[str, Builder] = {
                 "max_unknown_fraction", "bands", "rgb_bands", "nodata", "mask_nodata", "scale"),
         scenes=True),
     # A prepared TFDS dataset: size, split and palette were fixed by seg_jax.data.prepare.
-    TFDS_PREFIX: Builder(_tfds_dataset, None, fields=("name", "tfds_dir", "ignore_index")),
+    TFDS_PREFIX: Builder(_tfds_dataset, None,
+                         fields=("name", "tfds_dir", "ignore_index", "cache_dir")),
 }
 # The names a config may hold as they are; tfds: names add "<builder>/<config>".
 NAMES = tuple(name for name in DATASETS if name != TFDS_PREFIX)

@@ -6,6 +6,7 @@ Each images/masks folder may also be named in the singular (`image/`, `mask/`).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import re
 from typing import Optional
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from seg_jax import storage
 from seg_jax.data import palettes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -61,12 +63,12 @@ def _files(folder: str, kind: str, extensions, log: SkipLog) -> dict[str, str]:
   second file with the same stem. Hidden entries (".name") are not data and are passed over.
   """
   out = {}
-  for f in sorted(os.listdir(folder)):
+  for f in storage.listdir(folder):
     if f.startswith("."):
       continue
-    path = os.path.join(folder, f)
+    path = storage.join(folder, f)
     stem, ext = os.path.splitext(f)
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       log.bad(path, f"not a file; {folder} must hold only {kind} files")
     elif ext.lower() not in extensions:
       lossy = " (JPEG is lossy: it blurs the class colours)" if kind == "mask" and ext.lower() in (
@@ -82,16 +84,16 @@ def _files(folder: str, kind: str, extensions, log: SkipLog) -> dict[str, str]:
 
 def _subfolder(parent: str, names: tuple[str, ...]) -> Optional[str]:
   """The first of the folders `names` that `parent` holds, or None."""
-  return next((os.path.join(parent, n) for n in names if os.path.isdir(os.path.join(parent, n))),
-              None)
+  return next((storage.join(parent, n) for n in names
+               if storage.isdir(storage.join(parent, n))), None)
 
 
 def _pair_folder(images_dir: str, tile: Optional[int], log: SkipLog, prefix: str) -> list[Pair]:
   """The pairs of `images_dir` and the masks folder beside it."""
-  parent = os.path.dirname(images_dir)
+  parent = storage.dirname(images_dir)
   masks_dir = _subfolder(parent, MASK_DIRS)
   if masks_dir is None:
-    log.bad(os.path.join(parent, MASK_DIRS[0]), f"mask folder ({' or '.join(MASK_DIRS)}/) "
+    log.bad(storage.join(parent, MASK_DIRS[0]), f"mask folder ({' or '.join(MASK_DIRS)}/) "
             f"missing next to {images_dir}")
     return []
   images = _files(images_dir, "image", IMAGE_EXTENSIONS, log)
@@ -99,7 +101,7 @@ def _pair_folder(images_dir: str, tile: Optional[int], log: SkipLog, prefix: str
   pairs = []
   for stem, path in images.items():
     if stem not in masks:
-      log.bad(path, f"image has no mask (expected {os.path.join(masks_dir, stem)}.png)")
+      log.bad(path, f"image has no mask (expected {storage.join(masks_dir, stem)}.png)")
       continue
     pairs.append(Pair(path, masks[stem], tile, prefix + stem))
   for stem, path in masks.items():
@@ -111,25 +113,25 @@ def _pair_folder(images_dir: str, tile: Optional[int], log: SkipLog, prefix: str
 def find_pairs(root: str, log: Optional[SkipLog] = None) -> list[Pair]:
   """Lists image/mask pairs under `root` in tile layout or flat layout, sorted by tile and name."""
   log = log or SkipLog()
-  if not root or not os.path.isdir(root):
+  if not root or not storage.isdir(root):
     raise ValueError(f"data root {root!r} is not a folder.")
   tiles = []
-  for d in sorted(os.listdir(root)):
+  for d in storage.listdir(root):
     m = _TILE_RE.match(d)
-    if m and os.path.isdir(os.path.join(root, d)):
+    if m and storage.isdir(storage.join(root, d)):
       tiles.append((int(m.group(1)), d))
   pairs: list[Pair] = []
   if tiles:
     for tile, d in sorted(tiles):
-      images_dir = _subfolder(os.path.join(root, d), IMAGE_DIRS)
+      images_dir = _subfolder(storage.join(root, d), IMAGE_DIRS)
       if images_dir is None:
-        log.bad(os.path.join(root, d), f"tile folder has no {' or '.join(IMAGE_DIRS)}/ folder")
+        log.bad(storage.join(root, d), f"tile folder has no {' or '.join(IMAGE_DIRS)}/ folder")
         continue
       pairs += _pair_folder(images_dir, tile, log, prefix=f"tile{tile}/")
   elif _subfolder(root, IMAGE_DIRS):
     pairs = _pair_folder(_subfolder(root, IMAGE_DIRS), None, log, prefix="")
   else:
-    held = sorted(os.listdir(root))
+    held = storage.listdir(root)
     raise ValueError(
         f"data root {root} is laid out as neither {LAYOUTS}; it holds "
         f"{held[:8] + ['...'] if len(held) > 8 else held}.")
@@ -144,7 +146,7 @@ def read_rgb(path: str) -> tuple[np.ndarray, str]:
   16-bit and float files are refused: converting them to 8 bits would clip their values.
   """
   try:
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(storage.read_bytes(path))) as im:
       mode = im.mode
       wide = mode.startswith(("I", "F"))
       # The EXIF orientation is applied, as image viewers do, to images and masks alike.

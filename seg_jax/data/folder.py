@@ -8,12 +8,12 @@ are registered in `seg_jax.data.dataset`; the `dubai_aerial` TFDS builder reads 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Iterator, Optional
 
 from absl import logging
 import numpy as np
 
+from seg_jax import storage
 from seg_jax.data import dubai
 from seg_jax.data import palettes
 from seg_jax.data import preprocess
@@ -137,7 +137,7 @@ def train_subset(examples: list, size: int, seed: int) -> list:
 
 
 def _check_root(c, download: str) -> None:
-  if not c.root or not os.path.isdir(c.root):
+  if not c.root or not storage.isdir(c.root):
     raise ValueError(
         f"data.root {c.root!r} is not a folder: pass --config.data.root=DIR, the dataset "
         f"folder ({dubai.LAYOUTS}){download}.")

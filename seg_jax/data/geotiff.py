@@ -6,7 +6,8 @@ A `StripWriter` makes a tiled (`BLOCK` pixel tiles), DEFLATE-compressed GeoTIFF 
 held until a whole row of tiles is complete, so each tile is compressed and written once and
 memory holds at most one row of tiles plus a strip. With `cog`, the finished file is copied into
 a Cloud-Optimized GeoTIFF (GDAL's COG driver) with overviews, `overview` resampling. The file
-appears under its name only when complete.
+appears under its name only when complete; a file in a bucket is written on the local disk, then
+uploaded whole (`seg_jax.storage.put`).
 
 - classes: one uint8 band of class indices, `CLASS_NODATA` where the source is nodata, the
   palette's colours as its colour table (nodata transparent), nearest-neighbour overviews.
@@ -19,6 +20,7 @@ appears under its name only when complete.
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from typing import Optional, Sequence
 
@@ -28,6 +30,7 @@ import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
+from seg_jax import storage
 from seg_jax.data import palettes
 
 BLOCK = 256  # tile side of every GeoTIFF written, and of a COG's tiles
@@ -49,7 +52,8 @@ class StripWriter:
                scales: Optional[Sequence[float]] = None):
     self.path, self.cog, self.overview = path, cog, overview
     self.width, self.height = like.width, like.height
-    self._tmp = path + ".part.tif"
+    self._tmp = (os.path.join(tempfile.mkdtemp(), "part.tif") if storage.is_url(path)
+                 else path + ".part.tif")
     profile = dict(driver="GTiff", width=like.width, height=like.height, count=count,
                    dtype="uint8", nodata=nodata, tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
                    compress="deflate", transform=like.transform)
@@ -89,22 +93,20 @@ class StripWriter:
 
   def __exit__(self, kind, error, trace) -> None:
     self._ds.close()
-    if kind is not None:
-      os.remove(self._tmp)
-      return
-    if self._top != self.height:
-      os.remove(self._tmp)
-      raise ValueError(f"{self.path}: {self._top} of {self.height} rows were written")
-    if not self.cog:
-      os.replace(self._tmp, self.path)
-      return
-    copy = self.path + ".cog.tif"
+    finished = self._tmp + ".cog.tif" if self.cog else self._tmp
     try:
-      rasterio.shutil.copy(self._tmp, copy, driver="COG", compress="DEFLATE", blocksize=BLOCK,
-                           overview_resampling=self.overview.upper())
-      os.replace(copy, self.path)
+      if kind is not None:
+        return
+      if self._top != self.height:
+        raise ValueError(f"{self.path}: {self._top} of {self.height} rows were written")
+      if self.cog:
+        rasterio.shutil.copy(self._tmp, finished, driver="COG", compress="DEFLATE",
+                             blocksize=BLOCK, overview_resampling=self.overview.upper())
+      storage.put(finished, self.path)
     finally:
-      os.remove(self._tmp)
+      for leftover in {self._tmp, finished}:
+        if os.path.exists(leftover):
+          os.remove(leftover)
 
 
 def class_writer(path: str, like, palette: palettes.Palette, *, cog: bool) -> StripWriter:

@@ -10,6 +10,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from seg_jax import storage
+
 Color = tuple[int, int, int]
 BLACK: Color = (0, 0, 0)
 
@@ -158,8 +160,7 @@ def load_palette(path_or_dict: Union[str, os.PathLike, Mapping[str, Any]],
     path = os.fspath(path_or_dict)
     where = f"palette file {path}"
     try:
-      with open(path) as f:
-        mapping = json.load(f)
+      mapping = json.loads(storage.read_text(path))
     except (OSError, ValueError) as e:
       raise ValueError(f"Cannot read {where}: {e}") from e
   pairs = _class_colors(mapping, where)

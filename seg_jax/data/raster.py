@@ -12,7 +12,6 @@ ignore index, as does a mask pixel holding the mask's nodata value (the file's, 
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from typing import Any, Optional, Sequence
 
@@ -23,6 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from seg_jax import storage
 from seg_jax.data import palettes
 
 DTYPES = ("uint8", "uint16", "int16", "float32")
@@ -54,12 +54,23 @@ class RasterInfo:
   colormap: bool = False  # a single band with a colour table (a palette mask)
 
 
+def open_raster(path: str):
+  """`path` opened by rasterio for reading (the caller closes it): a local file directly, an
+  object in a bucket through fsspec (GDAL reads the byte ranges a window needs from the
+  storage's file object, not the whole file); a file without a CRS says nothing."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    if storage.is_url(path):
+      return rasterio.open(path, opener=storage.open_file)
+    return rasterio.open(path)
+
+
 def describe(path: str) -> RasterInfo:
   """The header of `path`; ValueError naming it if GDAL cannot open it or it has no bands."""
   try:
     with gdal_env(), warnings.catch_warnings():
       warnings.simplefilter("ignore", NotGeoreferencedWarning)
-      with rasterio.open(path) as ds:
+      with open_raster(path) as ds:
         colormap = _has_colormap(ds)
         info = RasterInfo(
             path=path, height=ds.height, width=ds.width, count=ds.count,
@@ -98,7 +109,7 @@ def _missing_bytes(ds, path: str) -> Optional[tuple[int, int]]:
         offset = ds.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=band)
         size = ds.get_tag_item(f"BLOCK_SIZE_{j}_{i}", "TIFF", bidx=band)
         end = max(end, int(offset or 0) + int(size or 0))
-  length = os.path.getsize(path)
+  length = storage.size(path)
   return (end, length) if end > length else None
 
 
@@ -294,13 +305,6 @@ def read_window(image_ds, mask_ds, pair: Pair, labels: Labels, window: Window):
   label, unknown = labels.decode(raw, pair)
   label[nodata] = labels.ignore_index
   return image, nodata, label, unknown
-
-
-def open_raster(path: str):
-  """`path` opened for reading (the caller closes it); a file without a CRS says nothing."""
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", NotGeoreferencedWarning)
-    return rasterio.open(path)
 
 
 def open_pair(pair: Pair):

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from seg_jax import storage
 from seg_jax.data import dubai
 from seg_jax.data import folder
 from seg_jax.data import palettes
@@ -39,12 +40,12 @@ _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 def _entries(directory: str, kind: str, log: dubai.SkipLog) -> dict[str, str]:
   """{stem: path} of the files of `directory`; other entries (folders, a repeated stem) are bad."""
   out = {}
-  for name in sorted(os.listdir(directory)):
-    path = os.path.join(directory, name)
+  for name in storage.listdir(directory):
+    path = storage.join(directory, name)
     stem = os.path.splitext(name)[0]
     if name.startswith("."):
       continue
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       log.bad(path, f"not a file; {directory} must hold only {kind} rasters")
     elif stem in out:
       log.bad(path, f"a second {kind} named {stem!r} (the first is {out[stem]})")
@@ -66,7 +67,7 @@ def _by_number(stems) -> dict[int, str]:
 def pair_files(images_dir: str, masks_dir: str, log: dubai.SkipLog,
                prefix: str = "") -> list[tuple[str, str, str]]:
   """(name, image path, mask path) of the pairs of two folders: by stem, else by number."""
-  if not os.path.isdir(masks_dir):
+  if not storage.isdir(masks_dir):
     log.bad(masks_dir, f"mask folder missing next to {images_dir}")
     return []
   images = _entries(images_dir, "image", log)
@@ -86,24 +87,24 @@ def pair_files(images_dir: str, masks_dir: str, log: dubai.SkipLog,
 
 def find_splits(root: str, split: str, seed: int, log: dubai.SkipLog) -> dict[str, list]:
   """(name, image, mask) paths of each split of `root` (see the module docstring)."""
-  split_dirs = [s for s in splits.SPLITS if os.path.isdir(os.path.join(root, s))]
+  split_dirs = [s for s in splits.SPLITS if storage.isdir(storage.join(root, s))]
   if not split_dirs:
-    if not os.path.isdir(os.path.join(root, "images")):
+    if not storage.isdir(storage.join(root, "images")):
       raise ValueError(f"data root {root} holds neither train/, val/, test/ folders nor "
                        "images/ + masks/")
     if split != "image":
       raise ValueError(f"data.split={split!r}: a raster folder of images/ + masks/ is split "
                        "by whole scenes, data.split='image' (or split it into train/, val/ "
                        "and test/ folders)")
-    return splits.by_random(pair_files(os.path.join(root, "images"),
-                                       os.path.join(root, "masks"), log), seed)
+    return splits.by_random(pair_files(storage.join(root, "images"),
+                                       storage.join(root, "masks"), log), seed)
   out = {s: [] for s in splits.SPLITS}
   for s in split_dirs:
-    names = next((n for n in LAYOUTS if os.path.isdir(os.path.join(root, s, n[0]))), None)
+    names = next((n for n in LAYOUTS if storage.isdir(storage.join(root, s, n[0]))), None)
     if names is None:
-      raise ValueError(f"{os.path.join(root, s)} holds no images folder (one of "
+      raise ValueError(f"{storage.join(root, s)} holds no images folder (one of "
                        f"{[n[0] for n in LAYOUTS]})")
-    out[s] = pair_files(*(os.path.join(root, s, n) for n in names), log, prefix=f"{s}/")
+    out[s] = pair_files(*(storage.join(root, s, n) for n in names), log, prefix=f"{s}/")
   return out
 
 
@@ -131,8 +132,11 @@ def _scan(pair: raster.Pair, labels: raster.Labels) -> raster.Scan:
   are scanned again)."""
   key = (labels, pair.bands, repr(pair.nodata), repr(pair.mask_nodata))
   for path in (pair.image.path, pair.mask.path):
-    info = os.stat(path)
-    key += (os.path.realpath(path), info.st_size, info.st_mtime_ns)
+    if storage.is_url(path):
+      key += (path, storage.size(path), storage.mtime(path))
+    else:
+      info = os.stat(path)
+      key += (os.path.realpath(path), info.st_size, info.st_mtime_ns)
   if key not in _SCANS:
     _SCANS[key] = raster.scan(pair, labels)
   return _SCANS[key]
@@ -196,7 +200,7 @@ class Loaded:
 
 def load(c) -> Loaded:
   """Pairs, checks, scans and statistics of the raster dataset of `data` group `c`."""
-  if not c.root or not os.path.isdir(c.root):
+  if not c.root or not storage.isdir(c.root):
     raise ValueError(f"data.root {c.root!r} is not a folder: pass --config.data.root=DIR, a "
                      "folder of images/ + masks/ or of train/, val/, test/ raster folders")
   if c.prep not in ("patches", "windows"):
