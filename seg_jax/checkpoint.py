@@ -55,7 +55,7 @@ class _RestoreLoop(asyncio.SelectorEventLoop):
   soon as one read fails, with the other reads suspended: each would later print a traceback
   (a coroutine closed mid-read, a TensorStore completion posted to the closed loop, an error
   never retrieved), thousands for a large model. This loop cancels and drains them before it
-  closes and drops the completions that still arrive; the first error is the one reported.
+  closes, as `asyncio.run` does; the first error is the one reported.
   """
 
   def close(self):
@@ -66,18 +66,6 @@ class _RestoreLoop(asyncio.SelectorEventLoop):
       if pending:
         self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
     super().close()
-
-  def call_soon_threadsafe(self, callback, *args, context=None):
-    try:
-      return super().call_soon_threadsafe(callback, *args, context=context)
-    except RuntimeError:
-      if self.is_closed():
-        return None
-      raise
-
-  def call_exception_handler(self, context):
-    if "exception was never retrieved" not in context.get("message", ""):
-      super().call_exception_handler(context)
 
 
 class _RestoreLoops(asyncio.DefaultEventLoopPolicy):
