@@ -68,17 +68,15 @@ def open_raster(path: str):
 def describe(path: str) -> RasterInfo:
   """The header of `path`; ValueError naming it if GDAL cannot open it or it has no bands."""
   try:
-    with gdal_env(), warnings.catch_warnings():
-      warnings.simplefilter("ignore", NotGeoreferencedWarning)
-      with open_raster(path) as ds:
-        colormap = _has_colormap(ds)
-        info = RasterInfo(
-            path=path, height=ds.height, width=ds.width, count=ds.count,
-            dtype=ds.dtypes[0] if ds.count else "", crs=ds.crs.to_string() if ds.crs else None,
-            transform=tuple(ds.transform)[:6], nodata=ds.nodata,
-            descriptions=tuple(d or "" for d in ds.descriptions), colormap=colormap)
-        dtypes = set(ds.dtypes)
-        missing = _missing_bytes(ds, path)
+    with gdal_env(), open_raster(path) as ds:
+      colormap = _has_colormap(ds)
+      info = RasterInfo(
+          path=path, height=ds.height, width=ds.width, count=ds.count,
+          dtype=ds.dtypes[0] if ds.count else "", crs=ds.crs.to_string() if ds.crs else None,
+          transform=tuple(ds.transform)[:6], nodata=ds.nodata,
+          descriptions=tuple(d or "" for d in ds.descriptions), colormap=colormap)
+      dtypes = set(ds.dtypes)
+      missing = _missing_bytes(ds, path)
   except (RasterioError, OSError) as e:
     raise ValueError(f"{path}: not a raster GDAL can open ({_one_line(e)})") from e
   if info.count == 0:
