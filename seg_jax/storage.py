@@ -271,7 +271,8 @@ def append(path: str, data: bytes) -> None:
 
 def check_writable(folder: str) -> None:
   """Creates `folder` and writes a file into it, then removes it; OSError if it cannot be (in
-  a bucket: FileNotFoundError if the bucket does not exist)."""
+  a bucket: FileNotFoundError if the bucket does not exist, PermissionError with the storage's
+  reason if it refuses the write)."""
   if not is_url(folder):
     makedirs(folder)
     with tempfile.TemporaryFile(dir=folder):
@@ -282,7 +283,9 @@ def check_writable(folder: str) -> None:
   try:
     write_bytes(probe, b"")
   except Exception as e:  # pylint: disable=broad-except (each client words it its own way)
-    raise PermissionError(errno.EACCES, f"cannot write into it ({e})", folder) from e
+    # The storage's reason comes last (gcsfs puts `Forbidden: <request URL>` above it).
+    reason = (str(e).strip().splitlines() or [repr(e)])[-1]
+    raise PermissionError(errno.EACCES, reason, folder) from e
   remove(probe)
 
 

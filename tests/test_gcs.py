@@ -6,14 +6,17 @@ STORAGE_EMULATOR_HOST, as a run on a TPU VM finds the real service.
 """
 
 import collections
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import numpy as np
 from PIL import Image
 import pytest
@@ -27,6 +30,7 @@ from seg_jax import errors
 from seg_jax import export
 from seg_jax import predict
 from seg_jax import preemption
+from seg_jax import replicas
 from seg_jax import results
 from seg_jax import storage
 from seg_jax import sweep as sweep_lib
@@ -336,22 +340,38 @@ class SweepInBucketTest(absltest.TestCase):
     self.assertEqual(workdir_lib.RunDir(runs[0].workdir).final_record()["step"], 2)
 
 
-class FaultTest(absltest.TestCase):
-  """What a run says when its bucket is missing."""
+class FaultTest(parameterized.TestCase):
+  """What a run says when its bucket is missing or refuses to be written."""
 
   def test_missing_bucket_is_one_error_before_compiling(self):
     with self.assertRaisesRegex(errors.WorkdirError, "gs://no-such-bucket/run.*bucket"):
       train.run(tiny_config(), "gs://no-such-bucket/run")
 
-  def test_missing_bucket_on_the_command_line(self):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    done = subprocess.run(
-        [sys.executable, "-m", "seg_jax.main", "--config=tests/train_testing.py",
-         "--workdir=gs://no-such-bucket/run"], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=120, check=False)
+  def test_bucket_path_without_write_permission_is_one_error_before_compiling(self):
+    workdir = f"gs://{gcs_testing.BUCKET}/readonly_run"
+    with gcs_testing.refusing_writes(_EMULATOR), \
+        mock.patch.object(replicas, "create_trainer", wraps=replicas.create_trainer) as create:
+      with self.assertRaisesRegex(errors.WorkdirError, (
+          rf"^{workdir} is not writable \(Anonymous caller does not have storage.objects.create "
+          r"access .*\): .*roles/storage.objectUser on the bucket")) as raised:
+        train.run(tiny_config(), workdir)
+    create.assert_not_called()
+    self.assertNotIn("\n", str(raised.exception))
+
+  @parameterized.named_parameters(
+      ("missing_bucket", "gs://no-such-bucket/run", False, "its bucket does not exist"),
+      ("bucket_without_write_permission", f"gs://{gcs_testing.BUCKET}/readonly_run", True,
+       "is not writable .*storage.objects.create"))
+  def test_on_the_command_line(self, workdir, writes_refused, reason):
+    with (gcs_testing.refusing_writes(_EMULATOR) if writes_refused
+          else contextlib.nullcontext()):
+      done = subprocess.run(
+          [sys.executable, "-m", "seg_jax.main", "--config=tests/train_testing.py",
+           f"--workdir={workdir}"], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+          capture_output=True, text=True, timeout=120, check=False)
     self.assertEqual(done.returncode, errors.EXIT_USER_ERROR, done.stderr[-2000:])
     lines = done.stderr.strip().splitlines()
-    self.assertIn("gs://no-such-bucket/run", lines[-1])
+    self.assertRegex(lines[-1], rf"^error \(workdir\): .*{workdir}.*{reason}")
     self.assertNotIn("Traceback", done.stderr)
 
 
