@@ -138,12 +138,12 @@ class SweepFileTest(parameterized.TestCase):
 class ExperimentSweepsTest(parameterized.TestCase):
   """The committed sweep files: every setting is a valid config whose model builds."""
 
-  def models(self, sweep_file, only=None):
-    """{setting: parameters} of a sweep file's settings, None for those not in `only` (if
-    given); every setting's overrides are applied to configs/dubai.py."""
-    dubai = config_files.load_module(os.path.join(REPO, "configs", "dubai.py"))
+  def models(self, sweep_file, only=None, config="dubai.py", bands=3):
+    """{setting: parameters} of a sweep file's settings for images of `bands` bands, None for
+    those not in `only` (if given); every setting's overrides are applied to configs/`config`."""
+    base = config_files.load_module(os.path.join(REPO, "configs", config))
     sweep = sweep_lib.load_sweep(os.path.join(REPO, "experiments", sweep_file))
-    runs = sweep_lib.expand(dubai.get_config(), sweep, tempfile.mkdtemp())
+    runs = sweep_lib.expand(base.get_config(), sweep, tempfile.mkdtemp())
     self.assertLen(runs, len(sweep.settings) * len(sweep.seeds))
     out = {}
     for run in runs[::len(sweep.seeds)]:
@@ -151,7 +151,7 @@ class ExperimentSweepsTest(parameterized.TestCase):
         out[run.setting] = None
         continue
       model = state_lib.build_model(run.config, num_classes=6)
-      variables = summary.abstract_variables(model, (1, *run.config.data.image_size, 3))
+      variables = summary.abstract_variables(model, (1, *run.config.data.image_size, bands))
       out[run.setting] = models.count_params(variables)
     return out
 
@@ -168,6 +168,13 @@ class ExperimentSweepsTest(parameterized.TestCase):
     self.assertEqual(params["full"], proposal)
     for baseline in baselines:
       self.assertAlmostEqual(params[baseline] / params["full"], 1.0, delta=0.004, msg=baseline)
+
+  def test_naip_models_match_in_parameters(self):
+    # The 4 bands (RGB + near-infrared) of configs/naip.py, 6 classes: within 1 % of each other.
+    params = self.models("naip_rgbn/sweep.py", config="naip.py", bands=4)
+    self.assertEqual(params, {"asym_unet": 680_622, "unet": 680_567,
+                              "unetpp_resnet34": 680_374, "deeplabv3plus": 678_642})
+    self.assertLessEqual(max(params.values()) / min(params.values()), 1.01)
 
   def test_ablation_pilot(self):
     self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])

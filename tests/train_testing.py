@@ -20,6 +20,8 @@ TINY_KWARGS = {
     "unet": dict(backbone_kwargs={"widths": (4, 8, 16), "dropout_rate": 0.1}),
     "asym_unet": dict(backbone_kwargs={"widths": (4, 8, 8), "blocks": 1, "se_reduction": 2},
                       neck_kwargs={"features": 8}, decoder_kwargs={"widths": (8, 4)}),
+    "unetpp_resnet34": dict(backbone_kwargs=_TINY_RESNET,
+                            decoder_kwargs={"widths": (8, 8, 4, 4, 4)}),
     "deeplabv3": dict(backbone_kwargs=_TINY_RESNET, neck_kwargs={"features": 8}),
     "deeplabv3plus": dict(backbone_kwargs=_TINY_RESNET, neck_kwargs={"features": 8},
                           decoder_kwargs={"low_level_features": 4, "features": 8}),

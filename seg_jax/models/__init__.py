@@ -17,10 +17,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from seg_jax.models import asym_unet, classifiers, deeplab, fcn, segmentation, unet
+from seg_jax.models import asym_unet, classifiers, deeplab, fcn, segmentation, unet, unetpp
 from seg_jax.models.backbones import googlenet, resnet, vgg, xception
 
-_PRESETS = {**unet.PRESETS, **asym_unet.PRESETS, **deeplab.PRESETS, **fcn.PRESETS}
+_PRESETS = {**unet.PRESETS, **asym_unet.PRESETS, **unetpp.PRESETS, **deeplab.PRESETS,
+            **fcn.PRESETS}
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     **{name: functools.partial(segmentation.SegmentationModel, **preset)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from seg_jax import layers
-from seg_jax.models import common, deeplab, fcn, unet
+from seg_jax.models import common, deeplab, fcn, unet, unetpp
 from seg_jax.models.backbones import resnet, vgg, xception
 
 Dtype = Any
@@ -38,16 +38,18 @@ PARTS = ("backbone", "neck", "decoder", "head")
 
 
 class ClassifierHead(nn.Module):
-  """Optional 3x3 conv-norm-act of ``features`` channels and dropout, then a 1x1 classifier.
+  """Optional 3x3 conv-norm-act of ``features`` channels and dropout, then a classifier conv.
 
-  ``features=None`` is the plain 1x1 conv; ``features=512, dropout_rate=0.1`` is torchvision's
-  ``FCNHead`` and ``features=256`` the conv part of its ``DeepLabHead``. Children: ``conv``
-  (when ``features``) and ``classifier``.
+  ``features=None`` is the plain classifier; ``features=512, dropout_rate=0.1`` is
+  torchvision's ``FCNHead`` and ``features=256`` the conv part of its ``DeepLabHead``;
+  ``kernel_size=3`` is the ``SegmentationHead`` of segmentation_models_pytorch. Children:
+  ``conv`` (when ``features``) and ``classifier`` (``kernel_size`` square, with a bias).
   """
 
   num_classes: int
   features: int | None = None
   dropout_rate: float = 0.0
+  kernel_size: int = 1
   norm: str = "batch"
   act: str = "relu"
   dtype: Dtype = jnp.float32
@@ -61,7 +63,7 @@ class ClassifierHead(nn.Module):
       x = layers.ConvNormAct(self.features, (3, 3), norm=self.norm, act=self.act, **kw,
                              name="conv")(x, train=train)
     x = layers.Dropout(self.dropout_rate)(x, train=train)
-    return layers.Conv(self.num_classes, (1, 1), **kw, name="classifier")(x)
+    return layers.Conv(self.num_classes, (self.kernel_size,) * 2, **kw, name="classifier")(x)
 
 
 BACKBONES: dict[str, Any] = {
@@ -81,6 +83,7 @@ NECKS: dict[str, Any] = {"aspp": layers.ASPP, "fcn": fcn.FCNNeck}
 
 DECODERS: dict[str, Any] = {
     "unet": unet.UNetDecoder,
+    "unetpp": unetpp.UNetPlusPlusDecoder,
     "deeplabv3plus": deeplab.DeepLabV3PlusDecoder,
     "fcn": fcn.FCNDecoder,
 }

@@ -43,6 +43,19 @@ def per_stage(name: str, value: int | Sequence[int], num_stages: int) -> tuple[i
   return tuple(value)
 
 
+def doubling_levels(pyramid: Mapping[int, jax.Array], decoder: str) -> list[jax.Array]:
+  """The features of ``pyramid`` (``{stride: features}``), deepest first, each checked to be
+  twice the size of the one before it (``decoder`` names the decoder in the error)."""
+  strides = sorted(pyramid)
+  levels = [pyramid[s] for s in reversed(strides)]
+  for below, skip in zip(levels, levels[1:]):
+    if skip.shape[1:3] != (2 * below.shape[1], 2 * below.shape[2]):
+      raise ValueError(
+          f"the {decoder} decoder needs every skip at twice the size of the features below it; "
+          f"the backbone has features at strides {strides}")
+  return levels
+
+
 class ConvStack(nn.Module):
   """``num_convs`` 3x3 conv-norm-act layers of ``features`` channels, then optional SE.
 
@@ -167,18 +180,12 @@ class UNetDecoder(nn.Module):
   @nn.compact
   def __call__(self, pyramid: Mapping[int, jax.Array], *, train: bool) -> jax.Array:
     """Decodes ``pyramid`` (``{stride: features}``) to the resolution of its shallowest entry."""
-    strides = sorted(pyramid)
-    x = pyramid[strides[-1]]
-    skips = [pyramid[s] for s in reversed(strides[:-1])]
+    x, *skips = doubling_levels(pyramid, "unet")
     widths = (tuple(skip.shape[-1] for skip in skips) if self.widths is None
               else per_stage("decoder widths", self.widths, len(skips)))
     blocks = per_stage("decoder blocks", self.blocks, len(skips))
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i, (skip, width, num_convs) in enumerate(zip(skips, widths, blocks)):
-      if skip.shape[1:3] != (2 * x.shape[1], 2 * x.shape[2]):
-        raise ValueError(
-            f"the unet decoder needs every skip at twice the size of the features below it; "
-            f"the backbone has features at strides {strides}")
       x = Upsample2x(width, self.upsample, **kw, name=f"up{i}")(x)
       if self.skip_se:
         skip = layers.SqueezeExcitation(reduction=self.se_reduction, **kw, name=f"skip_se{i}")(skip)

@@ -20,6 +20,8 @@ TINY = {
                       neck_kwargs=dict(features=8),
                       decoder_kwargs=dict(widths=(8, 8, 4, 4), se=True, skip_se=True,
                                           se_reduction=2)),
+    "unetpp_resnet34": dict(backbone_kwargs=TINY_RESNET,
+                            decoder_kwargs=dict(widths=(8, 8, 4, 4, 4))),
     "deeplabv3": dict(backbone_kwargs=TINY_RESNET, neck_kwargs=dict(features=8)),
     "deeplabv3plus": dict(backbone_kwargs=TINY_RESNET, neck_kwargs=dict(features=8),
                           decoder_kwargs=dict(low_level_features=4, features=8)),
@@ -43,8 +45,9 @@ TINY = {
     "simple_cnn": dict(widths=(4, 8, 8)),
 }
 
-SEGMENTATION = ("unet", "asym_unet", "deeplabv3", "deeplabv3plus", "deeplabv3plus_xception",
-                "deeplabv3_resnet50", "fcn32s", "fcn16s", "fcn8s", "fcn_resnet50")
+SEGMENTATION = ("unet", "asym_unet", "unetpp_resnet34", "deeplabv3", "deeplabv3plus",
+                "deeplabv3plus_xception", "deeplabv3_resnet50", "fcn32s", "fcn16s", "fcn8s",
+                "fcn_resnet50")
 REQUIRED = SEGMENTATION + ("xception", "googlenet", "resnet18", "resnet34", "resnet50",
                            "resnet101", "vgg16", "mlp", "simple_cnn")
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seg_jax import layers, models
-from seg_jax.models import asym_unet, common, fcn, segmentation, unet
+from seg_jax.models import asym_unet, common, fcn, segmentation, unet, unetpp
 from tests.models.testing import (
     DROPOUT_KEY, FAST_COMPILE, KEY, TINY_RESNET, TINY_VGG, TINY_XCEPTION65, host_init)
 
@@ -32,14 +32,25 @@ def shapes_tree(variables):
   return jax.tree.map(lambda leaf: leaf.shape, variables)
 
 
-def backbone_features(model, shape):
-  """``{key: shape}`` of the features returned by the ``backbone`` child, from shapes only."""
+def part_output(model, shape, part):
+  """Shapes of what the ``part`` child (``backbone``, ``decoder``, ...) returns, shapes only."""
   def run():
     _, state = model.init_with_output(
         KEY, jnp.zeros(shape), train=False,
-        capture_intermediates=lambda mdl, _: mdl.name == "backbone")
-    return state["intermediates"]["backbone"]["__call__"][0]
-  return {k: v.shape for k, v in jax.eval_shape(run).items()}
+        capture_intermediates=lambda mdl, _: mdl.name == part)
+    return state["intermediates"][part]["__call__"][0]
+  return jax.tree.map(lambda x: x.shape, jax.eval_shape(run))
+
+
+def backbone_features(model, shape):
+  """``{key: shape}`` of the features returned by the ``backbone`` child, from shapes only."""
+  return part_output(model, shape, "backbone")
+
+
+def params_per_part(model, shape):
+  """``{part: parameters}`` of ``model`` for NHWC input ``shape``, from shapes only."""
+  return {part: models.count_params({"params": tree})
+          for part, tree in abstract_init(model, shape)["params"].items()}
 
 
 class ParamCountTest(parameterized.TestCase):
@@ -57,9 +68,19 @@ class ParamCountTest(parameterized.TestCase):
       ("fcn16s", "fcn16s", {}, 134_288_780),
       ("fcn8s", "fcn8s", {}, 134_290_898),
       ("fcn_resnet50", "fcn_resnet50", {}, 32_949_318),
+      ("unetpp_resnet34", "unetpp_resnet34", {}, 26_079_334),
   )
   def test_default_count(self, name, kwargs, expected):
     self.assertEqual(count(models.create(name, num_classes=6, **kwargs)), expected)
+
+  def test_unetpp_resnet34_is_smp_unetplusplus(self):
+    # segmentation_models_pytorch 0.6.0 (torch 2.13 CPU), summed over .parameters() of the
+    # encoder, decoder and segmentation_head of
+    # smp.UnetPlusPlus(encoder_name="resnet34", encoder_weights=None, in_channels=4, classes=6):
+    # 26,082,470 in all. Its ResNet-34 is torchvision's without avgpool and fc, conv1 on 4 bands.
+    model = models.create("unetpp_resnet34", num_classes=6)
+    self.assertEqual(params_per_part(model, (1, 64, 64, 4)),
+                     {"backbone": 21_287_808, "decoder": 4_793_792, "head": 870})
 
   def test_torchvision_references(self):
     # torchvision fcn_resnet50 / deeplabv3_resnet50 at 21 classes without the aux head.
@@ -189,8 +210,9 @@ class CompositionTest(parameterized.TestCase):
 
   def test_decoder_needs_its_strides(self):
     pyramid = {1: jnp.zeros((1, 16, 16, 2)), 4: jnp.zeros((1, 4, 4, 2))}
-    with self.assertRaisesRegex(ValueError, r"twice the size.*strides \[1, 4\]"):
-      jax.eval_shape(lambda: unet.UNetDecoder().init(KEY, pyramid, train=False))
+    for decoder in (unet.UNetDecoder(), unetpp.UNetPlusPlusDecoder(widths=(4, 4))):
+      with self.assertRaisesRegex(ValueError, r"twice the size.*strides \[1, 4\]"):
+        jax.eval_shape(lambda: decoder.init(KEY, pyramid, train=False))
     with self.assertRaisesRegex(ValueError, r"low_level_stride=1 .*\[2, 4, 8, 16\]"):
       abstract_init(models.create("deeplabv3plus", num_classes=2, backbone_kwargs=TINY_RESNET,
                                   decoder_kwargs=dict(low_level_stride=1, features=8)))
@@ -355,6 +377,47 @@ class UNetTest(parameterized.TestCase):
       models.create("asym_unet", num_classes=2, ablation="no_se")
     with self.assertRaisesRegex(ValueError, "ablation of model 'unet'"):
       models.create("unet", num_classes=2, ablation="asym")
+
+
+class UNetPlusPlusTest(parameterized.TestCase):
+
+  def test_nested_nodes_on_resnet34(self):
+    # Skips of a ResNet-34 of width 4, deepest first: 32 (stride 32), 16, 8, 4, 4 (stem).
+    model = models.create("unetpp_resnet34", num_classes=3, backbone_kwargs=dict(width=4),
+                          decoder_kwargs=dict(widths=(24, 12, 10, 6, 5)))
+    params = abstract_init(model)["params"]
+    kernels = {node: params["decoder"][node]["conv0"]["conv"]["kernel"].shape[2:]
+               for node in params["decoder"]}
+    # (input channels, output channels) of each node's first conv: the upsampled node below,
+    # then the nodes to its right in the same column, then the backbone's skip; row 0 has the
+    # decoder widths, the nested rows the skip's channels; x_0_4 has no skip.
+    self.assertEqual(kernels, {
+        "x_0_0": (32 + 16, 24), "x_0_1": (24 + 8 + 8, 12), "x_0_2": (12 + 4 + 4 + 4, 10),
+        "x_0_3": (10 + 4 + 4 + 4 + 4, 6), "x_0_4": (6, 5),
+        "x_1_1": (16 + 8, 8), "x_1_2": (8 + 4 + 4, 4), "x_1_3": (4 + 4 + 4 + 4, 4),
+        "x_2_2": (8 + 4, 4), "x_2_3": (4 + 4 + 4, 4), "x_3_3": (4 + 4, 4)})
+    self.assertEqual(params["decoder"]["x_0_0"]["conv1"]["conv"]["kernel"].shape,
+                     (3, 3, 24, 24))
+    self.assertEqual(params["head"]["classifier"]["kernel"].shape, (3, 3, 5, 3))
+    self.assertEqual(part_output(model, (2, 64, 96, 3), "decoder"), (2, 64, 96, 5))
+
+  def test_unet_encoder_needs_no_plain_node(self):
+    # The U-Net encoder has a stride-1 stage: every row-0 node has a skip.
+    model = models.create("unetpp_resnet34", num_classes=3, backbone="unet_encoder",
+                          backbone_kwargs=dict(widths=(4, 8, 8, 16, 16)),
+                          decoder_kwargs=dict(widths=(16, 8, 8, 4)))
+    params = abstract_init(model)["params"]
+    self.assertCountEqual(params["decoder"], [f"x_{d}_{j}" for j in range(4)
+                                              for d in range(j + 1)])
+    self.assertEqual(params["decoder"]["x_0_3"]["conv0"]["conv"]["kernel"].shape,
+                     (3, 3, 8 + 3 * 4 + 4, 4))
+    self.assertEqual(part_output(model, (2, 64, 96, 3), "decoder"), (2, 64, 96, 4))
+
+  def test_one_width_per_doubling(self):
+    with self.assertRaisesRegex(ValueError, r"one width per doubling .*\[2, 4, 8, 16, 32\]"):
+      abstract_init(models.create("unetpp_resnet34", num_classes=3,
+                                  backbone_kwargs=dict(width=4),
+                                  decoder_kwargs=dict(widths=(8, 8, 8, 8))))
 
 
 class DeepLabTest(parameterized.TestCase):
