@@ -10,6 +10,8 @@ Several seeds trained in one program are a layer over this (`seg_jax.replicas`).
 from __future__ import annotations
 
 import functools
+import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -36,7 +38,14 @@ CLASS_WEIGHTINGS = ("none", "inverse", "median", "given")
 # Initialisation runs once, so it is compiled for compile time: at LLVM's default level (3) the
 # per-parameter random-number kernels of `model.init` took longer to compile than the train
 # step; level 1 compiles them several times faster and gives the same bits (tests/test_train.py).
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+INIT_OPTIMIZATION_LEVEL = 1
+
+
+def init_compiler_options() -> dict[str, int]:
+  """XLA options of the initialisation's compile: `INIT_OPTIMIZATION_LEVEL`, or the level of
+  $XLA_FLAGS where that is lower (a program's own options override the flags)."""
+  levels = re.findall(r"--xla_backend_optimization_level=(\d+)", os.environ.get("XLA_FLAGS", ""))
+  return {"xla_backend_optimization_level": min([INIT_OPTIMIZATION_LEVEL, *map(int, levels)])}
 
 
 class Evaluation(NamedTuple):
@@ -250,7 +259,7 @@ class Trainer:
       return eval_fn(state, batch)
 
     self._init = jax.jit(init, out_shardings=self.replicated,
-                         compiler_options=INIT_COMPILER_OPTIONS)
+                         compiler_options=init_compiler_options())
     self._step_key = jax.jit(step_key, out_shardings=self.replicated)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
