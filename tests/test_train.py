@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from seg_jax import checks
 from seg_jax import data as data_lib
@@ -74,9 +75,13 @@ class ModelsTrainTest(parameterized.TestCase):
 
   def test_initial_state_has_the_bits_of_a_default_compile(self):
     # Initialisation is compiled at a lower LLVM level to start faster; that must not change it.
-    config = tiny_config()
-    trainer = steps.Trainer(config, tiny_dataset())
-    # XLA's default level (3), which the suite's quick-compile flags (conftest.py) lower.
+    # A two-stage U-Net has every kind of initialiser of the tiny one (conv, transposed conv,
+    # BatchNorm, head, optimizer state) at half the cost of XLA's level-3 compile (~9 s).
+    config = tiny_config(**{"model.kwargs": ml_collections.ConfigDict(
+        {"backbone_kwargs": {"widths": (4, 8)}})})
+    with mock.patch.dict(os.environ, {"XLA_FLAGS": ""}):  # not the suite's level 0 (conftest.py)
+      trainer = steps.Trainer(config, tiny_dataset())
+    # XLA's default level (3).
     reference = jax.jit(lambda: state_lib.init_state(config, trainer.model, (32, 32),
                                                  steps.seed_key(config.seed, 0)),
                         compiler_options={"xla_backend_optimization_level": 3})()
@@ -84,6 +89,13 @@ class ModelsTrainTest(parameterized.TestCase):
     for name in ("params", "batch_stats", "opt_state"):
       jax.tree.map(np.testing.assert_array_equal, getattr(state, name),
                    getattr(reference, name))
+
+  @parameterized.parameters(("", 1), ("--xla_backend_optimization_level=0", 0),
+                            ("--xla_dump_to=/tmp --xla_backend_optimization_level=2", 1))
+  def test_initialisation_is_never_compiled_above_the_level_of_xla_flags(self, flags, level):
+    with mock.patch.dict(os.environ, {"XLA_FLAGS": flags}):
+      self.assertEqual(steps.init_compiler_options(),
+                       {"xla_backend_optimization_level": level})
 
 
 class GuardsTest(parameterized.TestCase):
@@ -264,6 +276,7 @@ class ClassifierTest(absltest.TestCase):
 
 class LoopTest(absltest.TestCase):
 
+  @pytest.mark.slow  # trains, resumes, is preempted and evaluates, in process and as commands
   def test_outputs_resume_sigterm_and_eval_mode(self):
     dataset = tiny_dataset()
     config = tiny_config()
