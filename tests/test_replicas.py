@@ -9,6 +9,7 @@ from unittest import mock
 from absl.testing import absltest
 import jax
 import numpy as np
+import pytest
 
 from seg_jax import replicas
 from seg_jax import steps
@@ -111,9 +112,11 @@ class ReplicasTest(absltest.TestCase):
     self.assertNotEqual(result[0]["miou"], result[1]["miou"])
     return config, together, result
 
+  @pytest.mark.slow  # trains two seeds together (the seeds alone are trained once per class)
   def test_vmapped_replicas_equal_each_seed_trained_alone(self):
     self.train_together("vmap")
 
+  @pytest.mark.slow  # trains two seeds together, then preempts and resumes them
   def test_unrolled_replicas_equal_each_seed_trained_alone_and_resume_together(self):
     config, together, result = self.train_together("unroll")
     dataset = tiny_dataset()
