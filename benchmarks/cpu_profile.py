@@ -5,8 +5,8 @@ r"""Where a CPU train step's time goes, by kind of operation: seg_jax (XLA) besi
   python -m benchmarks.cpu_profile --cases=asym_unet_dubai --torch=eager,eager_channels_last
   python -m benchmarks.cpu_profile --toy --torch=                   # toy model, seg_jax only
 
-The steps are those of `benchmarks.cpu_vs_torch` (same cases, same workers' `build`), run in this
-process after `--warmup` steps. seg_jax: `jax.profiler.trace` around `--steps` steps gives the
+The steps are those of `benchmarks.cpu_vs_torch` (its cases, built by `seg_jax_worker.prepare`
+and `torch_worker.build`), run in this process after `--warmup` steps. seg_jax: `jax.profiler.trace` around `--steps` steps gives the
 duration of every executed HLO instruction (one "thunk" of XLA:CPU's runtime) on whichever
 thread ran it; each instruction of the compiled step (`.compile().as_text()`) gets a kind from
 what it computes (`hlo_kind`). PyTorch: `torch.profiler` gives the self time of every aten
@@ -132,10 +132,9 @@ def hlo_kind(hlo: str) -> dict[str, str]:
     elif "log_softmax" in op_names or "SegmentationModel" not in op_names and re.search(
         r"jvp\(\)|convert_element_type|take_along_axis", op_names):
       kind = "loss"
-    elif "SegmentationModel" not in op_names and re.search(r"state_(opt_state|params)", rest):
-      kind = "clip + AdamW update"
-    elif "SegmentationModel" not in op_names and re.search(r"sqrt|div|mul|add|sub|reduce",
-                                                           op_names):
+    elif "SegmentationModel" not in op_names and (
+        re.search(r"state_(opt_state|params)", rest)
+        or re.search(r"sqrt|div|mul|add|sub|reduce", op_names)):
       kind = "clip + AdamW update"
     else:
       kind = "other"
