@@ -40,18 +40,23 @@ def case_config(case: dict[str, Any]):
   return config
 
 
-def build(spec: dict[str, Any]) -> tuple[step_protocol.Step, dict[str, Any]]:
-  """The train step of `spec["case"]` and what the PyTorch side needs to build its twin."""
-  config = case_config(spec["case"])
+def prepare(case: dict[str, Any]):
+  """`(config, dataset, trainer, state, batch, key)`: what the train step of `case` is called on."""
+  config = case_config(case)
   if config.optim.name != "adamw":
     raise ValueError(f"the comparison trains with AdamW, the config has {config.optim.name!r}")
   compilation.use_persistent_cache(config.train.compilation_cache_dir)
-  batch_size = config.train.global_batch_size
-  dataset = common.random_dataset(config.data.image_size, batch_size, 1, spec["case"]["bands"])
+  dataset = common.random_dataset(config.data.image_size, config.train.global_batch_size, 1,
+                                  case["bands"])
   trainer = steps.Trainer(config, dataset)
-  state = trainer.initial_state()
-  batch = next(trainer.train_pipeline())
-  key = trainer.step_key()
+  return (config, dataset, trainer, trainer.initial_state(), next(trainer.train_pipeline()),
+          trainer.step_key())
+
+
+def build(spec: dict[str, Any]) -> tuple[step_protocol.Step, dict[str, Any]]:
+  """The train step of `spec["case"]` and what the PyTorch side needs to build its twin."""
+  config, dataset, trainer, state, batch, key = prepare(spec["case"])
+  batch_size = config.train.global_batch_size
 
   def step():
     nonlocal state

@@ -24,6 +24,7 @@ import pytest
 import benchmarks
 from benchmarks import common
 from benchmarks import compile_bench
+from benchmarks import cpu_profile
 from benchmarks import cpu_vs_torch
 from benchmarks import data_bench
 from benchmarks import export_bench
@@ -216,6 +217,32 @@ class CpuVsTorchTest(BenchmarkTest):
                         toy=True)
     self.assertIn("parameters: seg_jax 1,774, torch eager 1,774 (equal)", text)
     self.assertRegex(text, r"\| torch eager \| [\d.]+ \| [\d.]+ \| [\d.]+ \|")
+
+
+class CpuProfileTest(BenchmarkTest):
+  # The whole command at toy size costs about 3.5 s of CPU; what can break unseen is how it
+  # sorts XLA's instructions, tested here on a small program.
+
+  def test_kinds_of_the_convolutions_of_a_gradient(self):
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def loss(kernel, up_kernel, x):
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=dims)
+      y = jax.lax.conv_general_dilated(y, up_kernel, (1, 1), [(1, 1), (1, 1)],
+                                       lhs_dilation=(2, 2), dimension_numbers=dims)
+      return jnp.sum(y ** 2)
+
+    args = (jnp.ones((3, 3, 4, 4)), jnp.ones((2, 2, 4, 4)), jnp.ones((2, 12, 12, 4)))
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*args).compile().as_text()
+    kinds = set(cpu_profile.hlo_kind(hlo).values())
+    self.assertContainsSubset({"conv forward", "conv input gradient", "conv kernel gradient",
+                               "transposed conv forward", "transposed conv gradients"}, kinds)
+    self.assertLessEqual(kinds, set(cpu_profile.KINDS))
+    self.assertEqual(cpu_profile.torch_kind(
+        "aten::convolution_backward", [[8, 16, 144, 256], [8, 32, 72, 128], [32, 16, 2, 2]]),
+        "transposed conv gradients")
+    self.assertEqual(cpu_profile.torch_kind("aten::mkldnn_convolution",
+                                            [[8, 16, 144, 256], [16, 16, 3, 3]]), "conv forward")
 
 
 @absltest.skipIf(torch is None, NEEDS_TORCH)

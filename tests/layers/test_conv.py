@@ -216,6 +216,40 @@ class ConvTransposeTest(parameterized.TestCase):
     rhs = float(jnp.vdot(x, x_hat))
     self.assertAlmostEqual(lhs, rhs, delta=1e-4 * max(1.0, abs(lhs)))
 
+  @parameterized.parameters(
+      ((2,), (4,)), ((2, 2), (5, 3)), ((3, 2), (2, 4)), ((1, 2), (3, 3)), ((2, 2, 2), (2, 3, 2)))
+  def test_kernel_equal_to_stride_matches_the_dilated_convolution(self, kernel_size, spatial):
+    # Such a layer is computed as a matmul and depth-to-space; its value and gradients must
+    # equal those of the lhs-dilated convolution it replaces, with the same parameters.
+    ndim = len(kernel_size)
+    tconv = layers.ConvTranspose(4, kernel_size, strides=kernel_size)
+    x = jnp.asarray(rand((2, *spatial, 3)))
+    shapes = jax.tree.map(jnp.shape, tconv.init(KEY, x)["params"])
+    self.assertEqual(shapes, {"kernel": (*kernel_size, 3, 4), "bias": (4,)})
+    params = {"kernel": jnp.asarray(rand((*kernel_size, 3, 4), seed=1)),
+              "bias": jnp.asarray(rand((4,), seed=2))}
+    spatial_dims = "DHW"[-ndim:]
+
+    def dilated(params, x):
+      flipped = jnp.flip(params["kernel"], axis=tuple(range(ndim)))
+      y = jax.lax.conv_general_dilated(
+          x, flipped, (1,) * ndim, [(k - 1, k - 1) for k in kernel_size],
+          lhs_dilation=kernel_size,
+          dimension_numbers=(f"N{spatial_dims}C", f"{spatial_dims}IO", f"N{spatial_dims}C"))
+      return y + params["bias"]
+
+    def layer(params, x):
+      return tconv.apply({"params": params}, x)
+
+    cotangent = jnp.asarray(rand(dilated(params, x).shape, seed=3))
+    for fn in (layer, dilated):
+      self.assertEqual(fn(params, x).shape, (2, *(n * k for n, k in zip(spatial, kernel_size)), 4))
+    got, got_vjp = jax.vjp(layer, params, x)
+    want, want_vjp = jax.vjp(dilated, params, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_vjp(cotangent)), jax.tree.leaves(want_vjp(cotangent))):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
   def test_stride_two_kernel_two_doubles(self):
     y = rand((1, 3, 5, 2))
     tconv = layers.ConvTranspose(2, (2, 2), strides=2)
