@@ -18,8 +18,9 @@ checkpoint (step 800) scored at full resolution on test (the command above with
 `--config.train.mode=eval ...`, 12 s): **mIoU 0.737**, pixel accuracy 0.887; IoU background
 0.816, building 0.495, road 0.620, bare land 0.820, forest 0.788, water 0.879. The published
 result (UNet++/ResNet-34, 26.1M parameters, 100 epochs of batch 16 on a GPU) is mIoU 0.78,
-pixel accuracy 0.90; this model has 0.68M parameters. Seed 1 (`--config.seed=1`, 20m37s):
-val 0.776, test mIoU 0.766; two seeds, test mIoU 0.751 +- 0.020 (experiments/naip_rgbn/README.md).
+pixel accuracy 0.90; this model has 0.68M parameters. Seeds 1 and 2 (`--config.seed=N`, 20m37s
+and 20m12s): test mIoU 0.766 and 0.756; three seeds, test mIoU 0.753 +- 0.015
+(experiments/naip_rgbn/README.md).
 `:rgb` was not run.
 """
 
