@@ -8,7 +8,8 @@ r"""Predicts class masks for image files and rasters with the model of a trainin
 `--model` predicts with an exported artifact (`seg_jax.export`: FILE.onnx or FILE.stablehlo and its
 sidecar FILE.json) instead of a workdir, through the same modes and into the same outputs.
 
-`--input` is an image file, a folder (the images in it, not in subfolders) or a glob. For each
+`--input` is an image file, a folder (the images in it, not in subfolders) or a glob, or several
+of these separated by commas. For each
 JPEG/PNG image `<stem>`, `--output` receives `<stem>_mask.png` (a palette PNG of the input's height
 and width whose pixel values are class indices and whose palette holds the class colours),
 `<stem>_overlay.png` (the image blended with the class colours, a legend below) and, with
@@ -46,6 +47,14 @@ strip one window high (window height x scene width x classes float32: 123 MB for
   without them) stretched between their 2nd and 98th percentiles, blended with the classes,
   nodata in the palette's ignore colour, a legend below; a scene longer than `PREVIEW_SIDE`
   (2048) pixels is shown by every n-th pixel.
+
+`--mosaic=NAME` stitches the raster inputs into one scene by their transforms
+(`seg_jax.data.mosaic`: one CRS, band count, pixel type and pixel size, corners on one pixel
+grid) and predicts it as one, so windows span the tiles' edges; its outputs are
+`NAME_classes.tif` (and the others) on the grid of the tiles' union, nodata where no tile lies:
+
+  python -m seg_jax.predict --workdir=/tmp/seg_naip --input="tiles/*.tif" --output=/tmp/pred \
+      --mosaic=area
 
 Every raster's header is checked before anything compiles: a file GDAL cannot open, one cut short
 (its TIFF blocks end past the file's end), one with no bands or too few, or of another pixel type
@@ -90,6 +99,7 @@ from seg_jax import workdir as workdir_lib
 from seg_jax import writers
 from seg_jax.data import dubai
 from seg_jax.data import geotiff
+from seg_jax.data import mosaic as mosaic_lib
 from seg_jax.data import palettes
 from seg_jax.data import raster
 from seg_jax.data import sources
@@ -105,7 +115,8 @@ def define_flags() -> None:
   defaults = {k: p.default for k, p in inspect.signature(inference.predict).parameters.items()}
   flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                     "Checkpoint: best validation mIoU or latest.")
-  flags.DEFINE_string("input", None, "Image file, folder of images, or glob.")
+  flags.DEFINE_string("input", None, "Image file, folder of images, or glob; several "
+                      "separated by commas.")
   flags.DEFINE_string("output", None, "Folder receiving the masks and overlays.")
   flags.DEFINE_enum("mode", defaults["mode"], list(inference.MODES),
                     "resize: to the training size and back; slide: windows at full size.")
@@ -126,6 +137,8 @@ def define_flags() -> None:
                     "(JPEG/PNG), <stem>_probs.tif (rasters: uint8, one band per class).")
   flags.DEFINE_bool("cog", False, "Write the GeoTIFFs of raster inputs as Cloud-Optimized "
                     "GeoTIFFs with overviews.")
+  flags.DEFINE_string("mosaic", "", "Stitch the raster inputs by their transforms into one "
+                      "scene of this name and predict it as one (NAME_classes.tif, ...).")
   flags.DEFINE_enum("overlay_palette", "dataset", list(OVERLAY_PALETTES),
                     "Colours of the overlays: the dataset's, or 'contrast', distinct colours "
                     "that stand out on aerial images (the masks keep the dataset's).")
@@ -307,7 +320,11 @@ def is_raster(path: str) -> bool:
 
 
 def find_images(spec: str) -> list[str]:
-  """Image files named by `spec`: a file, a folder's images (by extension) or a glob."""
+  """Image files named by `spec`: a file, a folder's images (by extension) or a glob, or several
+  of these separated by commas (each file once, in the order named)."""
+  if "," in spec:
+    return list(dict.fromkeys(p for part in spec.split(",") if part
+                              for p in find_images(part)))
   if storage.has_magic(spec):
     paths = sorted(p for p in storage.glob(spec) if storage.isfile(p))
   elif storage.isdir(spec):
@@ -442,10 +459,12 @@ def _preview(scene: windows.ImageScene, step: int, classes: np.ndarray,
   return viz.with_legend(picture, palette)
 
 
-def predict_raster(trained: TrainedModel | ExportedModel, info: raster.RasterInfo, output: str,
+def predict_raster(trained: TrainedModel | ExportedModel,
+                   info: raster.RasterInfo | mosaic_lib.Mosaic, output: str,
                    *, save_probs: bool, cog: bool = False, overlay: palettes.Palette | None = None,
                    progress: Callable[[int, int], None] | None = None, **options) -> str:
-  """Predicts raster `info` window by window into `output`; returns a one-line description.
+  """Predicts raster (or mosaic) `info` window by window into `output`; returns a one-line
+  description.
 
   Writes `<stem>_classes.tif`, with `save_probs` `<stem>_probs.tif` (`seg_jax.data.geotiff`;
   `cog`: Cloud-Optimized) and `<stem>_overlay.png`. `options` are those of `scenes.strips`.
@@ -458,7 +477,9 @@ def predict_raster(trained: TrainedModel | ExportedModel, info: raster.RasterInf
                                  options["overlap"])
   with contextlib.ExitStack() as stack:
     stack.enter_context(raster.gdal_env())  # a small block cache for the written files too
-    scene = stack.enter_context(windows.ImageScene(info, trained.info.bands, fill))
+    scene_type = mosaic_lib.MosaicScene if isinstance(info, mosaic_lib.Mosaic) else (
+        windows.ImageScene)
+    scene = stack.enter_context(scene_type(info, trained.info.bands, fill))
     outputs = [stack.enter_context(geotiff.class_writer(stem + "_classes.tif", scene.dataset,
                                                         palette, cog=cog))]
     if save_probs:
@@ -538,9 +559,32 @@ def _check_rasters(trained, paths: Sequence[str], failures: dict[str, str]):
   return infos
 
 
+def _plan_mosaic(name: str, paths: Sequence[str], rasters: dict[str, raster.RasterInfo],
+                 failures: dict[str, str]) -> mosaic_lib.Mosaic:
+  """The mosaic `name` of every input, all rasters whose headers were read (`_check_rasters`).
+
+  Raises ValueError naming the first input that is not such a raster or does not fit the grid.
+  """
+  for path in paths:
+    if path in failures:
+      raise ValueError(f"--mosaic={name}: {failures[path]}")
+    if path not in rasters:
+      raise ValueError(f"--mosaic={name}: {path} is not a raster (.tif, .tiff, .vrt); a mosaic "
+                       "stitches rasters only")
+  plan = mosaic_lib.plan(name, [rasters[p] for p in paths])
+  logging.info("mosaic %s: %d rasters on a grid of %dx%d, %.0f%% of it covered", name,
+               len(plan.tiles), plan.width, plan.height, 100 * plan.tile_share)
+  if plan.tile_share < 0.5:
+    logging.warning("mosaic %s: the rasters cover %.0f%% of their bounding grid, and every "
+                    "window of it is predicted; rasters far apart are better predicted one by "
+                    "one", name, 100 * plan.tile_share)
+  return plan
+
+
 def run(workdir: str | None, input_spec: str, output: str, *, checkpoint: str,
         window: tuple[int, int] | None, save_probs: bool, model_file: str | None = None,
-        overlay_palette: str = "dataset", cog: bool = False, **options) -> int:
+        overlay_palette: str = "dataset", cog: bool = False, mosaic: str = "",
+        **options) -> int:
   """Predicts every image of `input_spec` into `output`; returns the exit code.
 
   The model is the workdir's, or with `model_file` (and `workdir` None) an exported artifact's.
@@ -549,7 +593,7 @@ def run(workdir: str | None, input_spec: str, output: str, *, checkpoint: str,
   `inference.predict`, all given: mode, overlap, blend, tta, scales, batch_size; scales () means
   the default of `prediction_scales`. Rasters (`RASTER_EXTENSIONS`) are checked first, then
   predicted window by window in slide mode (`predict_raster`; `cog` for Cloud-Optimized
-  GeoTIFFs); the other images as a whole (`predict_file`).
+  GeoTIFFs); the other images as a whole (`predict_file`). `mosaic`: the rasters as one scene.
   """
   try:
     trained, overlay, paths, kinds = _setup(
@@ -561,6 +605,13 @@ def run(workdir: str | None, input_spec: str, output: str, *, checkpoint: str,
   logging.info("%s; %d images", trained.describe(workdir, checkpoint), len(paths))
   failures: dict[str, str] = {}
   rasters = _check_rasters(trained, paths, failures)
+  if mosaic:
+    try:
+      rasters = {mosaic: _plan_mosaic(mosaic, paths, rasters, failures)}
+    except ValueError as e:
+      cli.print_error("input", str(e))
+      return errors.EXIT_USER_ERROR
+    paths, failures = [mosaic], {}
   stems: dict[str, str] = {}
   with tqdm.tqdm(total=len(paths), initial=len(failures), unit="image",
                  disable=None) as images_bar, \
@@ -614,7 +665,7 @@ def main(argv) -> int:
     raise errors.FlagError(f"--window must be H,W integers and --scales numbers ({e})") from e
   return run(FLAGS.workdir, FLAGS.input, FLAGS.output, checkpoint=FLAGS.checkpoint,
              window=window, save_probs=FLAGS.save_probs, model_file=FLAGS.model, mode=FLAGS.mode,
-             overlay_palette=FLAGS.overlay_palette, cog=FLAGS.cog,
+             overlay_palette=FLAGS.overlay_palette, cog=FLAGS.cog, mosaic=FLAGS.mosaic,
              overlap=FLAGS.overlap, blend=FLAGS.blend, tta=FLAGS.tta, scales=scales,
              batch_size=FLAGS.batch_size)
 

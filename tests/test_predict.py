@@ -279,6 +279,10 @@ class ReadImageTest(parameterized.TestCase):
                      [os.path.join(folder, "b.png")])
     self.assertEqual(predict.find_images(os.path.join(folder, "b.png")),
                      [os.path.join(folder, "b.png")])
+    a, b = os.path.join(folder, "a.JPG"), os.path.join(folder, "b.png")
+    self.assertEqual(predict.find_images(f"{b},{a},{os.path.join(folder, '*.png')}"), [b, a])
+    with self.assertRaisesRegex(ValueError, "missing.png: no such file"):
+      predict.find_images(f"{a},{os.path.join(folder, 'missing.png')}")
     for spec in (os.path.join(folder, "missing.png"), os.path.join(folder, "*.tif")):
       with self.assertRaisesRegex(ValueError, spec.replace("*", r"\*")):
         predict.find_images(spec)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -171,6 +172,86 @@ class RasterPredictTest(parameterized.TestCase):
     model.artifact = type("A", (), {"path": "m.onnx"})()
     with self.assertRaisesRegex(ValueError, r"^x.tif: uint16 pixels, but m.onnx takes uint8"):
       model.check_raster(info)
+
+
+def _quarters(folder, image, *, overlap=4, crs_index=1, pixel=0.6, skip=(), shift=(0.0, 0.0)):
+  """Writes the quarters of (C, H, W) `image` as tiles q<row><col>.tif on one grid (each
+  `overlap` pixels into its neighbours), leaving out the quarters in `skip`; `shift` moves the
+  last tile written by (x, y) pixels."""
+  crs, (left, top) = rf.CRSS[crs_index]
+  _, h, w = image.shape
+  rows = ((0, h // 2 + overlap), (h // 2 - overlap, h))
+  cols = ((0, w // 2 + overlap), (w // 2 - overlap, w))
+  written = []
+  for i, (r0, r1) in enumerate(rows):
+    for j, (c0, c1) in enumerate(cols):
+      if (i, j) not in skip:
+        written.append((os.path.join(folder, f"q{i}{j}.tif"), image[:, r0:r1, c0:c1],
+                        (left + c0 * 0.6, top - r0 * 0.6)))
+  for k, (path, tile, (x, y)) in enumerate(written):
+    dx, dy = shift if k == len(written) - 1 else (0.0, 0.0)
+    rf.write(path, tile, crs=crs, corner=(x + dx * pixel, y - dy * pixel), pixel=pixel,
+             nodata=0)
+  return [path for path, _, _ in written]
+
+
+class MosaicTest(parameterized.TestCase):
+
+  def test_tiles_predicted_as_one_scene_equal_the_stitched_raster_in_one_piece(self):
+    inputs, out, whole = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+    image = _scene(os.path.join(whole, "scene.tif"), size=(70, 90), crs_index=1)
+    _quarters(inputs, image, skip=((1, 1),))
+    stitched = image.copy()
+    stitched[:, 39:, 49:] = 0  # what the other tiles leave of the quarter left out is nodata
+    rf.write(os.path.join(whole, "stitched.tif"), stitched, crs=rf.CRSS[1][0],
+             corner=rf.CRSS[1][1], pixel=0.6, nodata=0)
+    code, err = _run(os.path.join(inputs, "*.tif"), out, mosaic="area")
+    self.assertEqual(code, errors.EXIT_OK, err)
+    self.assertCountEqual(os.listdir(out), ["area_classes.tif", "area_overlay.png"])
+    with raster.open_raster(os.path.join(whole, "stitched.tif")) as src, \
+        raster.open_raster(os.path.join(out, "area_classes.tif")) as ds:
+      self.assertEqual((ds.crs, ds.width, ds.height), (src.crs, src.width, src.height))
+      self.assertTrue(ds.transform.almost_equals(src.transform, precision=1e-6))
+      classes = ds.read(1)
+    expected, _ = _in_memory(os.path.join(whole, "stitched.tif"))
+    np.testing.assert_array_equal(classes, expected)  # windows span the tiles' edges
+    self.assertTrue((classes[39:, 49:] == 255).all())
+    np.testing.assert_array_equal(classes == 255, (stitched == 0).any(axis=0))
+
+  @parameterized.named_parameters(
+      ("another_crs", dict(crs_index=2), "coordinate reference system"),
+      ("another_pixel_size", dict(pixel=0.5), "pixel size 0.5"),
+      ("off_the_grid", dict(shift=(0.3, 0.0)), "not on the same pixel grid"))
+  def test_a_tile_that_does_not_fit_is_named_before_anything_is_predicted(self, change, words):
+    inputs, out = tempfile.mkdtemp(), tempfile.mkdtemp()
+    image, _ = rf.scene(np.random.default_rng(0), bands=4, size=(70, 90))
+    first = _quarters(inputs, image, skip=((1, 0), (1, 1)))[0]
+    odd = _quarters(inputs, image, skip=((0, 0), (0, 1), (1, 0)), **change)[0]
+    with mock.patch.object(predict, "predict_raster", side_effect=AssertionError):
+      code, err = _run(inputs, out, mosaic="area")
+    self.assertEqual(code, errors.EXIT_USER_ERROR)
+    line = err.strip().splitlines()[-1]
+    self.assertIn(f"{odd}: ", line)
+    self.assertIn(words, line)
+    if change.get("crs_index") or change.get("pixel"):
+      self.assertIn(first, line)
+    self.assertEmpty(os.listdir(out))
+
+  def test_a_mosaic_of_a_picture_or_a_bad_raster_names_it(self):
+    inputs, out = tempfile.mkdtemp(), tempfile.mkdtemp()
+    image, _ = rf.scene(np.random.default_rng(0), bands=4, size=(70, 90))
+    _quarters(inputs, image, skip=((1, 1),))
+    three = os.path.join(inputs, "q9.tif")
+    _scene(three, bands=3, crs_index=1)
+    code, err = _run(inputs, out, mosaic="area")
+    self.assertEqual(code, errors.EXIT_USER_ERROR)
+    self.assertRegex(err.strip().splitlines()[-1],
+                     rf"--mosaic=area: {three}: 3 bands, but the model was trained on 4")
+    os.remove(three)
+    Image.new("RGB", (8, 8)).save(os.path.join(inputs, "photo.png"))
+    code, err = _run(inputs, out, mosaic="area")
+    self.assertEqual(code, errors.EXIT_USER_ERROR)
+    self.assertIn("photo.png is not a raster", err)
 
   @classmethod
   def tearDownClass(cls):
