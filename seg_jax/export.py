@@ -95,10 +95,15 @@ def _head(logits: jax.Array, outputs: str) -> jax.Array:
 
 
 def serving_fn(model: nn.Module, variables, mean, std, outputs: str = "logits",
-               dtype: str = "float32"):
+               dtype: str = "float32", value_scale: float = 1.0):
   """Raw uint8 NHWC pixels -> the model's `outputs`, in inference mode, normalised inside and
-  fed in the model's compute `dtype`."""
-  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  fed in the model's compute `dtype`.
+
+  `mean` and `std` are those of pixel values times `value_scale` (`seg_jax.data.Bands.scale`),
+  as training normalised them and as `inference.window_predictor` takes them.
+  """
+  mean = np.asarray(mean, np.float32) / value_scale
+  std = np.asarray(std, np.float32) / value_scale
 
   def serve(pixels: jax.Array) -> jax.Array:
     x = augment.normalize(pixels, mean, std).astype(state_lib.dtype_from_name(dtype))
@@ -234,9 +239,10 @@ def _model(trained: predict.TrainedModel, dtype: str) -> nn.Module:
 
 def export_model(model: nn.Module, variables, name: str, *, mean, std, fmt: str,
                  outputs: str = "logits", dtype: str = "float32",
-                 size: tuple[int, int] | None = None) -> bytes:
+                 size: tuple[int, int] | None = None, value_scale: float = 1.0) -> bytes:
   """The artifact (bytes) of `model` (registry name `name`, compute dtype `dtype`) with
-  `variables`, normalising by `mean` and `std` (one per band).
+  `variables`, normalising by `mean` and `std` (one per band, of pixel values times
+  `value_scale`).
 
   `size` None: symbolic height and width (StableHLO only; an ONNX artifact needs a size).
   Raises errors.RunError (one line naming the model) when it cannot.
@@ -247,7 +253,7 @@ def export_model(model: nn.Module, variables, name: str, *, mean, std, fmt: str,
                            "pixels")
   if fmt == "onnx" and size is None:
     raise errors.FlagError("an ONNX artifact needs a fixed --size=H,W")
-  fn = serving_fn(model, variables, mean, std, outputs, dtype)
+  fn = serving_fn(model, variables, mean, std, outputs, dtype, value_scale)
   spec = input_spec(len(mean), size, min_size)
   try:
     return export_onnx(fn, spec, name) if fmt == "onnx" else export_stablehlo(fn, spec)
@@ -274,7 +280,8 @@ def export_workdir(workdir: str, output: str, *, fmt: str, checkpoint: str = "be
   if fmt == "onnx" and size is None:
     size = tuple(info.image_size)
   data = export_model(_model(trained, dtype), trained.variables, name, mean=info.mean,
-                      std=info.std, fmt=fmt, outputs=outputs, dtype=dtype, size=size)
+                      std=info.std, fmt=fmt, outputs=outputs, dtype=dtype, size=size,
+                      value_scale=info.scale)
   sidecar = artifact_lib.Sidecar(
       format=fmt, model=name, outputs=outputs, dtype=dtype,
       bands=artifact_lib.band_names(len(info.mean)), input_size=size,

@@ -206,6 +206,28 @@ class ArtifactTest(parameterized.TestCase):
                                    probs, atol=1e-5)
         self.assertEqual(sorted(os.listdir(out[source])), sorted(os.listdir(out["workdir"])))
 
+  def test_an_artifact_normalises_as_the_workdir_does_when_values_are_scaled(self):
+    # A run whose stored pixels are scaled before normalising (data.scale, e.g. 1/255): its
+    # dataset.json holds mean and std of the scaled values. Halving scale, mean and std leaves
+    # the workdir's normalisation, (x * scale - mean) / std, as it was; the artifact must too.
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    shutil.copytree(self.workdir, workdir)
+    info_path = os.path.join(workdir, workdir_lib.DATA_INFO_FILE)
+    with open(info_path) as f:
+      info = json.load(f)
+    info.update(scale=0.5, mean=[m / 2 for m in info["mean"]], std=[s / 2 for s in info["std"]])
+    with open(info_path, "w") as f:
+      json.dump(info, f)
+    path = os.path.join(tempfile.mkdtemp(), "model.stablehlo")
+    export.export_workdir(workdir, path, fmt="stablehlo")
+    out = {}
+    for source, kwargs in (("workdir", dict(workdir=workdir)), ("artifact", dict(model_file=path))):
+      out[source] = tempfile.mkdtemp()
+      code, err = _predict(out[source], **kwargs)
+      self.assertEqual(code, errors.EXIT_OK, err)
+    np.testing.assert_allclose(np.load(os.path.join(out["artifact"], "odd_probs.npy")),
+                               np.load(os.path.join(out["workdir"], "odd_probs.npy")), atol=1e-5)
+
   def assertOneLine(self, code, err, *expected):
     self.assertEqual(code, errors.EXIT_USER_ERROR, err)
     self.assertLen(err.strip().splitlines(), 1)
