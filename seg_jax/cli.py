@@ -250,12 +250,12 @@ def with_stored_config(argv: list[str]) -> list[str]:
   return [argv[0], f"--config={stored_config.__file__}:{workdir}", *argv[1:]]
 
 
-def workdir_data(workdir: str) -> tuple[int, tuple[int, int]]:
-  """(number of classes, (H, W)) the training run in `workdir` learned (its dataset.json): what
-  a command that describes the run's model needs besides its config."""
+def workdir_data(workdir: str) -> tuple[int, tuple[int, int], int]:
+  """(number of classes, (H, W), number of bands) the training run in `workdir` learned (its
+  dataset.json): what a command that describes the run's model needs besides its config."""
   from seg_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   info = workdir_lib.RunDir(workdir).data_info()
-  return len(info.class_names), tuple(info.image_size)
+  return len(info.class_names), tuple(info.image_size), len(info.bands)
 
 
 def parse_flags(argv: list[str], config_from_workdir: bool = False) -> list[str]:

@@ -6,9 +6,10 @@
 
 With `--config`, the model is the config's `model.name` with its `model.kwargs` and
 `model.ablation` at `data.image_size`, with `model.num_classes` classes (`--num_classes` where
-that is 0, the dataset's count). With `--workdir`, it is the model a training run trains: its
-stored config (`--config` may be left out, `seg_jax.cli`), at the image size and with the
-classes of its dataset.json.
+that is 0, the dataset's count) and as many input bands as `data.bands` names (`--bands` where
+it names none: the files' own bands, e.g. 4 for configs/naip.py). With `--workdir`, it is the
+model a training run trains: its stored config (`--config` may be left out, `seg_jax.cli`), at
+the image size and with the classes and bands of its dataset.json.
 
 Stages are the parts of a segmentation model (backbone, neck, decoder, head) and the top-level
 children of a classifier. FLOPs come from XLA's cost analysis of the compiled,
@@ -52,6 +53,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("height", 144, "Input height.")
   flags.DEFINE_integer("width", 256, "Input width.")
   flags.DEFINE_integer("num_classes", 6, "Number of output classes.")
+  flags.DEFINE_integer("bands", 3, "Input bands (channels); with --config, where data.bands "
+                       "names none.")
   flags.DEFINE_string("kwargs", "{}", "JSON object of extra model fields.")
 
 
@@ -112,21 +115,22 @@ def params_per_stage(variables: Any) -> dict[str, int]:
   return {name: models.count_params({"params": tree}) for name, tree in children}
 
 
-def summarize(name: str, *, height: int, width: int, num_classes: int,
+def summarize(name: str, *, height: int, width: int, num_classes: int, bands: int = 3,
               **kwargs: Any) -> dict[str, Any]:
   """``{"stages": {child: params}, "total_params": int, "gflops": float}`` at batch 1."""
   model = models.create(name, num_classes=num_classes, **kwargs)
-  shape = (1, height, width, 3)
+  shape = (1, height, width, bands)
   variables = abstract_variables(model, shape)
   return {"stages": params_per_stage(variables), "total_params": models.count_params(variables),
           "gflops": forward_flops(model, variables, shape) / 1e9}
 
 
-def format_summary(name: str, summary: dict[str, Any], height: int, width: int) -> str:
+def format_summary(name: str, summary: dict[str, Any], height: int, width: int,
+                   bands: int = 3) -> str:
   """Human-readable table of ``summarize``'s result."""
   stages = summary["stages"]
   col = max([len("total")] + [len(k) for k in stages])
-  lines = [f"{name} at 1x{height}x{width}x3", f"{'stage':<{col}}  {'params':>13}"]
+  lines = [f"{name} at 1x{height}x{width}x{bands}", f"{'stage':<{col}}  {'params':>13}"]
   lines += [f"{k:<{col}}  {v:>13,}" for k, v in stages.items()]
   lines.append(f"{'total':<{col}}  {summary['total_params']:>13,}")
   lines.append(f"forward GFLOPs (XLA cost analysis, multiply-add = 2): {summary['gflops']:.2f}")
@@ -142,8 +146,8 @@ def as_tuples(value: Any) -> Any:
   return value
 
 
-def _model_from_flags() -> tuple[str, int, int, int, dict[str, Any]]:
-  """(name, height, width, num_classes, model fields) of the model the flags name."""
+def _model_from_flags() -> tuple[str, tuple[int, int, int], int, dict[str, Any]]:
+  """(name, (height, width, bands), num_classes, model fields) of the model the flags name."""
   config = FLAGS.config
   if config is None and FLAGS.workdir is not None:
     raise errors.WorkdirError(f"--workdir={FLAGS.workdir} holds no training run (no stored "
@@ -155,30 +159,32 @@ def _model_from_flags() -> tuple[str, int, int, int, dict[str, Any]]:
       raise errors.FlagError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}") from e
     if not isinstance(kwargs, dict):
       raise errors.FlagError(f"--kwargs must be a JSON object, got {FLAGS.kwargs!r}")
-    return (FLAGS.model or DEFAULT_MODEL, FLAGS.height, FLAGS.width, FLAGS.num_classes,
-            as_tuples(kwargs))
+    return (FLAGS.model or DEFAULT_MODEL, (FLAGS.height, FLAGS.width, FLAGS.bands),
+            FLAGS.num_classes, as_tuples(kwargs))
   given = [f"--{name}" for name in _MODEL_FLAGS if FLAGS[name].present]
   if given:
     raise errors.FlagError(f"{', '.join(given)} and --config: the config sets the model; "
                            "override it with --config.model.name=... instead")
-  if FLAGS.workdir is not None:  # the run's classes and image size
-    num_classes, (height, width) = cli.workdir_data(FLAGS.workdir)
+  if FLAGS.workdir is not None:  # the run's classes, bands and image size
+    num_classes, (height, width), bands = cli.workdir_data(FLAGS.workdir)
   else:
     (height, width), num_classes = config.data.image_size, config.model.num_classes
-  return (config.model.name, height, width, num_classes or FLAGS.num_classes,
+    bands = len(config.data.bands) or FLAGS.bands
+  return (config.model.name, (height, width, bands), num_classes or FLAGS.num_classes,
           {"ablation": config.model.ablation, **as_tuples(config.model.kwargs.to_dict())})
 
 
 def main(argv: Sequence[str]) -> None:
   """Prints the summary of the model of ``--model`` (or of ``--config``, or ``--workdir``'s)."""
   del argv
-  name, height, width, num_classes, kwargs = _model_from_flags()
+  name, (height, width, bands), num_classes, kwargs = _model_from_flags()
   try:
-    summary = summarize(name, height=height, width=width, num_classes=num_classes, **kwargs)
+    summary = summarize(name, height=height, width=width, num_classes=num_classes, bands=bands,
+                        **kwargs)
   except ValueError as e:  # a model name or field the registry does not take
     error = errors.FlagError if FLAGS.config is None else errors.ConfigError
     raise error(str(e)) from e
-  print(format_summary(name, summary, height, width))
+  print(format_summary(name, summary, height, width, bands))
 
 
 if __name__ == "__main__":

@@ -47,22 +47,32 @@ class SummaryCommandTest(absltest.TestCase):
     self.assertEqual(run.returncode, 0, run.stderr[-2000:])
     self.assertEqual(run.stdout.splitlines()[0], f"{LOOP_MODEL} at 1x32x48x3")
 
-  def test_workdir_names_the_runs_model_classes_and_size(self):
-    # A run folder's config.json and dataset.json (4 classes at 40x56), no --config.
+  def test_workdir_names_the_runs_model_classes_bands_and_size(self):
+    # A run folder's config.json and dataset.json (4 classes, 4 bands at 40x56), no --config.
     run_dir = workdir_lib.RunDir(tempfile.mkdtemp())
     config = tiny_config("asym_unet", **{"model.kwargs": ml_collections.ConfigDict(TINY_ASYM_UNET)})
     run_dir.save_config(config)
     palette = palettes.Palette(names=("a", "b", "c", "d"), colors=((1, 1, 1), (2, 2, 2),
                                                                     (3, 3, 3), (4, 4, 4)),
                                ignore_color=(0, 0, 0))
-    info = workdir_lib.DataInfo(palette, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0), (40, 56))
+    info = workdir_lib.DataInfo(palette, (1.0, 2.0, 3.0, 4.0), (4.0, 5.0, 6.0, 7.0), (40, 56),
+                                bands=(1, 2, 3, 4))
     writers.write_json(run_dir.file(workdir_lib.DATA_INFO_FILE), info.to_dict())
     run = _summary(f"--workdir={run_dir.path}")
     self.assertEqual(run.returncode, 0, run.stderr[-2000:])
     lines = run.stdout.splitlines()
-    self.assertEqual(lines[0], "asym_unet at 1x40x56x3")
-    # The proposal's 2,054 parameters with 6 classes, less the head's 2 x (4 + 1) of 2 classes.
-    self.assertIn(["total", "2,044"], [line.split() for line in lines])
+    self.assertEqual(lines[0], "asym_unet at 1x40x56x4")
+    # The proposal's 2,054 parameters with 6 classes and 3 bands, less the head's 2 x (4 + 1) of
+    # 2 classes, plus the first 3x3 convolution's kernels (4 features) of the fourth band.
+    self.assertIn(["total", f"{2_054 - 2 * 5 + 9 * 4:,}"], [line.split() for line in lines])
+
+  def test_bands_flag_sets_the_input_channels(self):
+    run = _summary("--height=32", "--width=32", "--bands=4",
+                   f"--kwargs={json.dumps(TINY_ASYM_UNET)}")
+    self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+    lines = run.stdout.splitlines()
+    self.assertEqual(lines[0], "asym_unet at 1x32x32x4")
+    self.assertIn(["total", f"{2_054 + 9 * 4:,}"], [line.split() for line in lines])
 
   def test_config_and_model_flag_is_one_line_error(self):
     config = os.path.join(os.path.abspath(REPO), "tests", "train_testing.py")
