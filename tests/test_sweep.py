@@ -180,6 +180,11 @@ class ExperimentSweepsTest(parameterized.TestCase):
     four_bands = [count for name, count in params.items() if name != "asym_unet_rgb"]
     self.assertLessEqual(max(four_bands) / min(four_bands), 1.01)
 
+  def test_naip_full_size_is_the_published_model_and_the_full_width_proposal(self):
+    params = self.models("naip_rgbn/sweep_full_size.py", config="naip.py", bands=4)
+    # SMP's UnetPlusPlus("resnet34", in_channels=4, classes=6): ParamCountTest pins its count.
+    self.assertEqual(params, {"unetpp_resnet34_full": 26_082_470, "asym_unet_full": 12_766_446})
+
   def test_ablation_pilot(self):
     self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])
 
