@@ -14,7 +14,9 @@ Dotted keys are the names of `--config.a.b=v`; values are Python values of the f
 list or tuple for a tuple, a dict replaces a group such as model.kwargs whole). Run (setting,
 seed k) trains the `--config` config with the setting's overrides and `seed=k` in
 DIR/<setting>/seed<k>, then evaluates its best-val checkpoint on the test split there
-(eval_test.json; `train.mode=eval`), so the test split never picks a checkpoint.
+(eval_test.json; `train.mode=eval`), so the test split never picks a checkpoint. Each group of
+runs is tested as soon as it is trained, so a sweep stopped part way has the test scores of
+every run it finished (`--summarize` tables them).
 
 Before anything trains, every setting is checked: a key the config lacks or a value of the wrong
 type stops the sweep with one line naming the setting and the key; then each setting's config is
@@ -366,13 +368,24 @@ class Runner:
     return planned
 
   def run(self, preempt: preemption.PreemptionWatch) -> bool:
-    """Trains and tests every unfinished run; False if preempted (rerun to resume)."""
+    """Trains and tests every unfinished run; False if preempted (rerun to resume).
+
+    Runs trained before are tested first, then each group is tested as soon as it is trained,
+    so a sweep stopped part way holds the test scores of every run it finished.
+    """
+    if not self._test(self.runs, preempt):
+      return False
     for group in self.plan():
       if preempt.reached(0):
         return False
-      if not self._train(group):
+      if not self._train(group) or not self._test(group, preempt):
         return False
-    for run in self.runs:
+    return True
+
+  def _test(self, runs: Sequence[Run], preempt: preemption.PreemptionWatch) -> bool:
+    """Scores the best val checkpoint of each trained, untested run on test; False if
+    preempted."""
+    for run in runs:
       if preempt.reached(0):
         return False
       if trained(run) and not tested(run):

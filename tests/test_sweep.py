@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -234,6 +235,33 @@ class RunScoresTest(absltest.TestCase):
 
 
 class SweepRunTest(absltest.TestCase):
+
+  def test_each_group_is_tested_as_soon_as_it_is_trained(self):
+    # A sweep stopped (preempted, or killed between sessions) after a setting keeps that
+    # setting's test scores; runs trained before this command are tested first.
+    runs = sweep_lib.expand(tiny_config(), sweep_lib.load_sweep(SWEEP), tempfile.mkdtemp())
+    done, events = {runs[0].workdir}, []  # (lr3e-3, seed 0) trained by an earlier command
+
+    def train(runner, group):
+      del runner
+      events.append(("train", *(f"{r.setting}/{r.seed}" for r in group)))
+      done.update(r.workdir for r in group)
+      return True
+
+    def test(config, workdir, dataset):
+      del config, dataset
+      events.append(("test", next(f"{r.setting}/{r.seed}" for r in runs if r.workdir == workdir)))
+
+    with mock.patch.object(sweep_lib.Runner, "_train", train), \
+        mock.patch.object(sweep_lib.Runner, "dataset", lambda runner, config: None), \
+        mock.patch.object(sweep_lib, "trained", lambda run: run.workdir in done), \
+        mock.patch.object(sweep_lib, "tested", lambda run: False), \
+        mock.patch.object(sweep_lib.evaluate, "evaluate_checkpoint", test), \
+        preemption.PreemptionWatch() as preempt:
+      self.assertTrue(sweep_lib.Runner(runs, runs[0].workdir, 1).run(preempt))
+    self.assertEqual(events, [("test", "lr3e-3/0"), ("train", "lr3e-3/1"), ("test", "lr3e-3/1"),
+                              ("train", "lr1e-2/0"), ("test", "lr1e-2/0"),
+                              ("train", "lr1e-2/1"), ("test", "lr1e-2/1")])
 
   @pytest.mark.slow
   def test_shards_rerun_and_results(self):
