@@ -23,6 +23,9 @@ TOY_MODEL_KWARGS = {
     "asym_unet": config_files.load_module(
         os.path.join(REPO, "configs", "default.py")).asym_unet_kwargs(**sweeps.TOY_PROPOSAL),
 }
+# What a config leaves to its data files: the NAIP tiles' four bands (data.bands=() reads them
+# all), named so that random data (`random_dataset_of`) has as many.
+INPUT_OVERRIDES = {"configs/naip.py": {"data.bands": (1, 2, 3, 4)}}
 TOY_SIZE = {"data.image_size": (32, 64), "data.patch_size": 32, "train.global_batch_size": 2,
             "eval.global_batch_size": 2}
 

@@ -40,9 +40,6 @@ FLAGS = flags.FLAGS
 CONFIGS = ("configs/default.py", "configs/dubai.py:asym_unet", "configs/dubai.py:unet",
            "configs/naip.py", "configs/gpu_asym_unet.py", "configs/tpu_asym_unet.py",
            "configs/deeplabv3_resnet50.py", "configs/deeplabv3plus_xception.py")
-# What a config leaves to its data files: the NAIP tiles' four bands (data.bands=() reads them
-# all), named so that the random data has as many.
-INPUT_OVERRIDES = {"configs/naip.py": {"data.bands": (1, 2, 3, 4)}}
 STEPS = ("train", "eval")
 
 
@@ -60,7 +57,7 @@ def define_flags() -> None:
 
 def trainer_and_args(name: str, step: str, toy: bool) -> tuple[Any, tuple[Any, ...]]:
   """The jitted `step` of config `name`'s Trainer and the arguments (shapes) it compiles for."""
-  overrides = INPUT_OVERRIDES.get(name, {})
+  overrides = common.INPUT_OVERRIDES.get(name, {})
   config = common.load_config(name, overrides)
   if toy:
     config = common.load_config(name, {**overrides, **common.toy_overrides(config)})

@@ -8,7 +8,9 @@ virtual environment, `pip install -e .` with pip's download cache warm, then thi
 3m33s when the machine was shared with other jobs (load average about 5).
 Val mIoU 0.689, pixel accuracy 0.942 at step 800 (the same in both runs). Learning curve, val
 mIoU at steps 200/400/600/800: 0.551/0.658/0.683/0.689 (train loss 1.51 at step 50, 0.23 at
-step 800).
+step 800). Again on 2026-12-06, after the up-convolutions became matmuls and with YNNPACK
+fusions off (`train.xla_cpu_ynnpack`), empty seg_jax caches, load 2-3.6 beside another training
+run: 2m03s, val mIoU 0.522/0.650/0.685/0.692 at steps 200/400/600/800, pixel accuracy 0.943.
 
 Every other config starts from this one (`get_config()` here defines every field the code reads)
 and changes only what it must. Override any field from the command line, e.g.
@@ -233,6 +235,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Persistent XLA compilation cache folder ("" = off): a relaunch of a config loads its
   # compiled steps from here instead of compiling them again (seg_jax/compilation.py).
   t.compilation_cache_dir = cache_folder("jax")
+  # XLA:CPU's YNNPACK fusions for the train and eval steps (only the CPU reads it). Off: XLA's
+  # other convolutions. YNNPACK runs channel counts that are not multiples of 16 at about a third
+  # of its speed for 32 or 64 (a 3x3 convolution of 38 or 76 channels at 21-33 GFLOP/s against
+  # 81-123 without), so on the idle 2-core CPU the NAIP train step (batch 8 of 256x256x4) runs
+  # 2.7x faster off for the U-Net of widths 19-38-76-152 (6.0 -> 2.2 s), 1.2x for asym_unet and
+  # DeepLabV3+ and as fast for UNet++ (`python -m benchmarks.ynnpack_bench`, benchmarks/README.md).
+  # $XLA_FLAGS naming --xla_cpu_experimental_ynn_fusion_type overrides this field.
+  t.xla_cpu_ynnpack = False
   # Independent replicas trained in one jitted step over a leading replica axis of the state,
   # with seeds seed, seed + 1, ...; replica k writes <workdir>/seed<seed + k> exactly as a run of
   # that seed alone (train.num_replicas = 1) would. 1 = one run, written to the workdir itself.

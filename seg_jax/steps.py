@@ -48,6 +48,15 @@ def init_compiler_options() -> dict[str, int]:
   return {"xla_backend_optimization_level": min([INIT_OPTIMIZATION_LEVEL, *map(int, levels)])}
 
 
+def step_compiler_options(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """XLA options of the train and eval steps' compiles: YNNPACK fusions off on the CPU unless
+  `train.xla_cpu_ynnpack` (or $XLA_FLAGS naming them) says otherwise."""
+  if (config.train.xla_cpu_ynnpack or jax.devices()[0].platform != "cpu"
+      or "--xla_cpu_experimental_ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")):
+    return {}
+  return {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
 class Evaluation(NamedTuple):
   """Scores of a split, its confusion matrix and (image, label, prediction) samples."""
 
@@ -261,12 +270,15 @@ class Trainer:
     self._init = jax.jit(init, out_shardings=self.replicated,
                          compiler_options=init_compiler_options())
     self._step_key = jax.jit(step_key, out_shardings=self.replicated)
+    options = step_compiler_options(self.config)
     self.train_step = jax.jit(
         train_step, in_shardings=(self.replicated, self.data_sharding, self.replicated),
-        out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+        out_shardings=(self.replicated, self.replicated), donate_argnums=0,
+        compiler_options=options)
     self.eval_step = jax.jit(
         eval_step, in_shardings=(self.replicated, self.data_sharding),
-        out_shardings=(self.replicated, self.replicated, preds_sharding))
+        out_shardings=(self.replicated, self.replicated, preds_sharding),
+        compiler_options=options)
 
   def initial_state(self) -> TrainState:
     """Freshly initialised state (parameters from the seed)."""

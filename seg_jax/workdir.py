@@ -76,7 +76,7 @@ _PREDICTION_GRID = re.compile(r"^step_(\d+)\.png$")
 RESUMABLE_FIELDS = (
     "train.mode", "train.num_steps", "train.log_every", "train.eval_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.compilation_cache_dir",
-    "train.replica_mode", "optim.schedule_steps",
+    "train.xla_cpu_ynnpack", "train.replica_mode", "optim.schedule_steps",
     "eval.global_batch_size", "eval.num_images", "eval.checkpoint", "eval.output_dir",
     "eval.resolution", "eval.predict.mode", "eval.predict.window", "eval.predict.overlap",
     "eval.predict.blend", "eval.predict.tta", "eval.predict.scales", "eval.predict.batch_size",
@@ -195,9 +195,11 @@ def _upgrade(stored: dict[str, Any]) -> dict[str, Any]:
   """A config.json written before a field existed, with the value that says what its run did.
 
   optim.schedule_steps: its schedule lasted its train.num_steps. eval.exclude_classes: every
-  class counted.
+  class counted. train.xla_cpu_ynnpack: XLA's default, YNNPACK fusions on.
   """
   optim, evaluation = stored.get("optim"), stored.get("eval")
+  if isinstance(stored.get("train"), dict) and "xla_cpu_ynnpack" not in stored["train"]:
+    stored["train"]["xla_cpu_ynnpack"] = True
   if isinstance(optim, dict) and "schedule_steps" not in optim:
     optim["schedule_steps"] = stored["train"]["num_steps"]
   if isinstance(evaluation, dict) and "exclude_classes" not in evaluation:

@@ -36,6 +36,7 @@ from benchmarks import models_bench
 from benchmarks import predict_bench
 from benchmarks import predict_raster
 from benchmarks import replicas_bench
+from benchmarks import ynnpack_bench
 from configs import dubai
 from seg_jax import compilation
 from seg_jax import models
@@ -278,6 +279,15 @@ class TorchTwinsTest(BenchmarkTest):
           theirs = twin.train(train)(torch.from_numpy(x).permute(0, 3, 1, 2))
           np.testing.assert_allclose(theirs.detach().permute(0, 2, 3, 1).numpy(), ours,
                                      rtol=1e-4, atol=1e-4)
+
+
+class YnnpackBenchTest(BenchmarkTest):
+
+  def test_a_toy_convolution_and_train_step_with_and_without(self):
+    text = self.printed(ynnpack_bench.run, [4], 1, 8, "configs/naip.py", ["unet"], calls=1,
+                        rounds=1, toy=True)
+    self.assertRegex(text, r"\| 4 \| \d+ \(\d+\) \| \d+ \(\d+\) \|")
+    self.assertRegex(text, r"\| unet \| [\d.]+ \| [\d.]+ \| [\d.]+x \|")
 
 
 class CompileBenchTest(BenchmarkTest):

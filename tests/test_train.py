@@ -97,6 +97,19 @@ class ModelsTrainTest(parameterized.TestCase):
       self.assertEqual(steps.init_compiler_options(),
                        {"xla_backend_optimization_level": level})
 
+  def test_cpu_steps_compile_without_ynnpack_fusions_unless_asked(self):
+    # YNNPACK's convolutions run channel counts that are not multiples of 16 at about a third of
+    # the speed of XLA:CPU's other convolutions (train.xla_cpu_ynnpack in configs/default.py).
+    for ynnpack in (False, True):
+      trainer = steps.Trainer(tiny_config(**{"train.xla_cpu_ynnpack": ynnpack}), tiny_dataset())
+      batch = next(trainer.train_pipeline())
+      for step, args in ((trainer.train_step, (batch, trainer.step_key())),
+                         (trainer.eval_step, (batch,))):
+        text = step.lower(trainer.abstract_state, *args).compile().as_text()
+        self.assertEqual("__ynn_fusion" in text, ynnpack)
+    with mock.patch.dict(os.environ, {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=x"}):
+      self.assertEqual(steps.step_compiler_options(tiny_config()), {})  # the user's choice
+
 
 class GuardsTest(parameterized.TestCase):
 

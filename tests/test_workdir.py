@@ -94,11 +94,14 @@ class WorkdirTest(absltest.TestCase):
   def test_config_of_a_run_from_before_a_field_existed(self):
     stored = tiny_config(**{"train.num_steps": 7}).to_dict()
     del stored["optim"]["schedule_steps"], stored["eval"]["exclude_classes"]
+    del stored["train"]["xla_cpu_ynnpack"]
     run_dir = workdir_lib.RunDir(tempfile.mkdtemp())
     writers.write_json(run_dir.file(workdir_lib.CONFIG_FILE), stored)
     loaded = run_dir.load_config()
     self.assertEqual(loaded.optim.schedule_steps, 7)  # the schedule it was trained with
     self.assertEqual(loaded.eval.exclude_classes, ())
+    self.assertTrue(loaded.train.xla_cpu_ynnpack)  # XLA's default then
+    run_dir.check_config(tiny_config(**{"train.num_steps": 7}))  # resumes with its default
     self.assertEqual(run_dir.resolve_schedule(tiny_config()).optim.schedule_steps, 7)
 
   def test_eval_names_hold_every_setting_that_changes_the_scores(self):

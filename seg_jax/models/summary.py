@@ -105,6 +105,8 @@ def matmul_flops(fn: Callable[..., Any], *args: Any) -> float:
   analytic formula, nothing is compiled, and ``args`` may be ``jax.ShapeDtypeStruct``s. A
   ``while`` loop's body counts once; of a ``cond``, the costliest branch.
   """
+  if hasattr(fn, "trace"):  # a jitted function: its own jaxpr (its compiler options stay its)
+    return _jaxpr_flops(fn.trace(*args).jaxpr.jaxpr)
   return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 

@@ -101,6 +101,10 @@ class MatmulFlopsTest(absltest.TestCase):
                      2 * (4 * 4 * 8) * 9)
     a, b = jnp.ones((5, 6)), jnp.ones((6, 7))
     self.assertEqual(summary.matmul_flops(jnp.dot, a, b), 2 * 5 * 7 * 6)
+    # A jitted function with its own compiler options (seg_jax's train and eval steps) cannot
+    # be traced inside another jit; it is counted from its own trace.
+    jitted = jax.jit(jnp.dot, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})
+    self.assertEqual(summary.matmul_flops(jitted, a, b), 2 * 5 * 7 * 6)
 
     def body(carry, _):
       return carry @ jnp.ones((6, 6)), None
