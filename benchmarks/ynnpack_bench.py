@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import os
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 from absl import flags
@@ -29,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
+from benchmarks import step_protocol
 from seg_jax import cli
 from seg_jax import config_files
 from seg_jax import steps
@@ -54,12 +54,7 @@ def define_flags() -> None:
 def median_seconds(fn: Callable[[], object], calls: int) -> float:
   """Median wall seconds of `fn()` (blocked until ready) over `calls` calls after a first one."""
   jax.block_until_ready(fn())
-  times = []
-  for _ in range(calls):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(step_protocol.timed(lambda: jax.block_until_ready(fn()), calls))
 
 
 def convolution(channels: int, batch: int, size: int, ynnpack: bool) -> Callable[[], object]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Optional
 
 from affine import Affine
 import numpy as np
@@ -39,7 +38,8 @@ class Mosaic:
   """The grid of the union of rasters, with each raster placed on it.
 
   It has the attributes of a `raster.RasterInfo` that prediction reads: `path` (the mosaic's
-  name: its outputs are named after it), height, width, dtype, crs, transform and nodata.
+  name: its outputs are named after it), height, width and dtype; each tile's nodata is read
+  from its own header.
   """
   path: str
   height: int
@@ -48,7 +48,6 @@ class Mosaic:
   crs: str
   transform: Affine
   tiles: tuple[Tile, ...]
-  nodata: Optional[float] = None  # each tile's own nodata is read from its header
 
   @property
   def tile_share(self) -> float:
@@ -148,8 +147,7 @@ class MosaicScene:
   def read(self, y: int, x: int, h: int, w: int) -> dict[str, np.ndarray]:
     """{"image": (h, w, N) stored type, "label": uint8 (h, w) `NODATA` or `DATA`} of rows y..,
     columns x.. of the mosaic."""
-    image = np.empty((h, w, len(self.bands)), self.mosaic.dtype)
-    image[:] = self.fill
+    image = np.empty((h, w, len(self.bands)), self.mosaic.dtype)  # filled below where nodata
     nodata = np.ones((h, w), bool)
     covered = np.zeros((h, w), bool)
     with raster.gdal_env():
