@@ -31,9 +31,12 @@ LIKE_FOR_LIKE = {"data.augment.enabled": False, "optim.schedule": "constant",
 
 
 def case_config(case: dict[str, Any]):
-  """The config of a case of `benchmarks.cpu_vs_torch.CASES`, at toy size with `case["toy"]`."""
+  """The config of a case of `benchmarks.cpu_vs_torch.CASES`, at toy size with `case["toy"]`,
+  with XLA:CPU's YNNPACK fusions on with `case["ynnpack"]` (default: the config's setting)."""
   overrides = {"data.image_size": tuple(case["size"]), "train.global_batch_size": case["batch"],
                "eval.global_batch_size": case["batch"], **LIKE_FOR_LIKE}
+  if case.get("ynnpack") is not None:
+    overrides["train.xla_cpu_ynnpack"] = case["ynnpack"]
   config = common.load_config(case["config"], overrides)
   if case["toy"]:
     config = common.load_config(case["config"], {**overrides, **common.toy_overrides(config)})

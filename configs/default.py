@@ -9,8 +9,9 @@ virtual environment, `pip install -e .` with pip's download cache warm, then thi
 Val mIoU 0.689, pixel accuracy 0.942 at step 800 (the same in both runs). Learning curve, val
 mIoU at steps 200/400/600/800: 0.551/0.658/0.683/0.689 (train loss 1.51 at step 50, 0.23 at
 step 800). Again on 2026-12-06, after the up-convolutions became matmuls and with YNNPACK
-fusions off (`train.xla_cpu_ynnpack`), empty seg_jax caches, load 2-3.6 beside another training
-run: 2m03s, val mIoU 0.522/0.650/0.685/0.692 at steps 200/400/600/800, pixel accuracy 0.943.
+fusions off (`train.xla_cpu_ynnpack`), empty seg_jax caches, nothing else running (load
+1.8-2.1, the run itself): 1m05s, val mIoU 0.522/0.650/0.685/0.692 at steps 200/400/600/800, pixel
+accuracy 0.943.
 
 Every other config starts from this one (`get_config()` here defines every field the code reads)
 and changes only what it must. Override any field from the command line, e.g.

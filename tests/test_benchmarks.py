@@ -36,6 +36,7 @@ from benchmarks import models_bench
 from benchmarks import predict_bench
 from benchmarks import predict_raster
 from benchmarks import replicas_bench
+from benchmarks import seg_jax_worker
 from benchmarks import ynnpack_bench
 from configs import dubai
 from seg_jax import compilation
@@ -244,6 +245,17 @@ class CpuProfileTest(BenchmarkTest):
         "transposed conv gradients")
     self.assertEqual(cpu_profile.torch_kind("aten::mkldnn_convolution",
                                             [[8, 16, 144, 256], [16, 16, 3, 3]]), "conv forward")
+
+
+  def test_a_step_whose_convolutions_are_untraced_is_flagged(self):
+    # XLA:CPU does not trace the convolutions it runs on Eigen's pool (YNNPACK fusions off).
+    ops = {("conv forward", "convolution.1"): 0.002, ("copies and transposes", "copy.1"): 0.1}
+    self.assertTrue(cpu_profile.untraced_convolutions(ops, wall=0.8))
+    self.assertFalse(cpu_profile.untraced_convolutions(
+        {**ops, ("conv kernel gradient", "convolution.2"): 0.3}, wall=0.8))
+    case = {**cpu_vs_torch.CASES["unet_dubai"], "toy": True}
+    self.assertFalse(seg_jax_worker.case_config(case).train.xla_cpu_ynnpack)
+    self.assertTrue(seg_jax_worker.case_config({**case, "ynnpack": True}).train.xla_cpu_ynnpack)
 
 
 @absltest.skipIf(torch is None, NEEDS_TORCH)
