@@ -23,7 +23,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -211,15 +211,17 @@ def markdown(rows: Sequence[dict[str, Any]], missing: Sequence[str], image_size:
   return "\n\n".join(parts)
 
 
-def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
+def summarize(workdir: str, settings: Mapping[str, Sequence[int]],
               readme: str = "") -> list[dict[str, Any]]:
-  """Writes results.csv, results.md and curves.png of the sweep in `workdir`; returns the rows.
+  """Writes results.csv, results.md and curves.png of the sweep in `workdir` ({setting: its
+  seeds}, in table order); returns the rows.
 
-  With `readme`, the tables also replace the generated "results" section of that Markdown file
-  and curves.png is written beside it.
+  curves.png holds val mIoU against step per setting, and test mIoU against train time, one
+  point per setting (mean ± std over its seeds). With `readme`, the tables also replace the
+  generated "results" section of that Markdown file and curves.png is written beside it.
   """
   rows, missing, curves, image_size, excluded = [], [], {}, None, set()
-  for setting in settings:
+  for setting, seeds in settings.items():
     runs, steps = [], {}
     for seed in seeds:
       directory = run_dir(workdir, setting, seed)
@@ -248,11 +250,23 @@ def summarize(workdir: str, settings: Sequence[str], seeds: Sequence[int],
   writers.write_text(storage.join(workdir, RESULTS_MD), f"# Results of {workdir}\n\n{text}\n")
   pngs = [storage.join(workdir, CURVES_PNG)]
   if readme:
-    writers.write_section(readme, text + f"\n\n![val mIoU vs step]({CURVES_PNG})", "results")
+    alt = "val mIoU against step; test mIoU against train time"
+    writers.write_section(readme, text + f"\n\n![{alt}]({CURVES_PNG})", "results")
     pngs.append(os.path.join(os.path.dirname(os.path.abspath(readme)), CURVES_PNG))
   if curves:
+    panels = [viz.Curves(curves, title="val mIoU against step", xlabel="step",
+                         ylabel="val mIoU", markers=True, ylim=viz.SCORE_RANGE),
+              viz.Curves(cost_points(rows), title="test mIoU against train time",
+                         xlabel="train time (minutes)", ylabel="test mIoU", errorbars=True)]
     for png in pngs:
-      viz.save_curve_panels([viz.Curves(curves, xlabel="step", ylabel="val mIoU",
-                                        markers=True, ylim=viz.SCORE_RANGE)], png, ncols=1,
-                            title="val mIoU, mean ± std over seeds", panel_inches=6.0)
+      viz.save_curve_panels(panels, png, ncols=2, title="mean ± std over seeds",
+                            panel_inches=6.0)
   return rows
+
+
+def cost_points(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list, list, list]]:
+  """{setting (n=...): ([train minutes], [test mIoU], [its std])} of the settings with a
+  finished run: one point each, for the panel of test mIoU against train time."""
+  return {f"{r['setting']} (n={r['n']})": ([r["train_seconds_mean"] / 60],
+                                            [r["test_miou_mean"]], [r["test_miou_std"]])
+          for r in rows if r["n"] and not math.isnan(r.get("train_seconds_mean", math.nan))}

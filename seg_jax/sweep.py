@@ -10,6 +10,9 @@ A sweep file defines `get_sweep()` returning
 
   {"settings": {name: {dotted_key: value, ...}, ...}, "seeds": [0, 1, 2]}
 
+and optionally "seeds_of": {name: [0], ...}, the seeds of the settings it names instead of
+"seeds" (e.g. one seed for the costliest point of a budget curve).
+
 Dotted keys are the names of `--config.a.b=v`; values are Python values of the field's type (a
 list or tuple for a tuple, a dict replaces a group such as model.kwargs whole). Run (setting,
 seed k) trains the `--config` config with the setting's overrides and `seed=k` in
@@ -105,10 +108,15 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-  """A sweep file's settings (name -> {dotted key: value}, in file order) and seeds."""
+  """A sweep file's settings (name -> {dotted key: value}, in file order), seeds, and the seeds
+  of the settings that have their own (`seeds_of`)."""
 
   settings: dict[str, dict[str, Any]]
   seeds: tuple[int, ...]
+  seeds_of: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+  def seeds_for(self, setting: str) -> tuple[int, ...]:
+    return self.seeds_of.get(setting, self.seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,9 +143,11 @@ def load_sweep(path: str) -> Sweep:
 
 def check_sweep(sweep: Any, where: str) -> Sweep:
   """A `get_sweep()` value as a Sweep; ConfigError (naming `where` and what is wrong) if bad."""
-  if not isinstance(sweep, Mapping) or set(sweep) != {"settings", "seeds"}:
+  if (not isinstance(sweep, Mapping) or not {"settings", "seeds"} <= set(sweep)
+      or not set(sweep) <= {"settings", "seeds", "seeds_of"}):
     raise errors.ConfigError(f'{where}: get_sweep() must return {{"settings": {{name: '
-                             f'{{dotted_key: value}}}}, "seeds": [...]}}, got {sweep!r:.200}')
+                             f'{{dotted_key: value}}}}, "seeds": [...]}} (and optionally '
+                             f'"seeds_of": {{name: [...]}}), got {sweep!r:.200}')
   settings, seeds = sweep["settings"], sweep["seeds"]
   if not isinstance(settings, Mapping) or not settings:
     raise errors.ConfigError(f"{where}: settings must be a non-empty dict, got {settings!r:.200}")
@@ -152,11 +162,25 @@ def check_sweep(sweep: Any, where: str) -> Sweep:
       if key in RUNNER_FIELDS:
         raise errors.ConfigError(f"{where}: setting {name!r} sets {key!r}, which the runner "
                                  "sets for each run (list the seeds in 'seeds')")
+  _check_seeds(seeds, f"{where}: seeds")
+  seeds_of = sweep.get("seeds_of", {})
+  if not isinstance(seeds_of, Mapping):
+    raise errors.ConfigError(f"{where}: seeds_of must map setting names to seeds, got "
+                             f"{seeds_of!r:.200}")
+  for name, own in seeds_of.items():
+    if name not in settings:
+      raise errors.ConfigError(f"{where}: seeds_of names {name!r}, which is not a setting "
+                               f"(settings: {', '.join(settings)})")
+    _check_seeds(own, f"{where}: seeds_of[{name!r}]")
+  return Sweep({name: dict(o) for name, o in settings.items()}, tuple(seeds),
+               {name: tuple(own) for name, own in seeds_of.items()})
+
+
+def _check_seeds(seeds: Any, where: str) -> None:
   if (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
       or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-    raise errors.ConfigError(f"{where}: seeds must be a non-empty list of distinct integers "
-                             f">= 0, got {seeds!r}")
-  return Sweep({name: dict(o) for name, o in settings.items()}, tuple(seeds))
+    raise errors.ConfigError(f"{where} must be a non-empty list of distinct integers >= 0, "
+                             f"got {seeds!r}")
 
 
 def _checked_value(old: Any, value: Any, where: str) -> Any:
@@ -220,7 +244,7 @@ def expand(config: ml_collections.ConfigDict, sweep: Sweep, workdir: str) -> lis
   runs = []
   for setting, overrides in sweep.settings.items():
     setting_config = apply_overrides(config, overrides, setting)
-    for seed in sweep.seeds:
+    for seed in sweep.seeds_for(setting):
       run_config = setting_config.copy_and_resolve_references()
       run_config.seed = seed
       run_config.train.num_replicas = 1
@@ -451,7 +475,8 @@ def main(argv) -> int:
           logging.warning("preempted: rerun the same command to resume")
           return errors.EXIT_PREEMPTED
       failed = runner.failed
-  rows = results.summarize(workdir, list(sweep.settings), sweep.seeds, FLAGS.readme)
+  rows = results.summarize(workdir, {s: sweep.seeds_for(s) for s in sweep.settings},
+                           FLAGS.readme)
   logging.info("wrote %s: %s", storage.join(workdir, results.RESULTS_MD),
                ", ".join(f"{r['setting']} n={r['n']}" for r in rows))
   if failed:

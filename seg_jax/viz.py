@@ -326,9 +326,9 @@ class Curves:
   """One plot of a ``save_curve_panels`` grid: named ``(x, y)`` curves on shared axes.
 
   A curve given as ``(x, y, spread)`` is drawn with a shaded band from y - spread to y + spread
-  (e.g. the std over seeds; NaN spreads draw no band). ``xticklabels`` names the categories at
-  x = 0, 1, ...; ``markers`` marks every point; ``ylim`` fixes the y range (None: fitted to
-  the data).
+  (e.g. the std over seeds; NaN spreads draw no band), or with ``errorbars`` as error bars (for
+  curves of single points). ``xticklabels`` names the categories at x = 0, 1, ...; ``markers``
+  marks every point; ``ylim`` fixes the y range (None: fitted to the data).
   """
   curves: Mapping[str, tuple[Any, Any]]
   title: str = ""
@@ -337,6 +337,7 @@ class Curves:
   xticklabels: Optional[Sequence[str]] = None
   markers: bool = False
   ylim: Optional[tuple[float, float]] = None
+  errorbars: bool = False
 
 
 def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, title: str = "",
@@ -357,6 +358,10 @@ def save_curve_panels(panels: Sequence[Curves], path: str, *, ncols: int = 4, ti
     ax.set_visible(False)
   for ax, panel in zip(axes.flat, panels):
     for label, (x, y, *spread) in panel.curves.items():
+      if panel.errorbars:
+        yerr = np.nan_to_num(np.asarray(spread[0], float)) if spread else None
+        ax.errorbar(x, y, yerr=yerr, marker="o", markersize=5, capsize=3, label=label)
+        continue
       line, = ax.plot(x, y, marker="o" if panel.markers else None, markersize=4, label=label)
       if spread:
         y, spread = np.asarray(y, float), np.asarray(spread[0], float)

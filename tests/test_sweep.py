@@ -22,6 +22,7 @@ from seg_jax import preemption
 from seg_jax import results
 from seg_jax import state as state_lib
 from seg_jax import sweep as sweep_lib
+from seg_jax import viz
 from seg_jax.models import asym_unet
 from seg_jax.models import summary
 from seg_jax import workdir as workdir_lib
@@ -73,10 +74,24 @@ class SweepFileTest(parameterized.TestCase):
       ("def get_sweep():\n  return {'settings': {'a': {}}, 'seeds': [0, 0]}\n",
        "distinct integers"),
       ("import no_such_module\n", "cannot load sweep file .*No module named"),
+      ("def get_sweep():\n  return {'settings': {'a': {}}, 'seeds': [0], 'seeds_of': {'b': [1]}}\n",
+       "seeds_of names 'b', which is not a setting"),
+      ("def get_sweep():\n  return {'settings': {'a': {}}, 'seeds': [0], 'seeds_of': {'a': []}}\n",
+       r"seeds_of\['a'\] must be a non-empty list"),
+      ("def get_sweep():\n  return {'settings': {'a': {}}, 'seeds': [0], 'seed_of': {}}\n",
+       "must return"),
   )
   def test_bad_sweep_file(self, text, message):
     with self.assertRaisesRegex(errors.ConfigError, message):
       sweep_lib.load_sweep(_write_sweep(text))
+
+  def test_a_setting_with_its_own_seeds(self):
+    sweep = sweep_lib.load_sweep(_write_sweep(
+        "def get_sweep():\n  return {'settings': {'a': {}, 'b': {}}, 'seeds': [0, 1],"
+        " 'seeds_of': {'b': [2]}}\n"))
+    runs = sweep_lib.expand(tiny_config(), sweep, "/tmp/w")
+    self.assertEqual([(r.setting, r.seed) for r in runs], [("a", 0), ("a", 1), ("b", 2)])
+    self.assertEqual(runs[2].config.seed, 2)
 
   def test_overrides_have_the_field_types(self):
     config = sweep_lib.apply_overrides(
@@ -186,12 +201,36 @@ class ExperimentSweepsTest(parameterized.TestCase):
     # SMP's UnetPlusPlus("resnet34", in_channels=4, classes=6): ParamCountTest pins its count.
     self.assertEqual(params, {"unetpp_resnet34_full": 26_082_470, "asym_unet_full": 12_766_446})
 
+  def test_naip_budget_is_the_study_setting_at_each_budget(self):
+    study = sweep_lib.load_sweep(os.path.join(REPO, "experiments", "naip_rgbn/sweep.py"))
+    budget = sweep_lib.load_sweep(os.path.join(REPO, "experiments", "naip_rgbn/budget/sweep.py"))
+    module = config_files.load_module(os.path.join(REPO, "experiments", "naip_rgbn/budget/sweep.py"))
+    for name, overrides in budget.settings.items():
+      self.assertEqual(overrides, {**study.settings[module.SETTING],
+                                   "train.num_steps": int(name.removeprefix("steps_"))})
+    self.assertEqual([len(budget.seeds_for(name)) for name in budget.settings], [3, 3, 1])
+
   def test_ablation_pilot(self):
     self.assertEqual(list(self.models("dubai_ablation/pilot.py")), ["full"])
 
 
 class RunScoresTest(absltest.TestCase):
   """results.run_scores reads the scores of a run folder and nothing else."""
+
+  def test_test_miou_against_train_time_one_point_per_finished_setting(self):
+    rows = [results.setting_row("steps400", [{"test_miou": 0.70, "train_seconds": 600.0},
+                                             {"test_miou": 0.72, "train_seconds": 660.0}], None),
+            results.setting_row("steps2600", [], None)]
+    points = results.cost_points(rows)
+    self.assertEqual(list(points), ["steps400 (n=2)"])
+    (minutes,), (miou,), (std,) = points["steps400 (n=2)"]
+    self.assertAlmostEqual(minutes, 10.5)
+    self.assertAlmostEqual(miou, 0.71)
+    self.assertAlmostEqual(std, 0.02 / np.sqrt(2))
+    png = os.path.join(tempfile.mkdtemp(), "c.png")
+    viz.save_curve_panels([viz.Curves(points, errorbars=True)], png)
+    with open(png, "rb") as f:
+      self.assertEqual(f.read(4), b"\x89PNG")
 
   def write_run(self, test_record):
     directory = tempfile.mkdtemp()
