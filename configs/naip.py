@@ -20,7 +20,9 @@ result (UNet++/ResNet-34, 26.1M parameters, 100 epochs of batch 16 on a GPU) is 
 pixel accuracy 0.90; this model has 0.68M parameters. Seeds 1 and 2 (`--config.seed=N`, 20m37s
 and 20m12s): test mIoU 0.766 and 0.756; three seeds, test mIoU 0.753 +- 0.015
 (experiments/naip_rgbn/README.md). `:rgb`, three seeds in the sweep of that README (load
-2.3-4.6 from other work): test mIoU 0.590, 0.748, 0.747; seed 0 never predicts water.
+2.3-4.6 from other work): test mIoU 0.590, 0.748, 0.747; seed 0 never predicts water. The
+U-Net, UNet++ and DeepLabV3+ of the same size in that sweep, 800 steps, 3 seeds: test mIoU
+0.765 +- 0.009 (30 minutes a run), 0.755 +- 0.003 (15), 0.720 +- 0.021 (6).
 """
 
 import os
