@@ -98,7 +98,7 @@ def run_sweep(config: ml_collections.ConfigDict, sweep: sweep_lib.Sweep, workdir
   if runner.failed:
     raise Stopped(f"runs failed: {', '.join(runner.failed)} (the log says why)",
                   errors.EXIT_SOME_FAILED)
-  rows = results.summarize(workdir, {s: sweep.seeds_for(s) for s in sweep.settings})
+  rows = results.summarize(workdir, sweep.seeds_by_setting())
   return SweepRuns(runs, runner, rows)
 
 

@@ -118,6 +118,10 @@ class Sweep:
   def seeds_for(self, setting: str) -> tuple[int, ...]:
     return self.seeds_of.get(setting, self.seeds)
 
+  def seeds_by_setting(self) -> dict[str, tuple[int, ...]]:
+    """{setting: its seeds}, in file order (what `results.summarize` tables)."""
+    return {setting: self.seeds_for(setting) for setting in self.settings}
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -475,8 +479,7 @@ def main(argv) -> int:
           logging.warning("preempted: rerun the same command to resume")
           return errors.EXIT_PREEMPTED
       failed = runner.failed
-  rows = results.summarize(workdir, {s: sweep.seeds_for(s) for s in sweep.settings},
-                           FLAGS.readme)
+  rows = results.summarize(workdir, sweep.seeds_by_setting(), FLAGS.readme)
   logging.info("wrote %s: %s", storage.join(workdir, results.RESULTS_MD),
                ", ".join(f"{r['setting']} n={r['n']}" for r in rows))
   if failed:

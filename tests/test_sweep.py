@@ -92,6 +92,7 @@ class SweepFileTest(parameterized.TestCase):
     runs = sweep_lib.expand(tiny_config(), sweep, "/tmp/w")
     self.assertEqual([(r.setting, r.seed) for r in runs], [("a", 0), ("a", 1), ("b", 2)])
     self.assertEqual(runs[2].config.seed, 2)
+    self.assertEqual(sweep.seeds_by_setting(), {"a": (0, 1), "b": (2,)})
 
   def test_overrides_have_the_field_types(self):
     config = sweep_lib.apply_overrides(
