@@ -7,11 +7,15 @@ Compiling dominates the suite's time on a CPU, so tests compile with XLA's backe
 off (LLVM level 0, no expensive passes) and with XLA's older CPU fusion emitters: the tiny
 asym_unet's train step compiles in 2.3 s instead of 4.3 s (and 10-15 s at XLA's defaults;
 `python -m benchmarks.compile_bench --configs=tests/train_testing.py:asym_unet --in_process`).
-The programs compute the same functions; tests compare programs compiled alike, or compare with
+Each program's machine code is also generated as one piece: XLA otherwise splits it into parts
+compiled on parallel threads, which shortens one compile's wall time but costs more CPU, and the
+suite's two workers keep both cores busy anyway (CPU time of the tiny train steps' compiles: the
+DeepLabV3+/Xception one 6.1-7.7 s split, 4.6-5.8 s whole; UNet++ 4.0-5.5 s, 3.1-3.5 s). The
+programs compute the same functions; tests compare programs compiled alike, or compare with
 references to float tolerance.
 
-`--cpu_times=N` prints the N tests that used the most CPU time, with the commands they start:
-on a shared machine a better measure of a test's cost than its wall time.
+`--cpu_times=N` prints the N tests and the N test modules that used the most CPU time, with the
+commands they start: on a shared machine a better measure of a test's cost than its wall time.
 """
 
 import os
@@ -22,7 +26,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["XDG_CACHE_HOME"] = os.path.join(REPO, ".cache")
 QUICK_COMPILE_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                       "--xla_cpu_use_fusion_emitters=false")
+                       "--xla_cpu_use_fusion_emitters=false "
+                       "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), QUICK_COMPILE_FLAGS]))
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -53,8 +58,8 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_addoption(parser):
   parser.addoption("--cpu_times", type=int, default=0, metavar="N",
-                   help="print the N tests that used the most CPU time (the test process and "
-                   "the commands it starts, setup to teardown) and the suite's total")
+                   help="print the N tests and the N modules that used the most CPU time (the test "
+                   "process and the commands it starts, setup to teardown) and the suite's total")
 
 
 def _cpu_seconds() -> float:
@@ -90,3 +95,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
   for seconds, nodeid in sorted(times, reverse=True)[:count]:
     terminalreporter.write_line(f"{seconds:7.1f}s {nodeid}")
   terminalreporter.write_line(f"{sum(s for s, _ in times):7.1f}s in all {len(times)} tests")
+  modules = {}
+  for seconds, nodeid in times:
+    module = nodeid.split("::")[0]
+    total, n = modules.get(module, (0.0, 0))
+    modules[module] = (total + seconds, n + 1)
+  terminalreporter.write_sep("=", f"CPU time of the {count} costliest modules")
+  for module, (seconds, n) in sorted(modules.items(), key=lambda kv: -kv[1][0])[:count]:
+    terminalreporter.write_line(f"{seconds:7.1f}s {module} ({n} tests)")
