@@ -9,8 +9,9 @@ asym_unet's train step compiles in 2.3 s instead of 4.3 s (and 10-15 s at XLA's 
 `python -m benchmarks.compile_bench --configs=tests/train_testing.py:asym_unet --in_process`).
 Each program's machine code is also generated as one piece: XLA otherwise splits it into parts
 compiled on parallel threads, which shortens one compile's wall time but costs more CPU, and the
-suite's two workers keep both cores busy anyway (CPU time of the tiny train steps' compiles: the
-DeepLabV3+/Xception one 6.1-7.7 s split, 4.6-5.8 s whole; UNet++ 4.0-5.5 s, 3.1-3.5 s). The
+suite's two workers keep both cores busy anyway (process CPU time of `.compile()` of the tiny
+train steps on the 2-core CPU, 3 repetitions: the DeepLabV3+/Xception one 6.1-7.7 s split,
+4.5-5.8 s whole; UNet++ 4.0-5.5 s, 3.1-3.5 s). The
 programs compute the same functions; tests compare programs compiled alike, or compare with
 references to float tolerance.
 
